@@ -1,0 +1,99 @@
+"""Scan image folders and write the JSON data lists that datasets.SRDataset reads.
+
+    python create_data_lists.py --train-folders ../shared/data/T91 ../shared/data/BSDS200 \\
+        --test-folders ../shared/data/Set5 ../shared/data/Set14 --output-folder data_lists
+
+Writes <output-folder>/train_images.json (all training folders together) and one
+<folder name>_test_images.json per test folder: JSON lists of absolute image paths, keeping images
+whose both sides are >= --min-size. Only the file header is read to get the size, so COCO-sized
+folders (~120k JPEGs) take a minute or two. Files whose header cannot be decoded are skipped and
+reported; training also replaces a file that fails to decode later.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from PIL import Image
+from tqdm import tqdm
+
+import utils
+
+
+def find_images(folder, recursive=False):
+    """Sorted paths of the image files (by extension, case-insensitive) in a folder."""
+    if not os.path.isdir(folder):
+        raise utils.UserError(f"{folder}: no such folder")
+    if recursive:
+        paths = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
+    else:
+        paths = [os.path.join(folder, name) for name in os.listdir(folder)]
+    return sorted(os.path.abspath(p) for p in paths if utils.is_image_file(p) and os.path.isfile(p))
+
+
+def scan_images(paths, min_size, desc="scanning"):
+    """Split paths into (kept, too_small, unreadable) by reading each image's header."""
+    kept, too_small, unreadable = [], [], []
+    for path in tqdm(paths, desc=desc, unit="img", leave=False, disable=len(paths) < 500):
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except (OSError, SyntaxError, ValueError):
+            unreadable.append(path)
+            continue
+        (kept if min(w, h) >= min_size else too_small).append(path)
+    return kept, too_small, unreadable
+
+
+def create_data_lists(train_folders, test_folders, min_size, output_folder, recursive=False, log=print):
+    """Write train_images.json and <name>_test_images.json files; returns {list file: image count}.
+
+    Raises UserError for a missing folder or for two test folders with the same name. Nothing is
+    written unless every folder exists.
+    """
+    names = [os.path.basename(os.path.normpath(f)) for f in test_folders]
+    if len(set(names)) != len(names):
+        raise utils.UserError(f"test folders must have distinct names (the list files are named after them): {names}")
+    # check every folder first so that a typo in the last one does not leave half the lists written
+    train_paths = [p for folder in train_folders for p in find_images(folder, recursive)]
+    test_paths = {name: find_images(folder, recursive) for name, folder in zip(names, test_folders)}
+
+    jobs = ([("train_images.json", train_paths)] if train_folders else []) + \
+           [(f"{name}_test_images.json", paths) for name, paths in test_paths.items()]
+    os.makedirs(output_folder, exist_ok=True)
+    counts = {}
+    for filename, paths in jobs:
+        kept, too_small, unreadable = scan_images(paths, min_size, desc=filename)
+        out = os.path.join(output_folder, filename)
+        tmp = out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(kept, f, indent=0)
+        os.replace(tmp, out)
+        counts[out] = len(kept)
+        log(f"{out}: {len(kept)} images ({len(too_small)} smaller than {min_size} px skipped, "
+            f"{len(unreadable)} unreadable skipped)")
+        if unreadable:
+            shown = ", ".join(os.path.basename(p) for p in unreadable[:10])
+            log(f"  unreadable: {shown}" + (f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""))
+    return counts
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write JSON lists of training and test images for SRDataset.")
+    parser.add_argument("--train-folders", nargs="*", default=[],
+                        help="folders of training images (e.g. COCO train2014 val2014, or T91 BSDS200)")
+    parser.add_argument("--test-folders", nargs="*", default=[],
+                        help="folders of test images (e.g. Set5 Set14 BSD100); one list per folder")
+    parser.add_argument("--min-size", type=int, default=100,
+                        help="keep images whose width and height are both at least this (default: 100)")
+    parser.add_argument("--output-folder", default="data_lists", help="where to write the lists (default: data_lists)")
+    parser.add_argument("--recursive", action="store_true", help="also look in sub-folders")
+    args = parser.parse_args(argv)
+    if not args.train_folders and not args.test_folders:
+        parser.error("give --train-folders and/or --test-folders")
+    create_data_lists(args.train_folders, args.test_folders, args.min_size, args.output_folder, args.recursive)
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)

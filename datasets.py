@@ -1,0 +1,154 @@
+"""Super-resolution data sets read from the JSON lists that create_data_lists.py writes.
+
+Training samples are random HR crops with their LR input made by PIL bicubic down-sampling (the
+convention of DESIGN.md section 2); test samples are whole images cropped to a multiple of the scale.
+"""
+
+import json
+import os
+import random
+import warnings
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+import utils
+
+
+def list_path(data_folder, split, test_data_name=None):
+    """Path of the JSON list for a split: train_images.json or <test_data_name>_test_images.json."""
+    if split == "train":
+        return os.path.join(data_folder, "train_images.json")
+    if not test_data_name:
+        raise ValueError("split 'test' needs test_data_name (e.g. 'Set5')")
+    return os.path.join(data_folder, f"{test_data_name}_test_images.json")
+
+
+def read_image_list(path):
+    """The image paths of a JSON list; UserError if the list is missing, malformed or empty."""
+    if not os.path.isfile(path):
+        raise utils.UserError(f"{path}: no such data list (make it with create_data_lists.py)")
+    try:
+        with open(path) as f:
+            images = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise utils.UserError(f"{path}: not a JSON list of image paths ({e})") from None
+    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+        raise utils.UserError(f"{path}: not a JSON list of image paths")
+    if not images:
+        raise utils.UserError(f"{path}: the data list is empty")
+    return images
+
+
+class SRDataset(Dataset):
+    """Pairs of (LR, HR) image tensors.
+
+    Args:
+        data_folder: folder with the JSON lists.
+        split: 'train' (random crops) or 'test' (whole images).
+        crop_size: HR crop size for training (a multiple of scaling_factor).
+        scaling_factor: 2, 4 or 8.
+        lr_img_type, hr_img_type: value conventions of the outputs (see utils.convert_image), e.g.
+            'imagenet-norm' for the generator's input and '[-1, 1]' for its target.
+        test_data_name: which test list to read for split 'test' (e.g. 'Set5').
+        augment: random horizontal flips and 90-degree rotations (training only; off in the paper).
+        cache: keep decoded images in memory (for small data sets; each worker keeps its own copy).
+        seed: crops and augmentations are a function of (seed, epoch, index), so a run can be
+            resumed exactly. Training index ``k >= len(self)`` means image ``k % len`` in epoch
+            ``k // len`` (what training.ResumableSampler yields): each epoch has new crops.
+
+    Training images whose sides are smaller than crop_size are dropped when the data set is built
+    (a UserError if none remain). A file that fails to decode during training is replaced by
+    another image, with a warning, rather than stopping a long run.
+    """
+
+    def __init__(self, data_folder, split, crop_size, scaling_factor, lr_img_type, hr_img_type,
+                 test_data_name=None, augment=False, cache=False, seed=0):
+        split = split.lower()
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if split == "train" and crop_size % scaling_factor != 0:
+            raise utils.UserError(f"crop size {crop_size} is not a multiple of the scaling factor {scaling_factor}")
+        self.split = split
+        self.crop_size = crop_size
+        self.scaling_factor = scaling_factor
+        self.lr_img_type = lr_img_type
+        self.hr_img_type = hr_img_type
+        self.augment = augment
+        self.cache = {} if cache else None
+        self.seed = seed
+        self.failures = 0
+
+        path = list_path(data_folder, split, test_data_name)
+        images = read_image_list(path)
+        missing = [p for p in images if not os.path.isfile(p)]
+        if missing:
+            raise utils.UserError(f"{path}: {len(missing)} of {len(images)} listed files are gone "
+                                  f"(e.g. {missing[0]}); recreate the list with create_data_lists.py")
+        if split == "train":
+            images = [p for p in images if min(_header_size(p)) >= crop_size]
+            if not images:
+                raise utils.UserError(f"{path}: no image is at least {crop_size} pixels on each side; "
+                                      "use a smaller --crop-size")
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, k):
+        """Returns (lr, hr) tensors of shapes (3, h, w) and (3, h * s, w * s)."""
+        if self.split == "test":
+            return self._make_pair(utils.crop_to_multiple(self._load(self.images[k]), self.scaling_factor))
+        epoch, i = divmod(k, len(self.images))
+        rng = random.Random(f"{self.seed}-{epoch}-{i}")
+        for attempt in range(10):
+            index = i if attempt == 0 else rng.randrange(len(self.images))
+            try:
+                img = self._load(self.images[index])
+            except utils.UserError as e:
+                self.failures += 1
+                warnings.warn(f"skipping an unreadable training image ({self.failures} so far in this process): {e}")
+                continue
+            return self._make_pair(self._random_crop(img, rng))
+        raise utils.UserError("10 training images in a row could not be decoded; check the data list")
+
+    def _load(self, path):
+        """The decoded RGB image of a file, from the cache if enabled."""
+        if self.cache is None:
+            return utils.open_image(path)
+        if path not in self.cache:
+            self.cache[path] = utils.open_image(path)
+        return self.cache[path]
+
+    def _random_crop(self, img, rng):
+        """A uniformly random crop_size x crop_size crop (every valid position), optionally augmented."""
+        w, h = img.size
+        if min(w, h) < self.crop_size:  # a file replaced since the list was checked
+            img = img.resize((max(w, self.crop_size), max(h, self.crop_size)), Image.BICUBIC)
+            w, h = img.size
+        left = rng.randint(0, w - self.crop_size)
+        top = rng.randint(0, h - self.crop_size)
+        hr = img.crop((left, top, left + self.crop_size, top + self.crop_size))
+        if self.augment:
+            if rng.random() < 0.5:
+                hr = hr.transpose(Image.FLIP_LEFT_RIGHT)
+            rotation = rng.randrange(4)
+            if rotation:
+                hr = hr.transpose((None, Image.ROTATE_90, Image.ROTATE_180, Image.ROTATE_270)[rotation])
+        return hr
+
+    def _make_pair(self, hr):
+        """(LR, HR) tensors from an HR PIL image whose sides are multiples of the scale."""
+        lr = utils.bicubic_resize(hr, (hr.width // self.scaling_factor, hr.height // self.scaling_factor))
+        lr = utils.convert_image(lr, "pil", self.lr_img_type)
+        hr = utils.convert_image(hr, "pil", self.hr_img_type)
+        return lr, hr
+
+
+def _header_size(path):
+    """(width, height) of an image read from its header only; (0, 0) if the header is unreadable."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, SyntaxError, ValueError):
+        return (0, 0)
