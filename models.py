@@ -235,15 +235,17 @@ class TruncatedVGG19(nn.Module):
         super().__init__()
         import torchvision  # imported here so that `import models` stays light
 
-        vgg19 = torchvision.models.vgg19(weights=None)
+        # only the convolutional part of torchvision's VGG19 ("features"): building the whole
+        # network would also allocate the 120M-parameter classifier that the loss never uses
+        features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
         if weights == "imagenet":
-            vgg19.load_state_dict(_imagenet_vgg19_state_dict())
+            _load_vgg19_features(features, _imagenet_vgg19_state_dict(), "torchvision's VGG19_Weights.IMAGENET1K_V1")
         elif weights is not None:
-            _load_vgg19_file(vgg19, weights)
+            _load_vgg19_features(features, utils.load_torch_file(weights), weights)
 
         # find the ReLU after conv j of stage i (stages are separated by max-pools)
         pools, convs, end = 0, 0, None
-        for index, layer in enumerate(vgg19.features):
+        for index, layer in enumerate(features):
             if isinstance(layer, nn.MaxPool2d):
                 pools += 1
                 convs = 0
@@ -255,7 +257,7 @@ class TruncatedVGG19(nn.Module):
         if end is None:
             raise ValueError(f"VGG19 has no convolution j={j} before max-pool i={i} "
                              "(valid: i=1..2 with j=1..2, i=3..5 with j=1..4)")
-        self.truncated_vgg19 = nn.Sequential(*list(vgg19.features.children())[:end])
+        self.truncated_vgg19 = nn.Sequential(*list(features.children())[:end])
         self.truncated_vgg19.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -284,22 +286,21 @@ def _imagenet_vgg19_state_dict():
         ) from None
 
 
-def _load_vgg19_file(vgg19, path):
-    """Load a local torchvision VGG19 state dict (full model or features only) into ``vgg19``,
+def _load_vgg19_features(features, state, source):
+    """Copy a torchvision VGG19 state dict (the whole model or its features only) into ``features``,
     checking names and shapes."""
-    state = utils.load_torch_file(path)
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a VGG19 state dict")
-    state = {k: v for k, v in state.items() if k.startswith("features.")} or \
-            {f"features.{k}": v for k, v in state.items()}
-    expected = {k: v.shape for k, v in vgg19.state_dict().items() if k.startswith("features.")}
+        raise ValueError(f"{source}: not a VGG19 state dict")
+    # keep the convolutional part: 'features.N.weight' keys, or bare 'N.weight' keys
+    state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} or state
+    expected = {k: v.shape for k, v in features.state_dict().items()}
     if set(state) != set(expected):
-        raise ValueError(f"{path}: not a torchvision VGG19 state dict (missing "
+        raise ValueError(f"{source}: not a torchvision VGG19 state dict (missing "
                          f"{sorted(set(expected) - set(state))[:3]}, unexpected {sorted(set(state) - set(expected))[:3]})")
     for k, shape in expected.items():
         if state[k].shape != shape:
-            raise ValueError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {tuple(shape)}")
-    vgg19.load_state_dict(state, strict=False)
+            raise ValueError(f"{source}: features.{k} has shape {tuple(state[k].shape)}, expected {tuple(shape)}")
+    features.load_state_dict(state)
 
 
 MODEL_CLASSES = {"SRResNet": SRResNet, "Generator": Generator, "Discriminator": Discriminator}

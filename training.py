@@ -35,8 +35,12 @@ class TrainingStopped(utils.UserError):
     """Raised when a run stops early (NaN loss); the message says what happened."""
 
 
-def add_common_arguments(parser, iterations, lr, save_every):
-    """Flags shared by both training scripts (defaults are the paper's settings)."""
+def add_common_arguments(parser, iterations, lr, save_every, model_from=None):
+    """Flags shared by both training scripts (defaults are the paper's settings).
+
+    model_from: None, or a phrase naming the checkpoint the model size comes from (train_srgan.py);
+    then the model-size flags default to None (= take the checkpoint's value) and say so in --help.
+    """
     g = parser.add_argument_group("data")
     g.add_argument("--data-folder", default="data_lists",
                    help="folder with the JSON lists written by create_data_lists.py (default: data_lists)")
@@ -47,10 +51,11 @@ def add_common_arguments(parser, iterations, lr, save_every):
     g.add_argument("--cache-images", choices=("auto", "on", "off"), default="auto",
                    help="keep decoded training images in memory; 'auto' = on for lists of up to 2000 images")
     g = parser.add_argument_group("model")
-    g.add_argument("--large-kernel-size", type=int, default=9, help="first and last convolution kernel (default: 9)")
-    g.add_argument("--small-kernel-size", type=int, default=3, help="other convolution kernels (default: 3)")
-    g.add_argument("--n-channels", type=int, default=64, help="feature channels (default: 64)")
-    g.add_argument("--n-blocks", type=int, default=16, help="residual blocks (default: 16)")
+    for flag, default, what in (("--large-kernel-size", 9, "first and last convolution kernel"),
+                                ("--small-kernel-size", 3, "other convolution kernels"),
+                                ("--n-channels", 64, "feature channels"), ("--n-blocks", 16, "residual blocks")):
+        g.add_argument(flag, type=int, default=None if model_from else default,
+                       help=f"{what} (default: {'as in ' + model_from if model_from else default})")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=16, help="batch size per process (default: 16)")
     g.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default: {lr:g})")
@@ -358,7 +363,10 @@ def train(run, args, ctx, start_iteration=0, best_psnr=float("-inf")):
     iteration, losses, started = start_iteration, {}, time.time()
     last_good = None
     try:
-        batches = iter(loader)
+        # the DataLoader draws its workers' base seed from torch's RNG; fork it so that the RNG state
+        # restored by --resume is the one the uninterrupted run has at that iteration
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(loader)
         while iteration < args.iterations:
             lr_imgs, hr_imgs = next(batches)
             losses = run.step(ctx.to_device(lr_imgs), ctx.to_device(hr_imgs))

@@ -23,7 +23,6 @@ tutorial (pickled whole models) through an allow-list of its classes, without ru
 import argparse
 import collections
 import contextlib
-import math
 import os
 import pickle
 import sys
@@ -252,12 +251,27 @@ def load_torch_file(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UserError(f"{path}: refused to load: it holds pickled objects, not plain tensors "
-                        f"({str(e).splitlines()[0]}); if it is a checkpoint of the classic tutorial, "
-                        f"import it with: python utils.py convert {path} NEW.pth") from None
+        reason = _unpickling_reason(e)
+        if "GLOBAL" in reason:
+            raise UserError(f"{path}: refused to load: it holds pickled objects, not plain tensors ({reason}); "
+                            f"if it is a checkpoint of the classic tutorial, import it with: "
+                            f"python utils.py convert {path} NEW.pth") from None
+        raise UserError(f"{path}: not a readable PyTorch file (corrupt or truncated?): {reason}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable PyTorch file (corrupt or truncated?): "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _unpickling_reason(error):
+    """The informative part of torch's long weights-only error message (e.g. 'GLOBAL models.SRResNet')."""
+    text = str(error)
+    for line in text.splitlines():
+        if "GLOBAL" in line:
+            start = line.index("GLOBAL")
+            return line[start:].split(" was not")[0].split(" whose")[0].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Weights only", "Please file", "Check the doc", "(1)", "(2)"))]
+    return (useful or lines or [type(error).__name__])[0].replace("WeightsUnpickler error: ", "")
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -299,15 +313,53 @@ def inference_checkpoint(model, info=None):
 
 
 def _legacy_allowed_globals():
-    """The classes a classic tutorial checkpoint may reference; anything else is refused."""
+    """{(module, name): object} of what a classic tutorial checkpoint may reference; nothing else loads."""
     import models  # imported here: models imports utils
 
     nn = torch.nn
-    return [models.SRResNet, models.Generator, models.Discriminator, models.ConvolutionalBlock,
-            models.ResidualBlock, models.SubPixelConvolutionalBlock, models.TruncatedVGG19,
-            nn.Conv2d, nn.BatchNorm2d, nn.PReLU, nn.LeakyReLU, nn.Tanh, nn.ReLU, nn.MaxPool2d,
-            nn.Sequential, nn.PixelShuffle, nn.Linear, nn.AdaptiveAvgPool2d, torch.optim.Adam,
-            collections.defaultdict, dict, set]
+    allowed = [models.SRResNet, models.Generator, models.Discriminator, models.ConvolutionalBlock,
+               models.ResidualBlock, models.SubPixelConvolutionalBlock, models.TruncatedVGG19,
+               nn.Conv2d, nn.BatchNorm2d, nn.PReLU, nn.LeakyReLU, nn.Tanh, nn.ReLU, nn.MaxPool2d,
+               nn.Sequential, nn.PixelShuffle, nn.Linear, nn.AdaptiveAvgPool2d, nn.Parameter, torch.optim.Adam,
+               collections.OrderedDict, collections.defaultdict, dict, set, list, tuple,
+               torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter, torch.Size, torch.device,
+               torch.storage.UntypedStorage]
+    table = {(obj.__module__, obj.__qualname__): obj for obj in allowed}
+    # typed storages as pickled by torch.save (torch.FloatStorage...), and dtypes (torch.float32...)
+    for name in dir(torch):
+        obj = getattr(torch, name)
+        if name.endswith("Storage") or isinstance(obj, torch.dtype):
+            table[("torch", name)] = obj
+    table[("torch._utils", "_rebuild_parameter_with_state")] = torch._utils._rebuild_parameter_with_state
+    return table
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    """An unpickler that only resolves the allow-listed globals (Python's 'restricting globals' recipe)."""
+
+    allowed = {}
+
+    def find_class(self, module, name):
+        if module == "__builtin__":  # protocol-2 pickles use Python 2's name for builtins
+            module = "builtins"
+        obj = self.allowed.get((module, name))
+        if obj is None:
+            raise pickle.UnpicklingError(f"refused GLOBAL {module}.{name}: not one of the tutorial's classes")
+        return obj
+
+
+def _legacy_pickle_module():
+    """A pickle-module stand-in for torch.load that uses _LegacyUnpickler."""
+    _LegacyUnpickler.allowed = _legacy_allowed_globals()
+
+    class Module:
+        Unpickler = _LegacyUnpickler
+        __name__ = "restricted_pickle"
+
+        @staticmethod
+        def load(f, **kwargs):
+            return _LegacyUnpickler(f, **kwargs).load()
+    return Module
 
 
 def _infer_srresnet_args(sd):
@@ -340,11 +392,13 @@ def import_legacy_checkpoint(old_path, new_path):
     if not os.path.isfile(old_path):
         raise UserError(f"{old_path}: no such file")
     try:
-        with torch.serialization.safe_globals(_legacy_allowed_globals()):
-            old = torch.load(old_path, map_location="cpu", weights_only=True)
+        # weights_only=False because the tutorial pickled whole modules and optimizers (with
+        # defaultdicts that torch's weights-only unpickler cannot rebuild); safety comes from the
+        # restricted unpickler, which refuses every global outside the allow-list before it runs
+        old = torch.load(old_path, map_location="cpu", weights_only=False, pickle_module=_legacy_pickle_module())
     except pickle.UnpicklingError as e:
         raise UserError(f"{old_path}: refused: the pickle references something outside the allow-list of "
-                        f"the tutorial's classes ({str(e).splitlines()[0]})") from None
+                        f"the tutorial's classes ({_unpickling_reason(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise UserError(f"{old_path}: not a readable PyTorch file: {str(e).splitlines()[0]}") from None
     if not isinstance(old, dict):

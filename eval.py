@@ -1,0 +1,193 @@
+"""Evaluate checkpoints (and bicubic up-sampling) on test sets: PSNR / SSIM as in the papers.
+
+    python eval.py --checkpoint checkpoints/srresnet_x4.pth --test-folders ../shared/data/Set5 ../shared/data/Set14 --bicubic
+    python eval.py --bicubic --scale 4 --test-folders data_lists/Set5_test_images.json --json bicubic.json
+
+Each test set is a folder of images or a JSON list written by create_data_lists.py. For every image:
+the HR image (grayscale made RGB) is cropped to a multiple of the scale, the LR input made with PIL
+bicubic down-sampling (utils.bicubic_resize), the model's output quantised to uint8, and PSNR / SSIM
+computed by utils.calc_psnr / calc_ssim (Y channel of BT.601, ``--crop-border`` pixels removed on
+each side; DESIGN.md section 2). Prints a Markdown table (rows: Bicubic, each checkpoint; columns:
+PSNR / SSIM per test set) and optionally writes every number, per image too, to a JSON file.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+import datasets
+import inference
+import utils
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="PSNR / SSIM (Y channel) of checkpoints and bicubic on test sets.")
+    parser.add_argument("--checkpoint", nargs="+", action="extend", default=[], metavar="PATH",
+                        help="checkpoints to evaluate (SRResNet or SRGAN generator; one table row each)")
+    parser.add_argument("--test-folders", nargs="+", action="extend", required=True, metavar="DIR_OR_JSON",
+                        help="test sets: folders of HR images, or JSON lists from create_data_lists.py "
+                             "(e.g. data_lists/Set5_test_images.json)")
+    parser.add_argument("--bicubic", action="store_true", help="add a row for bicubic up-sampling")
+    parser.add_argument("--scale", type=int, choices=(2, 4, 8), default=None,
+                        help="up-scaling factor (default: the checkpoints'; required with --bicubic alone)")
+    parser.add_argument("--crop-border", type=int, default=None,
+                        help="pixels removed from each border before the metrics (default: the scale)")
+    parser.add_argument("--self-ensemble", action="store_true",
+                        help="average the model's outputs over the 8 flips / 90-degree rotations (x8 slower)")
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write all results (per image too) to this JSON file")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:k] (default: auto)")
+    parser.add_argument("--precision", choices=inference.PRECISIONS, default="fp32",
+                        help="fp32 (reference numbers), bf16, fp16 (CUDA only) or auto (see test.py) (default: fp32)")
+    parser.add_argument("--tile", type=int, default=inference.DEFAULT_TILE, metavar="N",
+                        help="tile size in LR pixels, 0 = whole images; tiles join exactly, so tiling does not "
+                             f"change the results (default: {inference.DEFAULT_TILE})")
+    return parser
+
+
+def resolve_test_sets(items):
+    """[(name, [image paths])] for folders and JSON lists.
+
+    The name is the folder name, or the JSON file name without '_test_images.json' / '.json'.
+    Raises UserError for a missing path, an empty folder, a bad list or two sets of the same name.
+    """
+    import create_data_lists  # its folder scan is the one the data lists are made with
+
+    sets = []
+    for item in items:
+        if os.path.isdir(item):
+            paths = create_data_lists.find_images(item)
+            if not paths:
+                raise utils.UserError(f"{item}: no image files in this folder")
+            name = os.path.basename(os.path.normpath(item))
+        elif os.path.isfile(item):
+            paths = datasets.read_image_list(item)
+            name = os.path.basename(item)
+            for suffix in ("_test_images.json", ".json"):
+                if name.endswith(suffix):
+                    name = name[:-len(suffix)]
+                    break
+        else:
+            raise utils.UserError(f"{item}: no such folder or JSON list")
+        sets.append((name, paths))
+    names = [name for name, _ in sets]
+    if len(set(names)) != len(names):
+        raise utils.UserError(f"test sets must have distinct names: {names}")
+    return sets
+
+
+def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="cpu", tile=None, self_ensemble=False):
+    """PSNR / SSIM of each method on each test set.
+
+    Args:
+        methods: list of (name, model); model None means bicubic up-sampling.
+        test_sets: list of (name, [HR image paths]), as resolve_test_sets returns.
+        scale: up-scaling factor (the models' own).
+        crop_border: border pixels removed before the metrics.
+        precision, device, tile: how the models run (inference.upscale_tensor).
+        self_ensemble: average each model's outputs over the 8 flips / rotations.
+
+    Returns:
+        {method: {set: {"psnr": mean, "ssim": mean, "count": n, "images": {file name: {"psnr", "ssim"}}}}}.
+        Raises UserError naming the file for an unreadable or too small image.
+    """
+    upscale = inference.upscale_tensor_x8 if self_ensemble else inference.upscale_tensor
+    results = {name: {} for name, _ in methods}
+    for set_name, paths in test_sets:
+        per_image = {name: {} for name, _ in methods}
+        for path in tqdm(paths, desc=set_name, unit="img", leave=False, file=sys.stderr):
+            hr = utils.crop_to_multiple(utils.open_image(path), scale)
+            if min(hr.size) < 2 * crop_border + 11:  # SSIM's 11x11 window must fit after the crop
+                raise utils.UserError(f"{path}: {hr.width}x{hr.height} is too small for --crop-border {crop_border}")
+            lr = utils.bicubic_resize(hr, (hr.width // scale, hr.height // scale))
+            lr_tensor = None
+            for name, model in methods:
+                if model is None:
+                    sr = utils.bicubic_resize(lr, hr.size)
+                else:
+                    if lr_tensor is None:
+                        lr_tensor = utils.convert_image(lr, "pil", "imagenet-norm")  # (3, h, w)
+                    out = upscale(model, lr_tensor, scale, precision, device, tile)  # (3, H, W) in [-1, 1]
+                    sr = utils.convert_image(out, "[-1, 1]", "pil")  # quantised to uint8
+                key = os.path.basename(path) if os.path.basename(path) not in per_image[name] else path
+                per_image[name][key] = {"psnr": utils.calc_psnr(sr, hr, crop_border),
+                                                           "ssim": utils.calc_ssim(sr, hr, crop_border)}
+        for name, _ in methods:
+            images = per_image[name]
+            results[name][set_name] = {"psnr": float(np.mean([v["psnr"] for v in images.values()])),
+                                       "ssim": float(np.mean([v["ssim"] for v in images.values()])),
+                                       "count": len(images), "images": images}
+    return results
+
+
+def format_table(results):
+    """Markdown table: one row per method, PSNR (dB) and SSIM columns per test set."""
+    set_names = list(next(iter(results.values())))
+    header = "| Method | " + " | ".join(f"{s} PSNR | {s} SSIM" for s in set_names) + " |"
+    rule = "|---|" + "---:|---:|" * len(set_names)
+    rows = [f"| {name} | " + " | ".join(f"{sets[s]['psnr']:.2f} | {sets[s]['ssim']:.4f}" for s in set_names) + " |"
+            for name, sets in results.items()]
+    return "\n".join([header, rule] + rows)
+
+
+def method_names(checkpoints):
+    """Row names for checkpoint paths: the file names, or the paths where file names repeat."""
+    names = [os.path.basename(p) for p in checkpoints]
+    return names if len(set(names)) == len(names) else list(checkpoints)
+
+
+def write_json(obj, path):
+    """Write ``obj`` as indented JSON atomically (temporary file, then os.replace)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, "." + os.path.basename(path) + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    """Parse flags, evaluate, print the table; returns the results dict."""
+    args = build_parser().parse_args(argv)
+    if not args.checkpoint and not args.bicubic:
+        raise utils.UserError("nothing to evaluate: give --checkpoint PATH and/or --bicubic")
+    if args.tile < 0:
+        raise utils.UserError("--tile must be >= 0")
+    test_sets = resolve_test_sets(args.test_folders)
+
+    device = utils.resolve_device(args.device)
+    precision = inference.resolve_precision(args.precision, device)
+    methods = [("Bicubic", None)] if args.bicubic else []
+    scale = args.scale
+    for name, path in zip(method_names(args.checkpoint), args.checkpoint):
+        model = inference.load_model(path, device, precision)
+        model_scale = utils.unwrap_model(model).scaling_factor
+        if scale is None:
+            scale = model_scale
+        elif model_scale != scale:
+            raise utils.UserError(f"{path}: its model up-scales x{model_scale}, but the evaluation is x{scale} "
+                                  "(evaluate checkpoints of different scales separately)")
+        methods.append((name, model))
+    if scale is None:
+        raise utils.UserError("--bicubic without a checkpoint needs --scale")
+    crop_border = scale if args.crop_border is None else args.crop_border
+    if crop_border < 0:
+        raise utils.UserError("--crop-border must be >= 0")
+
+    results = evaluate(methods, test_sets, scale, crop_border, precision, device, args.tile, args.self_ensemble)
+    print(f"x{scale}, Y-channel PSNR (dB) / SSIM, border {crop_border}"
+          f"{', self-ensemble x8' if args.self_ensemble else ''}, {precision} on {device}")
+    print(format_table(results))
+    if args.json:
+        write_json({"scale": scale, "crop_border": crop_border, "self_ensemble": args.self_ensemble,
+                    "precision": precision, "checkpoints": dict(zip(method_names(args.checkpoint), args.checkpoint)),
+                    "results": results}, args.json)
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)

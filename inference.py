@@ -1,0 +1,562 @@
+"""Inference: model preparation, tiled up-scaling and images of every kind.
+
+The one implementation used by test.py (upscale a user's images), eval.py (benchmarks) and
+bench.py (speed), so that all three run the model the same way:
+
+- :func:`prepare_model` makes an eval copy of an SRResNet / Generator for inference: BatchNorm
+  folded into the preceding convolutions (:func:`fold_batchnorm`, exact in fp32), moved to the
+  device, channels_last, optionally ``torch.compile``-d.
+- :func:`upscale_tensor` runs it under ``torch.inference_mode`` and autocast, optionally in tiles.
+  Each tile carries ``tile_pad`` pixels of real image context on every side; by default that is the
+  model's receptive-field radius (:func:`receptive_radius`), so tiles join without seams: the tiled
+  output equals the untiled one (BatchNorm in eval mode acts per pixel). A CUDA out-of-memory error
+  is retried with tiles half as large.
+- :func:`upscale_image` super-resolves a PIL image of any kind: RGB; grayscale (run as RGB, the
+  result made grayscale again); RGBA / LA (the alpha channel is up-scaled separately with bicubic
+  and re-attached); palette (to RGB, or RGBA if it has transparency); CMYK and other colour spaces
+  (to RGB); 16-bit grayscale PNG (fed to the model at full precision, written as 16-bit PNG).
+  :func:`bicubic_upscale` makes the bicubic comparison image, of the same size and kind.
+
+Precision ('auto', 'fp32', 'bf16', 'fp16'): 'auto' is bf16 on a CPU with native bf16 arithmetic
+(AVX-512 BF16 / AMX, see utils.cpu_supports_bf16) and fp32 on other CPUs; on CUDA it is bf16 where
+the GPU supports it, else fp16. fp16 on a CPU is refused with a clear error (PyTorch's CPU fp16
+kernels are slow or missing); use bf16 or fp32 there.
+
+Importing this module does no work and touches no device.
+"""
+
+import contextlib
+import copy
+import math
+import os
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+import models
+import utils
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Default tile size (LR pixels) of the scripts: images up to this size run in one piece, larger
+# ones in tiles, so that memory stays bounded (about 3 GB in fp32 for the default x4 model).
+DEFAULT_TILE = 512
+# the smallest tile the out-of-memory retry goes down to
+MIN_TILE = 32
+# modes upscale_image works in after normalize_mode
+_HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# what an allocation failure on the device raises (torch.OutOfMemoryError from torch 2.5 on)
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+# ITU-R 601-2 luma weights, as PIL's convert('L'), for the 16-bit grayscale output
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+# ----------------------------------------------------------------------------------------------
+# model preparation
+
+
+def fold_batchnorm(model):
+    """A copy of an SRResNet / Generator with every BatchNorm2d folded into the convolution before it.
+
+    In each ConvolutionalBlock whose ``conv_block`` is Conv2d followed by BatchNorm2d, the
+    convolution's weight and bias absorb the BatchNorm's eval-mode affine map
+    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` and the BatchNorm is
+    replaced by nn.Identity (so the other layers keep their indices). The result computes the same
+    function as ``model.eval()`` (exactly up to float rounding) with fewer operations.
+
+    Args:
+        model: an SRResNet or Generator (any mode; the given model is not modified).
+
+    Returns:
+        The folded copy, in eval mode.
+    """
+    model = copy.deepcopy(utils.unwrap_model(model)).eval()
+    with torch.no_grad():
+        for block in model.modules():
+            if not isinstance(block, models.ConvolutionalBlock):
+                continue
+            layers = block.conv_block
+            if len(layers) < 2 or not isinstance(layers[0], nn.Conv2d) or not isinstance(layers[1], nn.BatchNorm2d):
+                continue
+            conv, bn = layers[0], layers[1]
+            if bn.running_mean is None:  # no running statistics: eval mode uses batch statistics
+                continue
+            # per output channel: y = conv(x) * factor + shift, computed in float64 for accuracy
+            std = torch.sqrt(bn.running_var.double() + bn.eps)
+            gamma = bn.weight.double() if bn.affine else torch.ones_like(std)
+            beta = bn.bias.double() if bn.affine else torch.zeros_like(std)
+            factor = gamma / std
+            bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(std)
+            new_weight = conv.weight.double() * factor.view(-1, 1, 1, 1)
+            new_bias = (bias - bn.running_mean.double()) * factor + beta
+            conv.weight.copy_(new_weight.to(conv.weight.dtype))
+            conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+            layers[1] = nn.Identity()
+    return model
+
+
+def receptive_radius(model_or_args):
+    """Receptive-field radius of an SRResNet / Generator, in LR pixels.
+
+    An output pixel depends only on LR pixels at most this far away (in x and in y), so tiles with
+    this much context on every side give exactly the untiled output. Convolutions at the LR
+    resolution add ``kernel // 2`` each; a convolution working at ``f`` times the LR resolution
+    (after the sub-pixel shuffles) adds ``ceil((kernel // 2) / f)``. For the default x4 model:
+    4 (9x9) + 33 (3x3: 16 blocks x 2 + conv_block2) + 1 + 1 (sub-pixel convs at x1, x2)
+    + 1 (9x9 at x4) = 40.
+
+    Args:
+        model_or_args: the model (possibly compiled) or its constructor-argument dict
+            (``model.args``: large_kernel_size, small_kernel_size, n_blocks, scaling_factor).
+    """
+    args = model_or_args if isinstance(model_or_args, dict) else getattr(utils.unwrap_model(model_or_args), "args", None)
+    if not isinstance(args, dict):
+        raise ValueError("cannot tell the receptive field of this model; give tile_pad explicitly")
+    large, small = args["large_kernel_size"] // 2, args["small_kernel_size"] // 2
+    scale = args["scaling_factor"]
+    radius = large + (2 * args["n_blocks"] + 1) * small  # conv_block1, residual blocks, conv_block2
+    radius += sum(math.ceil(small / 2**i) for i in range(int(math.log2(scale))))  # sub-pixel convs
+    return radius + math.ceil(large / scale)  # conv_block3 at the HR resolution
+
+
+def resolve_precision(precision, device):
+    """The concrete precision ('fp32', 'bf16' or 'fp16') for a --precision flag on a device.
+
+    'auto' is bf16 on CPUs with native bf16 arithmetic, fp32 on other CPUs, bf16 on CUDA GPUs that
+    support it and fp16 on older ones. Raises UserError for fp16 on a CPU or an unknown name.
+    """
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if utils.cpu_supports_bf16() else "fp32"
+    utils.autocast(device, precision)  # raises the UserError for fp16 on a CPU or an unknown name
+    return precision
+
+
+def prepare_model(model, device, precision, channels_last=True, fold_bn=True, compile=False):
+    """A ready-to-run inference copy of an SRResNet / Generator.
+
+    Args:
+        model: the model (not modified).
+        device: torch.device or name ('cpu', 'cuda').
+        precision: 'fp32', 'bf16', 'fp16' or 'auto'; checked here (fp16 on a CPU raises UserError)
+            so that a bad combination fails before any work. The weights stay fp32: autocast in
+            :func:`upscale_tensor` picks the precision of each operation.
+        channels_last: store the weights in channels_last memory format (faster convolutions
+            with oneDNN on CPUs and with tensor cores on GPUs).
+        fold_bn: fold BatchNorm into the convolutions (:func:`fold_batchnorm`).
+        compile: wrap the model in torch.compile (pays off over many inputs of the same size).
+
+    Returns:
+        The model in eval mode on ``device``, without gradients.
+    """
+    device = torch.device(device)
+    resolve_precision(precision, device)
+    model = fold_batchnorm(model) if fold_bn else copy.deepcopy(utils.unwrap_model(model))
+    model = model.to(device).eval().requires_grad_(False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
+def load_model(path, device, precision, channels_last=True, fold_bn=True, compile=False):
+    """Load the generator of a checkpoint file and :func:`prepare_model` it.
+
+    Raises UserError (one line naming the file) for a missing, corrupt or unsuitable checkpoint,
+    e.g. one that holds only a discriminator.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise utils.UserError(f"{path}: no such checkpoint file (train one with train_srresnet.py or "
+                              "train_srgan.py, or pass --checkpoint PATH)")
+    try:
+        model = models.load_model(path)
+    except (ValueError, KeyError, TypeError) as e:
+        message = str(e).strip("'\"")
+        raise utils.UserError(message if path in message else f"{path}: unusable checkpoint ({message})") from None
+    return prepare_model(model, device, precision, channels_last, fold_bn, compile)
+
+
+def model_label(model):
+    """'SRResNet' or 'SRGAN' (a Generator): a short name for captions."""
+    return "SRGAN" if isinstance(utils.unwrap_model(model), models.Generator) else "SRResNet"
+
+
+# ----------------------------------------------------------------------------------------------
+# tensors
+
+
+def upscale_tensor(model, lr, scale, precision, device, tile=None, tile_pad=None):
+    """Super-resolve a batch of LR images, optionally in tiles.
+
+    Args:
+        model: a model from :func:`prepare_model` (or any module mapping (N, 3, h, w) to
+            (N, 3, h * scale, w * scale)).
+        lr: ImageNet-normalised LR images, (N, 3, h, w) or (3, h, w), on any device.
+        scale: the model's up-scaling factor.
+        precision: 'fp32', 'bf16' or 'fp16' (see :func:`resolve_precision` for 'auto').
+        device: where the model runs; tiles are moved there one at a time.
+        tile: tile size in LR pixels (None or 0: the whole image at once).
+        tile_pad: LR pixels of real image context around each tile; the default (None) is the
+            model's receptive-field radius, with which tiling does not change the output. Tiles at
+            the image border are not padded beyond it: they see the border as the whole image does.
+
+    Returns:
+        Float32 tensor in [-1, 1], (N, 3, h * scale, w * scale) (or without N, as ``lr``), on the
+        same device as ``lr``. On out-of-memory the tiles are halved and the image redone (with
+        a warning), down to MIN_TILE pixels; after that a UserError is raised.
+    """
+    device = torch.device(device)
+    single = lr.dim() == 3
+    if single:
+        lr = lr[None]
+    h, w = lr.shape[-2:]
+    tile_size = int(tile) if tile else max(h, w)
+    pad = None if tile_pad is None else int(tile_pad)
+    while True:
+        if pad is None and tile_size < max(h, w):  # (only tiles need it: a stand-in model may have no args)
+            pad = receptive_radius(model)
+        try:
+            out = _upscale_tiles(model, lr, scale, precision, device, tile_size, pad or 0)
+            return out[0] if single else out
+        except _OUT_OF_MEMORY:
+            if tile_size <= MIN_TILE:
+                raise utils.UserError(f"out of memory on {device} even with {tile_size}-pixel tiles; "
+                                      "try --precision bf16 (or fp16), a smaller --tile-pad, or --device cpu") from None
+        # the failed attempt's tensors are released once the except block has ended
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        tile_size = max(MIN_TILE, tile_size // 2)
+        warnings.warn(f"out of memory on {device}: retrying with {tile_size}-pixel tiles", RuntimeWarning, stacklevel=2)
+
+
+def _upscale_tiles(model, lr, scale, precision, device, tile, pad):
+    """Run the model on tiles of ``lr`` (N, 3, h, w) and paste their centres into the output."""
+    n, _, h, w = lr.shape
+    out = torch.empty(n, 3, h * scale, w * scale, dtype=torch.float32, device=lr.device)
+    channels_last = _is_channels_last(model)
+    with torch.inference_mode(), utils.autocast(device, precision):
+        for top in range(0, h, tile):
+            bottom = min(top + tile, h)
+            for left in range(0, w, tile):
+                right = min(left + tile, w)
+                # the tile plus its context, clipped to the image (never zero-padded inside it)
+                ptop, pbottom = max(top - pad, 0), min(bottom + pad, h)
+                pleft, pright = max(left - pad, 0), min(right + pad, w)
+                x = lr[:, :, ptop:pbottom, pleft:pright].to(device, non_blocking=True)  # (N, 3, ph, pw)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = model(x)  # (N, 3, ph * s, pw * s)
+                # keep the centre: the part of the output that belongs to this tile
+                y = y[:, :, (top - ptop) * scale:(bottom - ptop) * scale, (left - pleft) * scale:(right - pleft) * scale]
+                out[:, :, top * scale:bottom * scale, left * scale:right * scale] = y.float().clamp_(-1, 1).to(lr.device)
+    return out
+
+
+def _is_channels_last(model):
+    """True if the model's first 4-D weight is stored channels_last."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
+
+
+def upscale_tensor_x8(model, lr, scale, precision, device, tile=None, tile_pad=None):
+    """Self-ensemble ("x8"): :func:`upscale_tensor` on the 8 flips / 90-degree rotations of ``lr``,
+    each output transformed back, averaged (Lim et al., EDSR, CVPR 2017 workshops).
+
+    Same arguments and result as :func:`upscale_tensor`; takes 8 times as long.
+    """
+    total = None
+    for flip in (False, True):
+        for k in range(4):
+            x = lr.flip(-1) if flip else lr
+            x = torch.rot90(x, k, dims=(-2, -1)).contiguous()  # (..., 3, h, w) or (..., 3, w, h)
+            y = upscale_tensor(model, x, scale, precision, device, tile, tile_pad)
+            y = torch.rot90(y, -k, dims=(-2, -1))
+            y = y.flip(-1) if flip else y
+            total = y if total is None else total + y
+    return total / 8
+
+
+# ----------------------------------------------------------------------------------------------
+# PIL images of every kind
+
+
+def normalize_mode(img):
+    """Bring a PIL image to one of the modes the model path handles: RGB, RGBA, L, LA or I;16.
+
+    Palette images become RGBA if they have transparency, else RGB; 1-bit images L; 32-bit
+    integer images (16-bit PNG in older Pillow) I;16 (values clipped to 0..65535); float images L;
+    CMYK, YCbCr, HSV and the like RGB. An L or RGB image with a transparent colour gains alpha.
+    Raises UserError for a mode that cannot be converted.
+    """
+    mode = img.mode
+    if mode in ("RGB", "L") and "transparency" in img.info:
+        return img.convert(mode + "A")
+    if mode in ("RGB", "RGBA", "L", "LA"):
+        return img
+    if mode in _HIGH_BIT_MODES:
+        arr = np.asarray(img).astype(np.int64)
+        return Image.fromarray(np.clip(arr, 0, 65535).astype(np.uint16))  # mode I;16
+    if mode == "P":
+        return img.convert("RGBA" if "transparency" in img.info else "RGB")
+    conversions = {"PA": "RGBA", "La": "LA", "RGBa": "RGBA", "1": "L", "F": "L"}
+    try:
+        return img.convert(conversions.get(mode, "RGB"))
+    except ValueError as e:
+        raise utils.UserError(f"unsupported image mode {mode!r} ({e})") from None
+
+
+def resize_image(img, size):
+    """Bicubic resize (PIL's antialiased filter, as utils.bicubic_resize) of an image of any mode
+    normalize_mode returns, keeping the mode: alpha is resized on its own (as upscale_image does);
+    16-bit images are resized in float and rounded back to 16 bits."""
+    if img.mode in _HIGH_BIT_MODES:
+        resized = np.asarray(utils.bicubic_resize(img.convert("F"), size))
+        return Image.fromarray(np.clip(np.round(resized), 0, 65535).astype(np.uint16))
+    if img.mode in ("RGBA", "LA"):
+        colour = utils.bicubic_resize(img.convert(img.mode[:-1]), size)
+        colour.putalpha(utils.bicubic_resize(img.getchannel("A"), size))
+        return colour
+    return utils.bicubic_resize(img, size)
+
+
+def bicubic_upscale(img, scale):
+    """The bicubic up-scaling of an image, of the same size and mode as :func:`upscale_image` gives."""
+    img = normalize_mode(img)
+    return resize_image(img, (img.width * scale, img.height * scale))
+
+
+def image_to_input(img):
+    """The model input for an image from :func:`normalize_mode`.
+
+    Returns:
+        (x, alpha): x is the ImageNet-normalised (1, 3, h, w) float tensor (a 16-bit image is read
+        at full precision, gray replicated to 3 channels; 8-bit grayscale likewise); alpha is the
+        image's alpha channel as an L image, or None.
+    """
+    if img.mode in _HIGH_BIT_MODES:
+        gray = torch.from_numpy(np.asarray(img, dtype=np.float32) / 65535.0)  # (h, w) in [0, 1]
+        x = gray.expand(3, -1, -1)  # (3, h, w)
+        return utils.convert_image(x, "[0, 1]", "imagenet-norm")[None], None
+    alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
+    return utils.convert_image(img, "pil", "imagenet-norm")[None], alpha  # (1, 3, h, w)
+
+
+def output_to_image(sr, mode):
+    """A PIL image of mode ``mode`` (from normalize_mode, without alpha) from a model output.
+
+    Args:
+        sr: (3, H, W) tensor in [-1, 1].
+        mode: 'RGB'/'RGBA' give RGB, 'L'/'LA' give L (via PIL's RGB to L conversion), 'I;16' gives
+            a 16-bit grayscale image (ITU-R 601-2 luma of the float output, not rounded to 8 bits).
+    """
+    if mode in _HIGH_BIT_MODES:
+        x = ((sr.float().cpu() + 1.0) / 2.0).clamp(0, 1)  # (3, H, W) in [0, 1]
+        weights = torch.tensor(_GRAY_WEIGHTS).view(3, 1, 1)
+        gray = (x * weights).sum(0)  # (H, W)
+        return Image.fromarray((gray * 65535.0).round().numpy().astype(np.uint16))  # mode I;16
+    rgb = utils.convert_image(sr, "[-1, 1]", "pil")
+    return rgb.convert("L") if mode in ("L", "LA") else rgb
+
+
+def upscale_image(model, img, scale, precision, device, tile=None, tile_pad=None):
+    """Super-resolve a PIL image of any kind (see the module docstring).
+
+    Args:
+        model, scale, precision, device, tile, tile_pad: as for :func:`upscale_tensor`.
+        img: the PIL image (EXIF rotation already applied, as utils.open_image_any_mode does).
+
+    Returns:
+        (sr, seconds): the super-resolved image, ``scale`` times larger, of mode RGB, RGBA, L, LA
+        or I;16 (see :func:`normalize_mode`); and the time the model took (including the
+        transfers to and from the device), in seconds.
+    """
+    img = normalize_mode(img)
+    x, alpha = image_to_input(img)  # (1, 3, h, w), alpha or None
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    sr = upscale_tensor(model, x, scale, precision, device, tile, tile_pad)  # (1, 3, h * s, w * s) on the CPU
+    seconds = time.perf_counter() - start
+    out = output_to_image(sr[0], img.mode)
+    if alpha is not None:
+        out.putalpha(utils.bicubic_resize(alpha, out.size))  # RGB -> RGBA, L -> LA
+    return out, seconds
+
+
+def to_rgb8(img):
+    """An 8-bit RGB copy of an image of any mode (alpha dropped, 16 bits rounded to 8), for
+    metrics and side-by-side pictures."""
+    if img.mode in _HIGH_BIT_MODES:
+        img = normalize_mode(img)
+        img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257.0).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def make_comparison(panels, gap=4):
+    """Side-by-side picture of same-size images, each with a small caption above it.
+
+    Args:
+        panels: list of (caption, PIL image).
+        gap: white pixels between panels.
+
+    Returns:
+        An RGB image.
+    """
+    w, h = panels[0][1].size
+    font_size = max(12, min(48, w // 20))
+    font = _font(font_size)
+    strip = font_size + 10
+    canvas = Image.new("RGB", (len(panels) * w + (len(panels) - 1) * gap, h + strip), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (caption, img) in enumerate(panels):
+        x = i * (w + gap)
+        canvas.paste(to_rgb8(img), (x, strip))
+        text_w = draw.textlength(caption, font=font)
+        draw.text((x + max(0, (w - text_w) / 2), 4), caption, fill="black", font=font)
+    return canvas
+
+
+def _font(size):
+    """PIL's built-in font at ``size`` points where this Pillow can scale it, else its bitmap font."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def save_image(img, path):
+    """Save a PIL image as PNG atomically (a temporary file in the same folder, then os.replace),
+    so that a failure never leaves a partial output file. Creates the folder if needed."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# files (what test.py does with each image)
+
+
+def collect_images(inputs):
+    """The image files named by ``inputs`` (files, or folders whose image files are taken, sorted).
+
+    A file is taken whatever its extension (it fails later if it is no image); in a folder only
+    files with an image extension (utils.IMAGE_EXTENSIONS) count. Raises UserError for a missing
+    path or a folder without images.
+    """
+    paths = []
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, name) for name in os.listdir(item)
+                           if utils.is_image_file(name) and os.path.isfile(os.path.join(item, name)))
+            if not found:
+                raise utils.UserError(f"{item}: no image files in this folder "
+                                      f"(looked for {', '.join(utils.IMAGE_EXTENSIONS)})")
+            paths.extend(found)
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise utils.UserError(f"{item}: no such file or folder")
+    return paths
+
+
+def output_stems(paths):
+    """Output name stems for input paths, unique within the run ('photo', then 'photo_jpg', ...)."""
+    stems, used = [], set()
+    for path in paths:
+        base, ext = os.path.splitext(os.path.basename(path))
+        stem, k = base, 1
+        if stem in used:
+            stem = f"{base}_{ext.lstrip('.')}" if ext else f"{base}_1"
+        while stem in used:
+            k += 1
+            stem = f"{base}_{k}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def super_resolve_file(model, path, output_dir, scale, precision, device, tile=None, tile_pad=None, stem=None):
+    """Super-resolve one image file; write <stem>_sr.png and <stem>_bicubic.png into output_dir.
+
+    Returns a dict: sr_path, bicubic_path, seconds (model time), in_size, out_size, mode.
+    Raises UserError naming the file if it cannot be read; nothing is written then.
+    """
+    img = utils.open_image_any_mode(path)
+    stem = stem or os.path.splitext(os.path.basename(path))[0]
+    try:
+        sr, seconds = upscale_image(model, img, scale, precision, device, tile, tile_pad)
+        bicubic = bicubic_upscale(img, scale)
+    except utils.UserError as e:
+        raise utils.UserError(f"{path}: {e}") from None
+    sr_path = os.path.join(output_dir, f"{stem}_sr.png")
+    bicubic_path = os.path.join(output_dir, f"{stem}_bicubic.png")
+    save_image(sr, sr_path)
+    save_image(bicubic, bicubic_path)
+    return dict(sr_path=sr_path, bicubic_path=bicubic_path, seconds=seconds, in_size=img.size,
+                out_size=sr.size, mode=sr.mode)
+
+
+def hr_demo(model, img, scale, precision, device, tile=None, tile_pad=None, label="model"):
+    """The classic demo: treat ``img`` as the HR original, bicubic-down-sample it by ``scale``,
+    super-resolve that, and compare with bicubic up-sampling.
+
+    The HR image is first cropped to a multiple of the scale; metrics are utils.calc_psnr /
+    calc_ssim on 8-bit RGB versions (Y channel, ``scale`` border pixels cropped).
+
+    Returns:
+        dict: comparison (PIL image: bicubic | model | original), sr, bicubic, hr (PIL images),
+        psnr_bicubic, ssim_bicubic, psnr_sr, ssim_sr, seconds (model time).
+    """
+    hr = utils.crop_to_multiple(normalize_mode(img), scale)
+    min_side = 2 * scale + 11  # SSIM's 11x11 window must fit after the border crop
+    if min(hr.size) < min_side:
+        raise utils.UserError(f"image is {img.width}x{img.height}; --hr needs at least {min_side} pixels on each side")
+    lr = resize_image(hr, (hr.width // scale, hr.height // scale))
+    sr, seconds = upscale_image(model, lr, scale, precision, device, tile, tile_pad)
+    bicubic = resize_image(lr, hr.size)
+    hr8, sr8, bicubic8 = to_rgb8(hr), to_rgb8(sr), to_rgb8(bicubic)
+    comparison = make_comparison([("bicubic", bicubic8), (label, sr8), ("original", hr8)])
+    return dict(comparison=comparison, sr=sr, bicubic=bicubic, hr=hr, seconds=seconds,
+                psnr_bicubic=utils.calc_psnr(bicubic8, hr8, scale), ssim_bicubic=utils.calc_ssim(bicubic8, hr8, scale),
+                psnr_sr=utils.calc_psnr(sr8, hr8, scale), ssim_sr=utils.calc_ssim(sr8, hr8, scale))
+
+
+def hr_demo_file(model, path, output_dir, scale, precision, device, tile=None, tile_pad=None, stem=None,
+                 label="model"):
+    """:func:`hr_demo` on an image file; writes <stem>_comparison.png into output_dir.
+
+    Returns hr_demo's dict without the images, plus comparison_path.
+    Raises UserError naming the file if it cannot be read or is too small; nothing is written then.
+    """
+    img = utils.open_image_any_mode(path)
+    stem = stem or os.path.splitext(os.path.basename(path))[0]
+    try:
+        result = hr_demo(model, img, scale, precision, device, tile, tile_pad, label)
+    except utils.UserError as e:
+        raise utils.UserError(f"{path}: {e}") from None
+    comparison_path = os.path.join(output_dir, f"{stem}_comparison.png")
+    save_image(result.pop("comparison"), comparison_path)
+    for key in ("sr", "bicubic", "hr"):
+        result.pop(key)
+    result["comparison_path"] = comparison_path
+    return result

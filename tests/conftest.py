@@ -1,0 +1,59 @@
+"""Shared fixtures: the repo root on sys.path, the shared data folder, tiny models, image folders."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# ../shared/data next to the project (read in place, never copied); tests that need it skip without it
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+TINY = dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=2, scaling_factor=4)
+
+
+def need_shared(name):
+    """Path of a shared data folder, or skip the test with a reason."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"shared data folder {path} is absent")
+    return path
+
+
+def random_image(size, seed=0, mode="RGB"):
+    """A smooth-ish random image (so bicubic and the metrics see structure, not just noise)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    small = rng.integers(0, 256, (max(h // 8, 2), max(w // 8, 2), 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+    noise = rng.integers(-20, 21, (h, w, 3))
+    img = Image.fromarray(np.clip(np.asarray(img).astype(int) + noise, 0, 255).astype(np.uint8))
+    return img.convert(mode)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A folder of 6 RGB PNG training images of 120x100 pixels."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        random_image((120, 100), seed=i).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture
+def data_lists(tmp_path, image_folder):
+    """JSON lists for image_folder (train) and a 'Val' test folder of 2 images."""
+    import create_data_lists
+
+    val = tmp_path / "Val"
+    val.mkdir()
+    for i in range(2):
+        random_image((64, 52), seed=100 + i).save(val / f"v{i}.png")
+    out = tmp_path / "lists"
+    create_data_lists.create_data_lists([str(image_folder)], [str(val)], 40, str(out), log=lambda *a: None)
+    return out

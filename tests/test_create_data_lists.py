@@ -1,0 +1,83 @@
+"""create_data_lists: image filtering, unreadable files, errors, the command line."""
+
+import json
+
+import pytest
+from PIL import Image
+
+import create_data_lists
+import utils
+from conftest import random_image
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """Good images of several formats, a tiny one, a corrupt one and non-image files."""
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    random_image((150, 120)).save(folder / "good.png")
+    random_image((130, 110)).save(folder / "GOOD2.JPG")
+    random_image((110, 200)).convert("L").save(folder / "gray.bmp")
+    random_image((120, 120)).save(folder / "web.webp")
+    random_image((120, 120)).save(folder / "sub" / "nested.tiff")
+    random_image((50, 300)).save(folder / "tiny.png")  # one side below min_size
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "empty.png").write_bytes(b"")
+    return folder
+
+
+def test_lists_keep_only_good_images(tmp_path, mixed_folder):
+    out = tmp_path / "lists"
+    messages = []
+    counts = create_data_lists.create_data_lists([str(mixed_folder)], [str(mixed_folder)], 100, str(out),
+                                                 log=messages.append)
+    train = json.loads((out / "train_images.json").read_text())
+    names = sorted(p.rsplit("/", 1)[1] for p in train)
+    assert names == ["GOOD2.JPG", "good.png", "gray.bmp", "web.webp"]
+    assert json.loads((out / "mixed_test_images.json").read_text()) == train
+    assert counts[str(out / "train_images.json")] == 4
+    text = "\n".join(messages)
+    assert "2 unreadable" in text and "corrupt.jpg" in text and "empty.png" in text
+    assert "1 smaller than 100" in text
+
+
+def test_recursive(tmp_path, mixed_folder):
+    out = tmp_path / "lists"
+    create_data_lists.create_data_lists([str(mixed_folder)], [], 100, str(out), recursive=True, log=lambda m: None)
+    train = json.loads((out / "train_images.json").read_text())
+    assert any(p.endswith("sub/nested.tiff") for p in train) and len(train) == 5
+
+
+def test_missing_folder_is_an_error_and_writes_nothing(tmp_path, mixed_folder):
+    out = tmp_path / "lists"
+    with pytest.raises(utils.UserError, match="no-such-folder: no such folder"):
+        create_data_lists.create_data_lists([str(mixed_folder)], [str(tmp_path / "no-such-folder")], 100, str(out))
+    assert not out.exists()
+
+
+def test_cli(tmp_path, mixed_folder, capsys):
+    out = tmp_path / "cli"
+    create_data_lists.main(["--train-folders", str(mixed_folder), "--min-size", "40", "--output-folder", str(out)])
+    assert len(json.loads((out / "train_images.json").read_text())) == 5  # tiny.png now kept
+    with pytest.raises(SystemExit) as e:
+        utils.run_cli(create_data_lists.main, ["--train-folders", str(tmp_path / "nope"), "--output-folder", str(out)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("error:")
+
+
+def test_many_files_are_fast(tmp_path):
+    """Only headers are read: 2,000 files scan in well under a minute on 2 cores."""
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    img = random_image((120, 110))
+    img.save(folder / "0.png")
+    data = (folder / "0.png").read_bytes()
+    for i in range(1, 2000):
+        (folder / f"{i}.png").write_bytes(data)
+    start = time.time()
+    create_data_lists.create_data_lists([str(folder)], [], 100, str(tmp_path / "l"), log=lambda m: None)
+    assert time.time() - start < 60
+    assert len(json.loads((tmp_path / "l" / "train_images.json").read_text())) == 2000

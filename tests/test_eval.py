@@ -1,0 +1,135 @@
+"""eval.py: the published bicubic baseline, model rows computed like utils' metrics, JSON, errors."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+import inference
+import models
+import utils
+from conftest import ROOT, TINY, need_shared, random_image
+
+
+def load_script(name):
+    """Import a top-level script by path (so that 'eval' does not shadow the builtin in tests)."""
+    spec = importlib.util.spec_from_file_location(f"sr_script_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+eval_script = load_script("eval")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    utils.save_checkpoint(utils.inference_checkpoint(models.SRResNet(**TINY)), path)
+    return path
+
+
+@pytest.fixture
+def test_set(tmp_path):
+    """A folder 'Mini' of 3 images (one grayscale, one not a multiple of the scale) and its JSON list."""
+    folder = tmp_path / "Mini"
+    folder.mkdir()
+    random_image((64, 48), seed=1).save(folder / "a.png")
+    random_image((50, 42), seed=2).convert("L").save(folder / "b.bmp")
+    random_image((40, 40), seed=3).save(folder / "c.png")
+    listing = tmp_path / "Mini2_test_images.json"
+    listing.write_text(json.dumps([str(p) for p in sorted(folder.iterdir())]))
+    return folder, listing
+
+
+def test_bicubic_matches_the_published_set5_baseline(tmp_path, capsys):
+    set5 = need_shared("Set5")
+    out = tmp_path / "bicubic.json"
+    results = eval_script.main(["--bicubic", "--scale", "4", "--test-folders", str(set5), "--json", str(out)])
+    assert results["Bicubic"]["Set5"]["psnr"] == pytest.approx(28.43, abs=0.005)
+    assert results["Bicubic"]["Set5"]["count"] == 5
+    table = capsys.readouterr().out
+    assert "| Bicubic | 28.43 |" in table
+    saved = json.loads(out.read_text())
+    assert saved["crop_border"] == 4 and saved["results"]["Bicubic"]["Set5"]["psnr"] == pytest.approx(28.43, abs=0.005)
+    assert len(saved["results"]["Bicubic"]["Set5"]["images"]) == 5
+
+
+def test_model_rows_use_utils_metrics(checkpoint, test_set, tmp_path, capsys):
+    folder, listing = test_set
+    out = tmp_path / "r.json"
+    results = eval_script.main(["--checkpoint", str(checkpoint), "--bicubic", "--test-folders", str(folder),
+                                str(listing), "--json", str(out), "--device", "cpu"])
+    assert list(results) == ["Bicubic", "tiny.pth"]
+    assert list(results["tiny.pth"]) == ["Mini", "Mini2"]  # folder name, list name
+    # the same numbers computed by hand with the shared functions
+    model = inference.load_model(checkpoint, "cpu", "fp32")
+    hr = utils.crop_to_multiple(utils.open_image(folder / "b.bmp"), 4)  # grayscale -> RGB, 48x40
+    lr = utils.bicubic_resize(hr, (hr.width // 4, hr.height // 4))
+    sr = utils.convert_image(inference.upscale_tensor(model, utils.convert_image(lr, "pil", "imagenet-norm"), 4,
+                                                      "fp32", "cpu"), "[-1, 1]", "pil")
+    got = results["tiny.pth"]["Mini"]["images"]["b.bmp"]
+    assert got["psnr"] == pytest.approx(utils.calc_psnr(sr, hr, 4))
+    assert got["ssim"] == pytest.approx(utils.calc_ssim(sr, hr, 4))
+    assert results["tiny.pth"]["Mini"] == results["tiny.pth"]["Mini2"]
+    lines = capsys.readouterr().out.splitlines()
+    assert "| Method | Mini PSNR | Mini SSIM | Mini2 PSNR | Mini2 SSIM |" in lines
+    assert any(line.startswith("| tiny.pth | ") for line in lines)
+    saved = json.loads(out.read_text())
+    assert saved["scale"] == 4 and saved["results"]["tiny.pth"]["Mini"]["count"] == 3
+
+
+def test_tiles_crop_border_and_self_ensemble(checkpoint, test_set):
+    folder, _ = test_set
+    base = ["--checkpoint", str(checkpoint), "--test-folders", str(folder)]
+    whole = eval_script.main(base + ["--tile", "0"])["tiny.pth"]["Mini"]
+    tiled = eval_script.main(base + ["--tile", "5"])["tiny.pth"]["Mini"]
+    assert tiled["psnr"] == pytest.approx(whole["psnr"], abs=0.01)
+    border = eval_script.main(base + ["--crop-border", "0"])["tiny.pth"]["Mini"]
+    assert border["psnr"] != pytest.approx(whole["psnr"], abs=1e-6)
+    ensemble = eval_script.main(base + ["--self-ensemble"])["tiny.pth"]["Mini"]
+    assert ensemble["count"] == 3 and ensemble["psnr"] != pytest.approx(whole["psnr"], abs=1e-6)
+
+
+def test_self_ensemble_of_an_equivariant_method_changes_nothing(test_set):
+    folder, _ = test_set
+
+    class Nearest(torch.nn.Module):
+        """Commutes with flips and rotations, so the x8 average must equal one pass."""
+
+        def forward(self, x):
+            x = torch.nn.functional.interpolate(x, scale_factor=4)
+            return utils.convert_image(x, "imagenet-norm", "[-1, 1]")
+
+    sets = eval_script.resolve_test_sets([str(folder)])
+    plain = eval_script.evaluate([("nearest", Nearest())], sets, 4, 4, tile=None)
+    x8 = eval_script.evaluate([("nearest", Nearest())], sets, 4, 4, self_ensemble=True)
+    assert x8["nearest"]["Mini"]["psnr"] == pytest.approx(plain["nearest"]["Mini"]["psnr"], abs=1e-9)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--test-folders", "{folder}"], "nothing to evaluate"),
+    (["--bicubic", "--test-folders", "{folder}"], "needs --scale"),
+    (["--checkpoint", "{checkpoint}", "--scale", "2", "--test-folders", "{folder}"], "x4"),
+    (["--bicubic", "--scale", "4", "--test-folders", "{missing}"], "no such folder"),
+    (["--bicubic", "--scale", "4", "--test-folders", "{folder}", "{folder}"], "distinct names"),
+    (["--checkpoint", "{missing}", "--test-folders", "{folder}"], "no such checkpoint"),
+])
+def test_errors(argv, message, checkpoint, test_set, tmp_path, capsys):
+    folder, _ = test_set
+    values = dict(folder=folder, checkpoint=checkpoint, missing=tmp_path / "missing")
+    with pytest.raises(SystemExit) as e:
+        utils.run_cli(eval_script.main, [a.format(**values) for a in argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_unreadable_test_image_names_the_file(test_set, capsys):
+    folder, _ = test_set
+    (folder / "d.png").write_bytes(b"broken")
+    with pytest.raises(SystemExit):
+        utils.run_cli(eval_script.main, ["--bicubic", "--scale", "4", "--test-folders", str(folder)])
+    assert "d.png" in capsys.readouterr().err

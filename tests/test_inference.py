@@ -1,0 +1,335 @@
+"""inference.py: BatchNorm folding, receptive field and tiling, precision, image kinds, files."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import inference
+import models
+import utils
+from conftest import SHARED_DATA, TINY, random_image
+
+
+def randomize_batchnorm(model, seed=0):
+    """Give every BatchNorm non-trivial running statistics and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                n = bn.num_features
+                bn.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                bn.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                bn.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return model.eval()
+
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return randomize_batchnorm(models.SRResNet(**dict(TINY, **overrides)), seed)
+
+
+def test_fold_batchnorm_is_exact_and_leaves_the_original_alone():
+    for model in (tiny_model(), randomize_batchnorm(models.Generator(**TINY))):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        folded = inference.fold_batchnorm(model)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        x = torch.randn(2, 3, 17, 23)
+        with torch.no_grad():
+            diff = (model(x) - folded(x)).abs().max().item()
+        assert diff < 1e-5
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_receptive_radius_values():
+    assert inference.receptive_radius(models.SRResNet()) == 40
+    assert inference.receptive_radius(models.Generator()) == 40
+    assert inference.receptive_radius(models.SRResNet(n_blocks=2, n_channels=8)) == 12
+    assert inference.receptive_radius(dict(models.SRResNet(scaling_factor=8).args)) == 41
+    with pytest.raises(ValueError, match="tile_pad"):
+        inference.receptive_radius(nn.Identity())
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_receptive_radius_bounds_the_influence_of_a_pixel(scale):
+    """Changing one LR pixel changes no output pixel farther than the radius (in LR pixels)."""
+    model = tiny_model(scaling_factor=scale, n_blocks=1, n_channels=4).double()
+    radius = inference.receptive_radius(model)
+    n = 2 * radius + 9
+    c = n // 2
+    x = torch.randn(1, 3, n, n, dtype=torch.float64)
+    x2 = x.clone()
+    x2[..., c, c] += 1.0
+    with torch.no_grad():
+        changed = (model(x2) - model(x)).abs().amax(1)[0] > 0  # (n * s, n * s)
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    reach = max((ys // scale - c).abs().max().item(), (xs // scale - c).abs().max().item())
+    assert radius - 1 <= reach <= radius  # a bound, and (nearly) tight
+
+
+def real_lr_image():
+    """A real LR image (Set5 baby, 128x128) if the shared data is here, else a synthetic one."""
+    path = SHARED_DATA / "Set5" / "baby_GT.bmp"
+    hr = utils.open_image(path) if path.is_file() else random_image((512, 512), seed=3)
+    hr = utils.crop_to_multiple(hr, 4)
+    return utils.bicubic_resize(hr, (hr.width // 4, hr.height // 4))
+
+
+def test_tiled_output_equals_untiled_on_a_real_image():
+    model = inference.prepare_model(tiny_model(), "cpu", "fp32")
+    lr = real_lr_image()
+    whole, _ = inference.upscale_image(model, lr, 4, "fp32", "cpu", tile=None)
+    whole = np.asarray(whole).astype(int)
+    for tile in (48, 37):  # tiles that divide the image and tiles that do not
+        tiled, _ = inference.upscale_image(model, lr, 4, "fp32", "cpu", tile=tile)
+        assert np.abs(np.asarray(tiled).astype(int) - whole).max() <= 1
+    # without context the tiles show seams: the test above is sensitive to the padding
+    seamed, _ = inference.upscale_image(model, lr, 4, "fp32", "cpu", tile=48, tile_pad=0)
+    assert np.abs(np.asarray(seamed).astype(int) - whole).max() > 5
+
+
+def test_upscale_tensor_shapes_batch_and_range():
+    model = inference.prepare_model(tiny_model(), "cpu", "fp32")
+    x = torch.randn(2, 3, 19, 26)
+    y = inference.upscale_tensor(model, x, 4, "fp32", "cpu", tile=10)
+    assert y.shape == (2, 3, 76, 104) and y.dtype == torch.float32
+    assert y.min() >= -1 and y.max() <= 1
+    single = inference.upscale_tensor(model, x[1], 4, "fp32", "cpu")
+    assert single.shape == (3, 76, 104)
+    assert torch.allclose(single, y[1], atol=1e-5)
+
+
+class NearestUpscaler(nn.Module):
+    """A stand-in model: nearest-neighbour x4 up-scaling of the de-normalised input, in [-1, 1].
+
+    Raises CUDA-style out-of-memory errors for inputs larger than ``max_side`` (if given).
+    """
+
+    def __init__(self, max_side=None):
+        super().__init__()
+        self.max_side = max_side
+        self.sides = []
+
+    def forward(self, x):
+        self.sides.append(max(x.shape[-2:]))
+        if self.max_side is not None and max(x.shape[-2:]) > self.max_side:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return utils.convert_image(nn.functional.interpolate(x, scale_factor=4), "imagenet-norm", "[-1, 1]")
+
+
+def test_out_of_memory_retries_with_halved_tiles():
+    x = utils.convert_image(torch.rand(1, 3, 100, 80), "[0, 1]", "imagenet-norm")
+    expected = inference.upscale_tensor(NearestUpscaler(), x, 4, "fp32", "cpu", tile_pad=2)
+    model = NearestUpscaler(max_side=40)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        out = inference.upscale_tensor(model, x, 4, "fp32", "cpu", tile=None, tile_pad=2)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert model.sides[0] == 100 and max(model.sides[-4:]) <= 40  # whole image, then 50, then 25 px tiles
+    with pytest.raises(utils.UserError, match="out of memory"), pytest.warns(RuntimeWarning):
+        inference.upscale_tensor(NearestUpscaler(max_side=8), x, 4, "fp32", "cpu", tile_pad=2)
+
+
+def test_self_ensemble():
+    x = utils.convert_image(torch.rand(3, 12, 9), "[0, 1]", "imagenet-norm")
+    # an up-scaler that commutes with flips and rotations gives its plain output
+    plain = inference.upscale_tensor(NearestUpscaler(), x, 4, "fp32", "cpu", tile_pad=0)
+    ensemble = inference.upscale_tensor_x8(NearestUpscaler(), x, 4, "fp32", "cpu", tile_pad=0)
+    assert ensemble.shape == (3, 48, 36)
+    assert torch.allclose(ensemble, plain, atol=1e-6)
+    # a real network does not: the average differs from a single pass, but stays close
+    model = inference.prepare_model(tiny_model(), "cpu", "fp32")
+    plain = inference.upscale_tensor(model, x, 4, "fp32", "cpu")
+    ensemble = inference.upscale_tensor_x8(model, x, 4, "fp32", "cpu", tile=5)
+    assert ensemble.shape == plain.shape
+    assert 0 < (ensemble - plain).abs().max() < 1
+
+
+def test_precision_choices(monkeypatch):
+    with pytest.raises(utils.UserError, match="fp16 needs a CUDA GPU"):
+        inference.resolve_precision("fp16", "cpu")
+    with pytest.raises(utils.UserError, match="fp16"):
+        inference.prepare_model(tiny_model(), "cpu", "fp16")
+    with pytest.raises(utils.UserError):
+        inference.resolve_precision("fp8", "cpu")
+    monkeypatch.setattr(utils, "cpu_supports_bf16", lambda: True)
+    assert inference.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(utils, "cpu_supports_bf16", lambda: False)
+    assert inference.resolve_precision("auto", "cpu") == "fp32"
+    assert inference.resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_bf16_is_close_to_fp32():
+    model = inference.prepare_model(tiny_model(), "cpu", "bf16")
+    x = utils.convert_image(real_lr_image().crop((0, 0, 40, 32)), "pil", "imagenet-norm")
+    fp32 = inference.upscale_tensor(model, x, 4, "fp32", "cpu")
+    bf16 = inference.upscale_tensor(model, x, 4, "bf16", "cpu", tile=16)
+    assert bf16.dtype == torch.float32
+    assert (bf16 - fp32).abs().max() * 127.5 < 4  # within a few grey levels
+
+
+def test_prepare_model_copies_and_formats():
+    model = tiny_model()
+    prepared = inference.prepare_model(model, "cpu", "fp32", channels_last=True)
+    assert prepared is not model and not prepared.training
+    assert not any(p.requires_grad for p in prepared.parameters())
+    assert prepared.conv_block1.conv_block[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    unfolded = inference.prepare_model(model, "cpu", "fp32", channels_last=False, fold_bn=False)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in unfolded.modules())
+    x = torch.randn(1, 3, 10, 10)
+    assert torch.allclose(inference.upscale_tensor(prepared, x, 4, "fp32", "cpu"),
+                          inference.upscale_tensor(unfolded, x, 4, "fp32", "cpu"), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# image kinds
+
+
+@pytest.fixture(scope="module")
+def model():
+    return inference.prepare_model(tiny_model(), "cpu", "fp32")
+
+
+def make_image(kind):
+    """(image, expected output mode) for each kind of input."""
+    rgb = random_image((20, 14), seed=7)
+    if kind == "RGB":
+        return rgb, "RGB"
+    if kind == "L":
+        return rgb.convert("L"), "L"
+    if kind == "1":
+        return rgb.convert("1"), "L"
+    if kind in ("RGBA", "LA"):
+        img = rgb.convert(kind)
+        img.putalpha(alpha_pattern(img.size))
+        return img, kind
+    if kind == "P":
+        return rgb.convert("P"), "RGB"
+    if kind == "P+transparency":
+        img = rgb.convert("P")
+        img.info["transparency"] = 0
+        return img, "RGBA"
+    if kind == "CMYK":
+        return rgb.convert("CMYK"), "RGB"
+    if kind == "I;16":
+        return Image.fromarray(gradient16((20, 14))), "I;16"
+    raise ValueError(kind)
+
+
+def alpha_pattern(size):
+    """Left half fully transparent, right half opaque."""
+    w, h = size
+    a = np.zeros((h, w), np.uint8)
+    a[:, w // 2:] = 255
+    return Image.fromarray(a)
+
+
+def gradient16(size):
+    """A 16-bit gradient whose values mostly fall between the 8-bit levels."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (1000 + xx * 2011 + yy * 997).astype(np.uint16)
+
+
+@pytest.mark.parametrize("kind", ["RGB", "L", "1", "RGBA", "LA", "P", "P+transparency", "CMYK", "I;16"])
+def test_every_image_kind_gives_the_right_mode_and_size(model, kind, tmp_path):
+    img, mode = make_image(kind)
+    sr, seconds = inference.upscale_image(model, img, 4, "fp32", "cpu", tile=8)
+    bicubic = inference.bicubic_upscale(img, 4)
+    assert sr.mode == mode and bicubic.mode == mode
+    assert sr.size == bicubic.size == (80, 56)
+    assert seconds >= 0
+    # what is saved reads back the same
+    inference.save_image(sr, tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as back:
+        assert back.mode == mode and back.size == (80, 56)
+        assert np.array_equal(np.asarray(back), np.asarray(sr))
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "LA"])
+def test_alpha_survives(model, kind):
+    img, _ = make_image(kind)
+    sr, _ = inference.upscale_image(model, img, 4, "fp32", "cpu")
+    alpha = np.asarray(sr.getchannel("A"))  # (56, 80)
+    assert alpha[:, :30].max() == 0 and alpha[:, 50:].min() == 255
+    assert np.array_equal(alpha, np.asarray(inference.bicubic_upscale(img, 4).getchannel("A")))
+
+
+def test_sixteen_bit_input_is_not_truncated(model, tmp_path):
+    data = gradient16((20, 14))
+    Image.fromarray(data).save(tmp_path / "g16.png")
+    img = utils.open_image_any_mode(tmp_path / "g16.png")
+    x, alpha = inference.image_to_input(inference.normalize_mode(img))
+    assert alpha is None
+    x01 = utils.convert_image(x[0], "imagenet-norm", "[0, 1]")
+    assert torch.allclose(x01[0], torch.from_numpy(data / 65535.0).float(), atol=1e-6)  # not rounded to 8 bits
+    sr, _ = inference.upscale_image(model, img, 4, "fp32", "cpu")
+    inference.save_image(sr, tmp_path / "sr.png")
+    with Image.open(tmp_path / "sr.png") as back:
+        assert back.mode == "I;16"
+        out = np.asarray(back)
+    assert out.dtype == np.uint16 and (out % 257 != 0).any()  # 16-bit values, not 8-bit ones scaled
+    bicubic = np.asarray(inference.bicubic_upscale(img, 4))
+    assert abs(float(bicubic.mean()) - float(data.mean())) < 500  # same range as the input
+
+
+def test_exif_rotation_is_applied(model, tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    random_image((30, 20)).save(tmp_path / "rotated.jpg", exif=exif)
+    result = inference.super_resolve_file(model, tmp_path / "rotated.jpg", tmp_path / "out", 4, "fp32", "cpu")
+    assert result["in_size"] == (20, 30) and result["out_size"] == (80, 120)
+    with Image.open(result["bicubic_path"]) as bicubic:
+        assert bicubic.size == (80, 120)
+
+
+def test_hr_demo_metrics_and_comparison(model):
+    hr = random_image((66, 50), seed=5)
+    result = inference.hr_demo(model, hr, 4, "fp32", "cpu", label="SRResNet")
+    assert result["hr"].size == (64, 48) and result["sr"].size == (64, 48)
+    # the metrics are utils' on the images shown
+    assert result["psnr_bicubic"] == pytest.approx(utils.calc_psnr(result["bicubic"], result["hr"], 4))
+    assert result["ssim_sr"] == pytest.approx(utils.calc_ssim(result["sr"], result["hr"], 4))
+    comparison = result["comparison"]
+    assert comparison.mode == "RGB" and comparison.width == 3 * 64 + 2 * 4 and comparison.height > 48
+    with pytest.raises(utils.UserError, match="at least"):
+        inference.hr_demo(model, random_image((16, 40)), 4, "fp32", "cpu")
+
+
+def test_save_image_is_atomic(tmp_path, monkeypatch):
+    img = random_image((8, 8))
+    inference.save_image(img, tmp_path / "a.png")
+
+    def broken_save(self, fp, format=None, **kwargs):
+        fp.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        inference.save_image(img, tmp_path / "a.png")
+    with pytest.raises(OSError):
+        inference.save_image(img, tmp_path / "b.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # old file kept, no temporary left
+    monkeypatch.undo()
+    with Image.open(tmp_path / "a.png") as back:
+        assert np.array_equal(np.asarray(back), np.asarray(img))
+
+
+def test_collect_images_and_output_stems(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("b.png", "a.JPG", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "c.dat").write_bytes(b"x")
+    paths = inference.collect_images([folder, tmp_path / "c.dat"])
+    assert [p.split("/")[-1] for p in paths] == ["a.JPG", "b.png", "c.dat"]
+    with pytest.raises(utils.UserError, match="no such file"):
+        inference.collect_images([tmp_path / "missing.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(utils.UserError, match="no image files"):
+        inference.collect_images([tmp_path / "empty"])
+    assert inference.output_stems(["x/photo.png", "y/photo.jpg", "z/photo.png", "v/photo.png", "w/other.bmp"]) == \
+        ["photo", "photo_jpg", "photo_png", "photo_2", "other"]

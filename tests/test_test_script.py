@@ -1,0 +1,216 @@
+"""test.py: outputs, the --hr demo, and one clear error line for every kind of bad input."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import models
+import utils
+from conftest import ROOT, TINY, random_image
+
+
+def load_script(name):
+    """Import a top-level script by path (a module named 'test' would clash with Python's own)."""
+    spec = importlib.util.spec_from_file_location(f"sr_script_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+test_script = load_script("test")
+
+
+def run(argv):
+    """Run test.py's main as the command line does; returns the exit code (0 on success)."""
+    try:
+        utils.run_cli(test_script.main, [str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    utils.save_checkpoint(utils.inference_checkpoint(models.SRResNet(**TINY)), path)
+    return path
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "in" / "photo.png"
+    path.parent.mkdir()
+    random_image((24, 18), seed=1).save(path)
+    return path
+
+
+def files_in(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_writes_sr_and_bicubic_and_prints_the_time(checkpoint, image, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert run(["--checkpoint", checkpoint, "--img", image, "--output-dir", out, "--precision", "fp32"]) == 0
+    assert files_in(out) == ["photo_bicubic.png", "photo_sr.png"]
+    for name in files_in(out):
+        with Image.open(out / name) as img:
+            assert img.size == (96, 72) and img.mode == "RGB"
+    stdout = capsys.readouterr().out
+    assert "photo.png: 24x18 -> 96x72" in stdout and " s (model)" in stdout
+
+
+def test_tiles_do_not_change_the_output(checkpoint, image, tmp_path):
+    common = ["--checkpoint", checkpoint, "--img", image, "--precision", "fp32"]
+    assert run(common + ["--output-dir", tmp_path / "a", "--tile", "0"]) == 0
+    assert run(common + ["--output-dir", tmp_path / "b", "--tile", "7"]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / d / "photo_sr.png")).astype(int) for d in "ab")
+    assert np.abs(a - b).max() <= 1
+
+
+def test_hr_mode_writes_the_comparison_and_prints_psnr(checkpoint, tmp_path, capsys):
+    path = tmp_path / "hr.png"
+    random_image((70, 50), seed=2).save(path)
+    out = tmp_path / "results"
+    assert run(["--checkpoint", checkpoint, "--img", path, "--output-dir", out, "--hr"]) == 0
+    assert files_in(out) == ["hr_comparison.png"]
+    with Image.open(out / "hr_comparison.png") as img:
+        assert img.width == 3 * 68 + 2 * 4 and img.height > 48  # cropped to 68x48, 3 panels
+    stdout = capsys.readouterr().out
+    assert "bicubic" in stdout and "dB" in stdout and "SRResNet" in stdout
+
+
+def test_folder_run_continues_past_a_bad_file(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    random_image((16, 12), seed=3).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"not an image at all")
+    random_image((16, 12), seed=4).save(folder / "c.bmp")
+    (folder / "readme.txt").write_text("ignored: not an image extension")
+    out = tmp_path / "results"
+    assert run(["--checkpoint", checkpoint, "--img", folder, "--output-dir", out]) == 2
+    assert files_in(out) == ["a_bicubic.png", "a_sr.png", "c_bicubic.png", "c_sr.png"]
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 2
+    assert "b.png" in errors[0] and "cannot decode" in errors[0]
+    assert "1 of 3 images failed" in errors[1]
+
+
+def test_default_sample_folder(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(test_script, "HERE", str(tmp_path))
+    with pytest.raises(utils.UserError, match="no --img given"):
+        test_script.main(["--checkpoint", str(checkpoint)])
+    (tmp_path / "data").mkdir()
+    random_image((16, 12)).save(tmp_path / "data" / "astronaut.png")
+    out = tmp_path / "results"
+    assert run(["--checkpoint", checkpoint, "--output-dir", out]) == 0
+    assert files_in(out) == ["astronaut_bicubic.png", "astronaut_sr.png"]
+    # the default checkpoint is looked for next to the script, and its absence said plainly
+    with pytest.raises(utils.UserError, match=r"checkpoints/srresnet_x4\.pth: no such checkpoint"):
+        test_script.main(["--output-dir", str(out)])
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one 'error: ...' line naming the file, exit code 2, no traceback, no output file
+
+
+def bad_image(tmp_path, kind):
+    """A bad input of the given kind; returns (path to pass, name the error must mention)."""
+    if kind == "missing file":
+        return tmp_path / "nope.png", "nope.png"
+    if kind == "folder without images":
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "notes.txt").write_text("hello")
+        return tmp_path / "empty", "empty"
+    if kind == "non-image file":
+        (tmp_path / "notes.txt").write_text("hello")
+        return tmp_path / "notes.txt", "notes.txt"
+    if kind == "truncated image":
+        path = tmp_path / "cut.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return path, "cut.png"
+    if kind == "empty file":
+        (tmp_path / "zero.png").write_bytes(b"")
+        return tmp_path / "zero.png", "zero.png"
+    if kind == "decompression bomb":  # checked with PIL's limit lowered (see the test)
+        random_image((64, 64)).save(tmp_path / "bomb.png")
+        return tmp_path / "bomb.png", "bomb.png"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing file", "folder without images", "non-image file", "truncated image",
+                                  "empty file", "decompression bomb"])
+def test_bad_image(kind, checkpoint, tmp_path, capsys, monkeypatch):
+    path, name = bad_image(tmp_path, kind)
+    if kind == "decompression bomb":
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x the limit: refused
+    out = tmp_path / "results"
+    assert run(["--checkpoint", checkpoint, "--img", path, "--output-dir", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and name in err[0]
+    assert "Traceback" not in err[0]
+    assert files_in(out) == []
+
+
+def bad_checkpoint(tmp_path, kind):
+    if kind == "missing checkpoint":
+        return tmp_path / "none.pth"
+    path = tmp_path / f"{kind.replace(' ', '_')}.pth"
+    if kind == "corrupt checkpoint":
+        path.write_bytes(os.urandom(2000))
+    elif kind == "truncated checkpoint":
+        torch.manual_seed(0)
+        utils.save_checkpoint(utils.inference_checkpoint(models.SRResNet(**TINY)), path)
+        path.write_bytes(path.read_bytes()[:3000])
+    elif kind == "discriminator-only checkpoint":
+        disc = models.Discriminator(n_channels=4, n_blocks=2, fc_size=8)
+        utils.save_checkpoint({"format_version": utils.FORMAT_VERSION, "discriminator": utils.model_spec(disc)}, path)
+    elif kind == "not a checkpoint":
+        torch.save({"weights": torch.zeros(3)}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing checkpoint", "corrupt checkpoint", "truncated checkpoint",
+                                  "discriminator-only checkpoint", "not a checkpoint"])
+def test_bad_checkpoint(kind, image, tmp_path, capsys):
+    path = bad_checkpoint(tmp_path, kind)
+    out = tmp_path / "results"
+    assert run(["--checkpoint", path, "--img", image, "--output-dir", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and path.name in err[0]
+    assert files_in(out) == []
+
+
+def test_fp16_on_cpu_is_a_clear_error(checkpoint, image, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert run(["--checkpoint", checkpoint, "--img", image, "--output-dir", out,
+                "--device", "cpu", "--precision", "fp16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32"]
+    assert files_in(out) == []
+
+
+def test_command_line_in_a_subprocess(checkpoint, tmp_path):
+    """The real command: import does no work, errors are one line without a traceback."""
+    (tmp_path / "zero.png").write_bytes(b"")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("SR_DEBUG", None)
+    code = ("import importlib.util, sys; sys.path.insert(0, '.'); "
+            "s = importlib.util.spec_from_file_location('t', 'test.py'); m = importlib.util.module_from_spec(s); "
+            "s.loader.exec_module(m); print('imported', callable(m.main))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "imported True" and done.stderr == ""
+    done = subprocess.run([sys.executable, "test.py", "--checkpoint", str(checkpoint), "--img", str(tmp_path / "zero.png"),
+                           "--output-dir", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'zero.png'}: empty file (0 bytes)"]
+    assert not (tmp_path / "out").exists()
