@@ -13,7 +13,6 @@ reported; training also replaces a file that fails to decode later.
 import argparse
 import json
 import os
-import sys
 
 from PIL import Image
 from tqdm import tqdm

@@ -159,7 +159,7 @@ def main(argv=None):
     test_sets = resolve_test_sets(args.test_folders)
 
     device = utils.resolve_device(args.device)
-    precision = inference.resolve_precision(args.precision, device)
+    precision = utils.resolve_precision(args.precision, device)
     methods = [("Bicubic", None)] if args.bicubic else []
     scale = args.scale
     for name, path in zip(method_names(args.checkpoint), args.checkpoint):

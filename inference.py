@@ -25,11 +25,9 @@ kernels are slow or missing); use bf16 or fp32 there.
 Importing this module does no work and touches no device.
 """
 
-import contextlib
 import copy
 import math
 import os
-import tempfile
 import time
 import warnings
 
@@ -123,21 +121,6 @@ def receptive_radius(model_or_args):
     return radius + math.ceil(large / scale)  # conv_block3 at the HR resolution
 
 
-def resolve_precision(precision, device):
-    """The concrete precision ('fp32', 'bf16' or 'fp16') for a --precision flag on a device.
-
-    'auto' is bf16 on CPUs with native bf16 arithmetic, fp32 on other CPUs, bf16 on CUDA GPUs that
-    support it and fp16 on older ones. Raises UserError for fp16 on a CPU or an unknown name.
-    """
-    device = torch.device(device)
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if utils.cpu_supports_bf16() else "fp32"
-    utils.autocast(device, precision)  # raises the UserError for fp16 on a CPU or an unknown name
-    return precision
-
-
 def prepare_model(model, device, precision, channels_last=True, fold_bn=True, compile=False):
     """A ready-to-run inference copy of an SRResNet / Generator.
 
@@ -156,7 +139,7 @@ def prepare_model(model, device, precision, channels_last=True, fold_bn=True, co
         The model in eval mode on ``device``, without gradients.
     """
     device = torch.device(device)
-    resolve_precision(precision, device)
+    utils.resolve_precision(precision, device)
     model = fold_batchnorm(model) if fold_bn else copy.deepcopy(utils.unwrap_model(model))
     model = model.to(device).eval().requires_grad_(False)
     if channels_last:
@@ -201,7 +184,7 @@ def upscale_tensor(model, lr, scale, precision, device, tile=None, tile_pad=None
             (N, 3, h * scale, w * scale)).
         lr: ImageNet-normalised LR images, (N, 3, h, w) or (3, h, w), on any device.
         scale: the model's up-scaling factor.
-        precision: 'fp32', 'bf16' or 'fp16' (see :func:`resolve_precision` for 'auto').
+        precision: 'fp32', 'bf16' or 'fp16' (see utils.resolve_precision for 'auto').
         device: where the model runs; tiles are moved there one at a time.
         tile: tile size in LR pixels (None or 0: the whole image at once).
         tile_pad: LR pixels of real image context around each tile; the default (None) is the
@@ -435,20 +418,10 @@ def _font(size):
 
 
 def save_image(img, path):
-    """Save a PIL image as PNG atomically (a temporary file in the same folder, then os.replace),
-    so that a failure never leaves a partial output file. Creates the folder if needed."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Save a PIL image as PNG atomically (utils.atomic_write), so that a failure never leaves a
+    partial output file. Creates the folder if needed."""
+    with utils.atomic_write(path) as f:
+        img.save(f, format="PNG")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def main(argv=None):
     checkpoint = args.checkpoint or os.path.join(HERE, DEFAULT_CHECKPOINT)
 
     device = utils.resolve_device(args.device)
-    precision = inference.resolve_precision(args.precision, device)
+    precision = utils.resolve_precision(args.precision, device)
     model = inference.load_model(checkpoint, device, precision, compile=args.compile)
     scale = utils.unwrap_model(model).scaling_factor
     label = inference.model_label(model)

@@ -64,10 +64,12 @@ def add_common_arguments(parser, iterations, lr, save_every, model_from=None):
     g.add_argument("--seed", type=int, default=0, help="random seed (model init, data order, crops; default: 0)")
     g = parser.add_argument_group("hardware")
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default: auto)")
-    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="fp32, bf16 autocast (fast on CPUs with AVX-512 BF16/AMX and on recent GPUs) or "
-                        "fp16 autocast with a grad scaler (CUDA only) (default: fp32)")
-    g.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster with bf16/fp16)")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto = bf16 on CPUs with native bf16 (AVX-512 BF16 / AMX) and on GPUs that support "
+                        "it, fp16 on older GPUs, fp32 on other CPUs; bf16 / fp16 are autocast (fp16 with a "
+                        "grad scaler, CUDA only) (default: auto)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on with bf16 / fp16, where it is faster)")
     g = parser.add_argument_group("checkpoints and logs")
     g.add_argument("--checkpoint-dir", default="checkpoints", help="where checkpoints and logs go (default: checkpoints)")
     g.add_argument("--resume", default=None, metavar="PATH", help="continue a run from its latest checkpoint")
@@ -118,7 +120,8 @@ def setup(args):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = utils.resolve_device(args.device)
-    utils.autocast(device, args.precision)  # validates precision vs device before any work
+    precision = utils.resolve_precision(args.precision, device)  # fp16 on a CPU fails here, before any work
+    channels_last = precision != "fp32" if args.channels_last is None else args.channels_last
     if world_size > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -126,7 +129,7 @@ def setup(args):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return Context(device, args.precision, args.channels_last, rank, world_size)
+    return Context(device, precision, channels_last, rank, world_size)
 
 
 def cleanup(ctx):
@@ -346,7 +349,8 @@ def train(run, args, ctx, start_iteration=0, best_psnr=float("-inf")):
 
     Saves the latest training checkpoint every ``args.save_every`` iterations, at the end and on
     Ctrl-C; validates every ``args.val_every`` iterations and at the end, writing the best model by
-    PSNR. Stops with TrainingStopped on a NaN/inf loss, leaving the last good checkpoint in place.
+    PSNR. Stops with TrainingStopped on a NaN/inf loss, leaving the last good checkpoint in place,
+    and with KeyboardInterrupt after saving on SIGINT/SIGTERM.
     Returns a dict with the final iteration, best PSNR and last losses.
     """
     latest_path, best_path, log_path = checkpoint_paths(args, run.script)
@@ -390,7 +394,7 @@ def train(run, args, ctx, start_iteration=0, best_psnr=float("-inf")):
                     val = validate(generator, val_dataset, ctx, args.scaling_factor)
                     if val[0] > best_psnr:
                         best_psnr = val[0]
-                        utils.save_checkpoint(_best_checkpoint(run, args, iteration, val), best_path)
+                        utils.save_checkpoint(_best_checkpoint(run, args, ctx, iteration, val), best_path)
                     bar.write(f"iteration {iteration}: {args.val_data} PSNR {val[0]:.3f} dB, SSIM {val[1]:.4f} "
                               f"(best {best_psnr:.3f})")
             if ctx.is_main and (iteration % args.log_every == 0 or val is not None or is_last):
@@ -408,7 +412,7 @@ def train(run, args, ctx, start_iteration=0, best_psnr=float("-inf")):
             if status == 1:
                 bar.write(f"interrupted: saved {latest_path} at iteration {iteration}; "
                           f"continue with --resume {latest_path}")
-                break
+                raise KeyboardInterrupt  # scripts exit with code 130, as after any Ctrl-C
     finally:
         bar.close()
         for s, h in old_handlers.items():
@@ -417,8 +421,7 @@ def train(run, args, ctx, start_iteration=0, best_psnr=float("-inf")):
             log_file.close()
         if writer is not None:
             writer.close()
-    return {"iteration": iteration, "best_psnr": best_psnr, "losses": losses, "interrupted": stop.signal is not None,
-            "seconds": time.time() - started}
+    return {"iteration": iteration, "best_psnr": best_psnr, "losses": losses, "seconds": time.time() - started}
 
 
 def _agree(ctx, status):
@@ -430,10 +433,10 @@ def _agree(ctx, status):
     return int(t.item())
 
 
-def _best_checkpoint(run, args, iteration, val):
+def _best_checkpoint(run, args, ctx, iteration, val):
     """Inference checkpoint of the generator with a record of how it was trained."""
     info = {"script": f"train_{run.script}.py", "iteration": iteration, "val_data": args.val_data,
-            "val_psnr": val[0], "val_ssim": val[1], "precision": args.precision,
+            "val_psnr": val[0], "val_ssim": val[1], "precision": ctx.precision,
             "data_folder": args.data_folder, "batch_size": args.batch_size, "lr": args.lr}
     return utils.inference_checkpoint(run.models["model"], info)
 

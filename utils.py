@@ -17,7 +17,9 @@ Checkpoints are plain dicts of tensors and primitives, written atomically and re
      "info": {...how it was made...}}
 
 Command line: ``python utils.py convert OLD.pth.tar NEW.pth`` imports a checkpoint of the classic
-tutorial (pickled whole models) through an allow-list of its classes, without running other code.
+tutorial (pickled whole models) through an allow-list of its classes, without running other code;
+``python utils.py export CKPT OUT --info key=value ...`` writes the small inference-only part of a
+checkpoint.
 """
 
 import argparse
@@ -222,10 +224,12 @@ def calc_ssim(sr, hr, crop_border):
 # checkpoints
 
 
-def save_checkpoint(obj, path):
-    """Write ``obj`` with torch.save atomically: a temporary file in the same folder, then os.replace.
+@contextlib.contextmanager
+def atomic_write(path):
+    """Open a temporary file next to ``path`` for binary writing; on success it replaces ``path``.
 
-    A crash or an exception while saving leaves any previous file at ``path`` untouched.
+    On any exception the temporary file is removed and an existing file at ``path`` is untouched,
+    so readers never see a half-written file. The folder is created if needed.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -233,14 +237,24 @@ def save_checkpoint(obj, path):
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def save_checkpoint(obj, path):
+    """Write ``obj`` with torch.save atomically (see atomic_write): a crash or an exception while
+    saving leaves any previous file at ``path`` untouched."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def load_torch_file(path, map_location="cpu"):
@@ -448,6 +462,21 @@ def cpu_supports_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def resolve_precision(precision, device):
+    """The concrete precision ('fp32', 'bf16' or 'fp16') for a --precision flag on a device.
+
+    'auto' is bf16 on CPUs with native bf16 arithmetic, fp32 on other CPUs, bf16 on CUDA GPUs that
+    support it and fp16 on older ones. Raises UserError for fp16 on a CPU or an unknown name.
+    """
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    autocast(device, precision)  # raises the UserError for fp16 on a CPU or an unknown name
+    return precision
+
+
 def autocast(device, precision):
     """Autocast context for 'fp32' (none), 'bf16' (CPU or CUDA) or 'fp16' (CUDA only).
 
@@ -488,10 +517,44 @@ def _main(argv=None):
                                              "into this project's format, refusing any unknown pickled code")
     convert.add_argument("old", help="the classic checkpoint (e.g. checkpoint_srresnet.pth.tar)")
     convert.add_argument("new", help="where to write the converted checkpoint (e.g. checkpoints/imported.pth)")
+    export = sub.add_parser("export", help="write the small inference-only file of a checkpoint (generator "
+                                           "weights, constructor arguments, info), adding info entries")
+    export.add_argument("checkpoint", help="a training or inference checkpoint of this project")
+    export.add_argument("out", help="where to write the inference-only checkpoint")
+    export.add_argument("--info", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="entries to add to the file's 'info' record (numbers are stored as numbers)")
     args = parser.parse_args(argv)
-    ckpt = import_legacy_checkpoint(args.old, args.new)
+    if args.command == "convert":
+        ckpt = import_legacy_checkpoint(args.old, args.new)
+        out = args.new
+    else:
+        ckpt = export_inference_checkpoint(args.checkpoint, args.out, dict(_parse_info(x) for x in args.info))
+        out = args.out
     spec = ckpt["model"]
-    print(f"wrote {args.new}: {spec['arch']} {spec['args']}" + (" + Discriminator" if "discriminator" in ckpt else ""))
+    print(f"wrote {out}: {spec['arch']} {spec['args']}" + (" + Discriminator" if "discriminator" in ckpt else ""))
+
+
+def _parse_info(item):
+    """'key=value' -> (key, value), with value an int or float where it reads as one."""
+    if "=" not in item:
+        raise UserError(f"--info entries are KEY=VALUE, got {item!r}")
+    key, value = item.split("=", 1)
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def export_inference_checkpoint(path, out, info=None):
+    """Write the inference-only part of a checkpoint (model spec + info, updated with ``info``)."""
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt:
+        raise UserError(f"{path}: holds no generator to export")
+    new = {"format_version": FORMAT_VERSION, "model": ckpt["model"], "info": {**ckpt.get("info", {}), **(info or {})}}
+    save_checkpoint(new, out)
+    return new
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Shared fixtures: the repo root on sys.path, the shared data folder, tiny models, image folders."""
 
-import os
 import sys
 from pathlib import Path
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from PIL import Image
 
 import create_data_lists
 import utils

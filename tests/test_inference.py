@@ -149,16 +149,16 @@ def test_self_ensemble():
 
 def test_precision_choices(monkeypatch):
     with pytest.raises(utils.UserError, match="fp16 needs a CUDA GPU"):
-        inference.resolve_precision("fp16", "cpu")
+        utils.resolve_precision("fp16", "cpu")
     with pytest.raises(utils.UserError, match="fp16"):
         inference.prepare_model(tiny_model(), "cpu", "fp16")
     with pytest.raises(utils.UserError):
-        inference.resolve_precision("fp8", "cpu")
+        utils.resolve_precision("fp8", "cpu")
     monkeypatch.setattr(utils, "cpu_supports_bf16", lambda: True)
-    assert inference.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert utils.resolve_precision("auto", torch.device("cpu")) == "bf16"
     monkeypatch.setattr(utils, "cpu_supports_bf16", lambda: False)
-    assert inference.resolve_precision("auto", "cpu") == "fp32"
-    assert inference.resolve_precision("bf16", "cpu") == "bf16"
+    assert utils.resolve_precision("auto", "cpu") == "fp32"
+    assert utils.resolve_precision("bf16", "cpu") == "bf16"
 
 
 def test_bf16_is_close_to_fp32():
