@@ -271,7 +271,7 @@ def load_torch_file(path, map_location="cpu"):
                             f"if it is a checkpoint of the classic tutorial, import it with: "
                             f"python utils.py convert {path} NEW.pth") from None
         raise UserError(f"{path}: not a readable PyTorch file (corrupt or truncated?): {reason}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - arbitrary bytes make the unpickler fail in arbitrary ways
         raise UserError(f"{path}: not a readable PyTorch file (corrupt or truncated?): "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import random
 import subprocess
 import sys
 
@@ -165,7 +166,7 @@ def bad_checkpoint(tmp_path, kind):
         return tmp_path / "none.pth"
     path = tmp_path / f"{kind.replace(' ', '_')}.pth"
     if kind == "corrupt checkpoint":
-        path.write_bytes(os.urandom(2000))
+        path.write_bytes(random.Random(kind).randbytes(2000))
     elif kind == "truncated checkpoint":
         torch.manual_seed(0)
         utils.save_checkpoint(utils.inference_checkpoint(models.SRResNet(**TINY)), path)

@@ -249,3 +249,18 @@ def test_autocast_and_device_errors():
         with pytest.raises(utils.UserError, match="no CUDA"):
             utils.resolve_device("cuda")
     assert utils.resolve_device("cpu").type == "cpu"
+
+
+def test_random_bytes_always_give_a_user_error(tmp_path):
+    """Whatever a corrupt file holds, loading it is a one-line UserError, never another exception."""
+    import random
+
+    for seed in range(40):
+        path = tmp_path / f"r{seed}.pth"
+        rng = random.Random(seed)
+        data = rng.randbytes(rng.randrange(1, 3000))
+        if seed % 2:  # start like a pickle so that the unpickler gets further
+            data = b"\x80\x02" + data
+        path.write_bytes(data)
+        with pytest.raises(utils.UserError, match=f"r{seed}.pth"):
+            utils.load_checkpoint(path)
