@@ -283,7 +283,6 @@ def bench_inference(model, device, size, warmup, repeats, compile=False, seed=0,
     times = time_runs(run_reference, device, warmup, repeats)
     ref_out = run_reference().float().cpu()
     rows.append(row("reference", "reference: fp32, NCHW, BN unfolded, no_grad", "fp32", times))
-    del reference
 
     for key, label, precision, use_compile in inference_configs(device, compile):
         log(f"inference {size}x{size}: {label}")
@@ -302,7 +301,6 @@ def bench_inference(model, device, size, warmup, repeats, compile=False, seed=0,
             log(notes[-1])
             continue
         rows.append(row(key, label, precision, times, out, ref_out))
-        del fast
 
     ref_seconds = rows[0]["seconds"]
     for r in rows:
@@ -454,7 +452,6 @@ def bench_training(model, device, batch_size, crop_size, warmup, iterations, see
         seconds = statistics.median(times)
         rows.append({"key": key, "label": label, "precision": precision, "seconds": seconds, "times": times,
                      "its_per_s": 1 / seconds, "samples_per_s": batch_size / seconds, "gflops": flops / seconds / 1e9})
-        del net, optimizer, step
     for r in rows:
         r["speedup"] = rows[0]["seconds"] / r["seconds"]
     return {"batch_size": batch_size, "crop_size": crop_size, "flops_per_iteration": flops, "rows": rows}

@@ -1,5 +1,6 @@
 """Shared fixtures: the repo root on sys.path, the shared data folder, tiny models, image folders."""
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -56,3 +57,25 @@ def data_lists(tmp_path, image_folder):
     out = tmp_path / "lists"
     create_data_lists.create_data_lists([str(image_folder)], [str(val)], 40, str(out), log=lambda *a: None)
     return out
+
+
+def load_script(name):
+    """Import a top-level script by path ('test' and 'eval' would clash with Python's own names)."""
+    spec = importlib.util.spec_from_file_location(f"sr_script_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An inference checkpoint of a tiny random SRResNet (x4)."""
+    import torch
+
+    import models
+    import utils
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    utils.save_checkpoint(utils.inference_checkpoint(models.SRResNet(**TINY)), path)
+    return path

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import bench
-import inference
 import utils
 import models
 from conftest import ROOT, TINY

@@ -1,34 +1,21 @@
 """eval.py: the published bicubic baseline, model rows computed like utils' metrics, JSON, errors."""
 
-import importlib.util
 import json
 
 import pytest
 import torch
 
 import inference
-import models
 import utils
-from conftest import ROOT, TINY, need_shared, random_image
-
-
-def load_script(name):
-    """Import a top-level script by path (so that 'eval' does not shadow the builtin in tests)."""
-    spec = importlib.util.spec_from_file_location(f"sr_script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script, need_shared, random_image
 
 
 eval_script = load_script("eval")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    utils.save_checkpoint(utils.inference_checkpoint(models.SRResNet(**TINY)), path)
-    return path
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture

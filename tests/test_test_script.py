@@ -1,6 +1,5 @@
 """test.py: outputs, the --hr demo, and one clear error line for every kind of bad input."""
 
-import importlib.util
 import os
 import random
 import subprocess
@@ -13,15 +12,7 @@ from PIL import Image
 
 import models
 import utils
-from conftest import ROOT, TINY, random_image
-
-
-def load_script(name):
-    """Import a top-level script by path (a module named 'test' would clash with Python's own)."""
-    spec = importlib.util.spec_from_file_location(f"sr_script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, TINY, load_script, random_image
 
 
 test_script = load_script("test")
@@ -37,11 +28,8 @@ def run(argv):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    utils.save_checkpoint(utils.inference_checkpoint(models.SRResNet(**TINY)), path)
-    return path
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture
