@@ -228,13 +228,14 @@ def compare_outputs(out, ref):
 def inference_configs(device, compile=False):
     """[(key, label, precision, compile)] of the fast inference rows for a device."""
     default = utils.resolve_precision("auto", device)
-    rows = [("default", f"default: auto -> {default}, channels_last, BN folded, inference_mode", default, False)]
+    rows = [("default", f"default: auto -> {default}, channels_last, BN folded, upsampling fused, inference_mode",
+             default, False)]
     if device.type == "cuda":
         for p in ("bf16", "fp16"):
             if p != default and (p != "bf16" or torch.cuda.is_bf16_supported()):
-                rows.append((p, f"{p} autocast, channels_last, BN folded", p, False))
+                rows.append((p, f"{p} autocast, channels_last, BN folded, upsampling fused", p, False))
     if default != "fp32":
-        rows.append(("fp32_fast", "fp32 fast: channels_last, BN folded, inference_mode", "fp32", False))
+        rows.append(("fp32_fast", "fp32 fast: channels_last, BN folded, upsampling fused, inference_mode", "fp32", False))
     if compile:
         rows.append(("default_compiled", f"default ({default}) + torch.compile", default, True))
     return rows

@@ -60,15 +60,12 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, recu
 
     jobs = ([("train_images.json", train_paths)] if train_folders else []) + \
            [(f"{name}_test_images.json", paths) for name, paths in test_paths.items()]
-    os.makedirs(output_folder, exist_ok=True)
     counts = {}
     for filename, paths in jobs:
         kept, too_small, unreadable = scan_images(paths, min_size, desc=filename)
         out = os.path.join(output_folder, filename)
-        tmp = out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(kept, f, indent=0)
-        os.replace(tmp, out)
+        with utils.atomic_write(out) as f:
+            f.write(json.dumps(kept, indent=0).encode())
         counts[out] = len(kept)
         log(f"{out}: {len(kept)} images ({len(too_small)} smaller than {min_size} px skipped, "
             f"{len(unreadable)} unreadable skipped)")

@@ -140,13 +140,9 @@ def method_names(checkpoints):
 
 
 def write_json(obj, path):
-    """Write ``obj`` as indented JSON atomically (temporary file, then os.replace)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, "." + os.path.basename(path) + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    """Write ``obj`` as indented JSON atomically (utils.atomic_write)."""
+    with utils.atomic_write(path) as f:
+        f.write(json.dumps(obj, indent=1).encode())
 
 
 def main(argv=None):

@@ -97,6 +97,56 @@ def fold_batchnorm(model):
     return model
 
 
+def fuse_last_upsampling(model):
+    """Move the last PixelShuffle after the output convolution: the same function, about 2x faster.
+
+    The network ends with ``PReLU(PixelShuffle_2(z))`` (z: 4C channels at h x w) followed by a
+    k x k convolution to 3 channels at 2h x 2w. Such a convolution with 3 output channels runs far
+    below the machine's peak, and it reads a 2h x 2w feature map. Since PReLU has one parameter it
+    commutes with the shuffle, and a k x k convolution of a pixel-shuffled map equals a pixel
+    shuffle of a (2q+1) x (2q+1) convolution (q = (k // 2 + 1) // 2) of the unshuffled map, from 4C
+    to 12 channels, with the kernel rearranged (each output phase (A, B) and input phase (a, b)
+    takes the taps dy = 2 * di + a - A, dx = 2 * dj + b - B). Zero padding maps to zero padding, so
+    the result is exact up to float rounding (tested), including at the image borders.
+
+    Args:
+        model: an SRResNet or Generator (or a copy from :func:`fold_batchnorm`); not modified.
+
+    Returns:
+        A copy in eval mode whose last sub-pixel block no longer shuffles and whose ``conv_block3``
+        is (conv to 12 channels, tanh, PixelShuffle(2)).
+    """
+    model = copy.deepcopy(utils.unwrap_model(model)).eval()
+    net = model.net if isinstance(model, models.Generator) else model
+    last = net.subpixel_convolutional_blocks[-1]
+    conv = net.conv_block3.conv_block[0]
+    if last.prelu.num_parameters != 1 or len(net.conv_block3.conv_block) != 2:
+        return model  # a layout this rewrite does not know: leave it as it is
+    c, k = conv.in_channels, conv.kernel_size[0]
+    p = k // 2
+    q = (p + 1) // 2
+    old = conv.weight.detach().double()  # (3, C, k, k)
+    new = torch.zeros(3 * 4, c * 4, 2 * q + 1, 2 * q + 1, dtype=torch.float64)
+    for big_a in range(2):  # output phase (rows)
+        for big_b in range(2):  # output phase (columns)
+            for a in range(2):  # input phase (rows)
+                for b in range(2):  # input phase (columns)
+                    for di in range(-q, q + 1):
+                        for dj in range(-q, q + 1):
+                            dy, dx = 2 * di + a - big_a, 2 * dj + b - big_b
+                            if abs(dy) <= p and abs(dx) <= p:
+                                # output channel o * 4 + A * 2 + B, input channel c * 4 + a * 2 + b
+                                new[big_a * 2 + big_b::4, a * 2 + b::4, di + q, dj + q] = old[:, :, dy + p, dx + p]
+    fused = nn.Conv2d(c * 4, 3 * 4, 2 * q + 1, padding=q)
+    with torch.no_grad():
+        fused.weight.copy_(new.to(conv.weight.dtype))
+        fused.bias.copy_(conv.bias.detach().repeat_interleave(4))
+    fused.to(conv.weight.device)
+    last.pixel_shuffle = nn.Identity()  # (N, 4C, h, w) stays unshuffled; PReLU acts per element
+    net.conv_block3.conv_block = nn.Sequential(fused, nn.Tanh(), nn.PixelShuffle(2))  # tanh commutes too
+    return model
+
+
 def receptive_radius(model_or_args):
     """Receptive-field radius of an SRResNet / Generator, in LR pixels.
 
@@ -121,7 +171,8 @@ def receptive_radius(model_or_args):
     return radius + math.ceil(large / scale)  # conv_block3 at the HR resolution
 
 
-def prepare_model(model, device, precision, channels_last=True, fold_bn=True, compile=False):
+def prepare_model(model, device, precision, channels_last=True, fold_bn=True, fuse_upsampling=True,
+                  compile=False):
     """A ready-to-run inference copy of an SRResNet / Generator.
 
     Args:
@@ -133,6 +184,8 @@ def prepare_model(model, device, precision, channels_last=True, fold_bn=True, co
         channels_last: store the weights in channels_last memory format (faster convolutions
             with oneDNN on CPUs and with tensor cores on GPUs).
         fold_bn: fold BatchNorm into the convolutions (:func:`fold_batchnorm`).
+        fuse_upsampling: move the last PixelShuffle after the output convolution
+            (:func:`fuse_last_upsampling`).
         compile: wrap the model in torch.compile (pays off over many inputs of the same size).
 
     Returns:
@@ -141,6 +194,8 @@ def prepare_model(model, device, precision, channels_last=True, fold_bn=True, co
     device = torch.device(device)
     utils.resolve_precision(precision, device)
     model = fold_batchnorm(model) if fold_bn else copy.deepcopy(utils.unwrap_model(model))
+    if fuse_upsampling:
+        model = fuse_last_upsampling(model)
     model = model.to(device).eval().requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -149,8 +204,9 @@ def prepare_model(model, device, precision, channels_last=True, fold_bn=True, co
     return model
 
 
-def load_model(path, device, precision, channels_last=True, fold_bn=True, compile=False):
-    """Load the generator of a checkpoint file and :func:`prepare_model` it.
+def load_model(path, device, precision, **options):
+    """Load the generator of a checkpoint file and :func:`prepare_model` it (``options``: its
+    keyword arguments).
 
     Raises UserError (one line naming the file) for a missing, corrupt or unsuitable checkpoint,
     e.g. one that holds only a discriminator.
@@ -164,7 +220,7 @@ def load_model(path, device, precision, channels_last=True, fold_bn=True, compil
     except (ValueError, KeyError, TypeError) as e:
         message = str(e).strip("'\"")
         raise utils.UserError(message if path in message else f"{path}: unusable checkpoint ({message})") from None
-    return prepare_model(model, device, precision, channels_last, fold_bn, compile)
+    return prepare_model(model, device, precision, **options)
 
 
 def model_label(model):

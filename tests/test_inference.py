@@ -333,3 +333,23 @@ def test_collect_images_and_output_stems(tmp_path):
         inference.collect_images([tmp_path / "empty"])
     assert inference.output_stems(["x/photo.png", "y/photo.jpg", "z/photo.png", "v/photo.png", "w/other.bmp"]) == \
         ["photo", "photo_jpg", "photo_png", "photo_2", "other"]
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("large_kernel", [9, 7, 3])
+def test_fused_last_upsampling_is_exact(scale, large_kernel):
+    """Moving the last PixelShuffle after the output convolution computes the same function,
+    borders included (an odd-sized input, fp32)."""
+    torch.manual_seed(scale * 10 + large_kernel)
+    model = models.SRResNet(large_kernel_size=large_kernel, n_channels=8, n_blocks=1, scaling_factor=scale).eval()
+    fused = inference.fuse_last_upsampling(model)
+    assert isinstance(fused.conv_block3.conv_block[-1], torch.nn.PixelShuffle)
+    assert isinstance(fused.subpixel_convolutional_blocks[-1].pixel_shuffle, torch.nn.Identity)
+    x = torch.randn(2, 3, 11, 13)
+    with torch.no_grad():
+        assert (fused(x) - model(x)).abs().max() < 1e-5
+    # a Generator too, and the original is left untouched
+    gen = models.Generator(large_kernel_size=large_kernel, n_channels=8, n_blocks=1, scaling_factor=scale).eval()
+    with torch.no_grad():
+        assert (inference.fuse_last_upsampling(gen)(x) - gen(x)).abs().max() < 1e-5
+    assert isinstance(gen.net.subpixel_convolutional_blocks[-1].pixel_shuffle, torch.nn.PixelShuffle)
