@@ -171,14 +171,24 @@ train_srresnet.main(sys.argv[1:])
 """
 
 
+def _torchrun(cmd, env):
+    """Run a torchrun command; one retry, because a 2-process rendezvous on a loaded 2-core machine
+    failed once in about a dozen runs here, its error not captured (a wrong result fails both attempts)."""
+    for attempt in range(2):
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        if proc.returncode == 0:
+            return proc
+        print(f"torchrun attempt {attempt + 1} failed:\n{proc.stderr[-3000:]}")
+    raise AssertionError(proc.stderr[-3000:])
+
+
 def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path, data_lists):
     script = tmp_path / "ddp.py"
     script.write_text(TORCHRUN_SCRIPT.format(root=str(ROOT), out=str(tmp_path)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            *flags(data_lists, tmp_path / "ck", 4, "--device", "cpu", "--val-data", "")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun(cmd, env)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -189,8 +199,7 @@ def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path, data_lists)
     assert any(not torch.equal(fresh[k], a[k]) for k in a)  # it trained
     # resume under torchrun too
     cmd_resume = cmd + ["--iterations", "6", "--resume", str(tmp_path / "ck" / "srresnet_latest.pth")]
-    proc = subprocess.run(cmd_resume, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun(cmd_resume, env)
     assert utils.load_checkpoint(tmp_path / "ck" / "srresnet_latest.pth")["training"]["iteration"] == 6
 
 
