@@ -20,17 +20,6 @@ from tqdm import tqdm
 import utils
 
 
-def find_images(folder, recursive=False):
-    """Sorted paths of the image files (by extension, case-insensitive) in a folder."""
-    if not os.path.isdir(folder):
-        raise utils.UserError(f"{folder}: no such folder")
-    if recursive:
-        paths = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
-    else:
-        paths = [os.path.join(folder, name) for name in os.listdir(folder)]
-    return sorted(os.path.abspath(p) for p in paths if utils.is_image_file(p) and os.path.isfile(p))
-
-
 def scan_images(paths, min_size, desc="scanning"):
     """Split paths into (kept, too_small, unreadable) by reading each image's header."""
     kept, too_small, unreadable = [], [], []
@@ -55,8 +44,8 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, recu
     if len(set(names)) != len(names):
         raise utils.UserError(f"test folders must have distinct names (the list files are named after them): {names}")
     # check every folder first so that a typo in the last one does not leave half the lists written
-    train_paths = [p for folder in train_folders for p in find_images(folder, recursive)]
-    test_paths = {name: find_images(folder, recursive) for name, folder in zip(names, test_folders)}
+    train_paths = [p for folder in train_folders for p in utils.find_images(folder, recursive)]
+    test_paths = {name: utils.find_images(folder, recursive) for name, folder in zip(names, test_folders)}
 
     jobs = ([("train_images.json", train_paths)] if train_folders else []) + \
            [(f"{name}_test_images.json", paths) for name, paths in test_paths.items()]

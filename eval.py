@@ -54,12 +54,11 @@ def resolve_test_sets(items):
     The name is the folder name, or the JSON file name without '_test_images.json' / '.json'.
     Raises UserError for a missing path, an empty folder, a bad list or two sets of the same name.
     """
-    import create_data_lists  # its folder scan is the one the data lists are made with
 
     sets = []
     for item in items:
         if os.path.isdir(item):
-            paths = create_data_lists.find_images(item)
+            paths = utils.find_images(item)
             if not paths:
                 raise utils.UserError(f"{item}: no image files in this folder")
             name = os.path.basename(os.path.normpath(item))

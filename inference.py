@@ -495,8 +495,7 @@ def collect_images(inputs):
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
-            found = sorted(os.path.join(item, name) for name in os.listdir(item)
-                           if utils.is_image_file(name) and os.path.isfile(os.path.join(item, name)))
+            found = utils.find_images(item)
             if not found:
                 raise utils.UserError(f"{item}: no image files in this folder "
                                       f"(looked for {', '.join(utils.IMAGE_EXTENSIONS)})")

@@ -156,6 +156,17 @@ def is_image_file(path):
     return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
 
 
+def find_images(folder, recursive=False):
+    """Sorted paths of the image files (by extension, case-insensitive) in a folder."""
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: no such folder")
+    if recursive:
+        paths = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
+    else:
+        paths = [os.path.join(folder, name) for name in os.listdir(folder)]
+    return sorted(os.path.abspath(p) for p in paths if is_image_file(p) and os.path.isfile(p))
+
+
 def bicubic_resize(img, size):
     """Resize a PIL image to ``size`` (w, h) with PIL's antialiased bicubic filter (the LR convention)."""
     return img.resize(size, Image.BICUBIC)

@@ -188,7 +188,7 @@ def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path, data_lists)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            *flags(data_lists, tmp_path / "ck", 4, "--device", "cpu", "--val-data", "")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = _torchrun(cmd, env)
+    _torchrun(cmd, env)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for k in a:
         assert torch.equal(a[k], b[k]), k
