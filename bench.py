@@ -43,6 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import checkpoint
+import images
+import metrics
 import inference
 import models
 import training
@@ -50,7 +53,7 @@ import train_srresnet
 import utils
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_LOADER_IMAGES = os.path.join(HERE, "..", "shared", "data", "T91")
+DEFAULT_LOADER_IMAGES = os.path.join("datasets", "T91")
 
 # settings that --quick changes: (flag attribute, full-size default, --quick default)
 SIZES = {
@@ -104,11 +107,11 @@ def randomize_batchnorm(model, seed=0):
     return model
 
 
-def make_model(checkpoint=None, seed=0, **model_args):
-    """The benchmarked model: loaded from ``checkpoint``, or an SRResNet with random weights
+def make_model(path=None, seed=0, **model_args):
+    """The benchmarked model: loaded from ``path``, or an SRResNet with random weights
     (seeded) and randomised BatchNorm statistics. Returned on the CPU, in eval mode."""
-    if checkpoint:
-        return models.load_model(checkpoint)
+    if path:
+        return checkpoint.load_model(path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = models.SRResNet(**model_args)
@@ -123,7 +126,7 @@ def conv_flops(model, height, width, batch=1):
     on the 'meta' device (shapes only, no arithmetic, no memory). Bias additions, BatchNorm,
     activations, PixelShuffle and the skip additions are not counted (under 1% of the total).
     """
-    meta = copy.deepcopy(utils.unwrap_model(model)).to("meta")
+    meta = copy.deepcopy(checkpoint.unwrap_model(model)).to("meta")
     total = 0
 
     def count(conv, inputs, output):
@@ -154,7 +157,7 @@ def synthetic_lr(size, seed=0, batch=1):
     coarse = torch.rand(batch, 3, max(size // 8, 2), max(size // 8, 2), generator=g)
     x = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
     x = (x + (torch.rand(batch, 3, size, size, generator=g) - 0.5) * 0.15).clamp_(0, 1)
-    return utils.convert_image(x, "[0, 1]", "imagenet-norm")
+    return images.convert_image(x, "[0, 1]", "imagenet-norm")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,7 +206,7 @@ def matmul_peak(device, precision, n=4096, repeats=5, warmup=1):
 
 def _to_uint8(out):
     """(3, H, W) [-1, 1] output quantised to a uint8 (H, W, 3) array, as saved images are."""
-    return np.asarray(utils.convert_image(out.float().cpu(), "[-1, 1]", "pil"))
+    return np.asarray(images.convert_image(out.float().cpu(), "[-1, 1]", "pil"))
 
 
 def rgb_psnr(a, b):
@@ -214,11 +217,11 @@ def rgb_psnr(a, b):
 
 def compare_outputs(out, ref):
     """How far an output is from the reference output: max |diff| on the [-1, 1] floats, and
-    after uint8 quantisation the RGB PSNR, the Y-channel PSNR (utils.calc_psnr, no border crop)
+    after uint8 quantisation the RGB PSNR, the Y-channel PSNR (metrics.calc_psnr, no border crop)
     and the fraction of differing uint8 values. PSNRs are None where the uint8 images are identical."""
     out8, ref8 = _to_uint8(out[0]), _to_uint8(ref[0])
     psnr = rgb_psnr(out8, ref8)
-    psnr_y = utils.calc_psnr(out8, ref8, 0)
+    psnr_y = metrics.calc_psnr(out8, ref8, 0)
     return {"max_abs_diff": float((out.float().cpu() - ref.float().cpu()).abs().max()),
             "psnr_rgb_db": psnr if math.isfinite(psnr) else None,
             "psnr_y_db": psnr_y if math.isfinite(psnr_y) else None,
@@ -257,7 +260,7 @@ def bench_inference(model, device, size, warmup, repeats, compile=False, seed=0,
         seconds (median), times, lr_mpix_per_s, gflops, peak_fraction, speedup, and for the fast
         rows the output differences of :func:`compare_outputs`), notes.
     """
-    scale = utils.unwrap_model(model).scaling_factor
+    scale = checkpoint.unwrap_model(model).scaling_factor
     flops = conv_flops(model, size, size)
     lr = synthetic_lr(size, seed).to(device)
     notes, rows = [], []
@@ -274,7 +277,7 @@ def bench_inference(model, device, size, warmup, repeats, compile=False, seed=0,
 
     # the reference: the model exactly as trained, fp32, NCHW, no folding
     log(f"inference {size}x{size}: reference (fp32, NCHW, BN unfolded, no_grad)")
-    reference = copy.deepcopy(utils.unwrap_model(model)).to(device).eval()
+    reference = copy.deepcopy(checkpoint.unwrap_model(model)).to(device).eval()
     reference = reference.to(memory_format=torch.contiguous_format)
 
     def run_reference():
@@ -346,8 +349,8 @@ def tiled_child(cfg):
         torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
     precision = cfg["precision"]
-    fast = inference.prepare_model(models.load_model(cfg["checkpoint"]), device, precision)
-    scale = utils.unwrap_model(fast).scaling_factor
+    fast = inference.prepare_model(checkpoint.load_model(cfg["checkpoint"]), device, precision)
+    scale = checkpoint.unwrap_model(fast).scaling_factor
     lr = synthetic_lr(cfg["size"], cfg["seed"])
     # one small untimed run so that one-off set-up (thread pools, oneDNN / cuDNN) is not timed
     inference.upscale_tensor(fast, lr[:, :, :48, :48], scale, precision, device)
@@ -387,11 +390,11 @@ def bench_tiled(model, device, size, tiles, precision, threads=None, seed=0, log
     """
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_tiled_") as tmp:
-        checkpoint = os.path.join(tmp, "model.pth")
-        utils.save_checkpoint(utils.inference_checkpoint(model), checkpoint)
+        path = os.path.join(tmp, "model.pth")
+        checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model), path)
         for tile in tiles:
             log(f"tiled {size}x{size}: {'whole image' if not tile else f'tiles of {tile}'} ({precision}, fresh process)")
-            cfg = {"checkpoint": checkpoint, "device": str(device), "precision": precision, "size": size,
+            cfg = {"checkpoint": path, "device": str(device), "precision": precision, "size": size,
                    "tile": tile, "seed": seed, "threads": threads, "output": os.path.join(tmp, f"out_{tile}.npy")}
             proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--tiled-child", json.dumps(cfg)],
                                   stdout=subprocess.PIPE, text=True, cwd=HERE)
@@ -423,7 +426,7 @@ def bench_training(model, device, batch_size, crop_size, warmup, iterations, see
         rows (key, label, precision, seconds (median per iteration), its_per_s, samples_per_s,
         gflops, speedup).
     """
-    scale = utils.unwrap_model(model).scaling_factor
+    scale = checkpoint.unwrap_model(model).scaling_factor
     if crop_size % scale:
         raise utils.UserError(f"--crop-size {crop_size} is not a multiple of the scale {scale}")
     lr_imgs = synthetic_lr(crop_size // scale, seed, batch_size)  # (N, 3, c/s, c/s)
@@ -439,7 +442,7 @@ def bench_training(model, device, batch_size, crop_size, warmup, iterations, see
     rows = []
     for key, label, precision, fast in configs:
         log(f"training batch {batch_size} crop {crop_size}: {label}")
-        net = copy.deepcopy(utils.unwrap_model(model)).to(device).train().requires_grad_(True)
+        net = copy.deepcopy(checkpoint.unwrap_model(model)).to(device).train().requires_grad_(True)
         net = net.to(memory_format=torch.channels_last if fast else torch.contiguous_format)
         ctx = training.Context(device, precision, channels_last=fast)
         if fast:
@@ -464,7 +467,7 @@ def _synthetic_image_folder(folder, count=40, size=160):
     os.makedirs(folder, exist_ok=True)
     for i in range(count):
         x = synthetic_lr(size, seed=1000 + i)[0]
-        utils.convert_image(x, "imagenet-norm", "pil").save(os.path.join(folder, f"img{i:03d}.png"))
+        images.convert_image(x, "imagenet-norm", "pil").save(os.path.join(folder, f"img{i:03d}.png"))
     return folder
 
 
@@ -685,7 +688,7 @@ def build_parser():
     sized(g, "--train-iters", "train_iters", "timed training iterations per configuration (after --warmup + 1)")
     sized(g, "--loader-batches", "loader_batches", "timed data-loader batches (after the prefetched ones)")
     g.add_argument("--loader-images", default=DEFAULT_LOADER_IMAGES, metavar="DIR",
-                   help="folder of training images for the data-loader benchmark (default: ../shared/data/T91; "
+                   help="folder of training images for the data-loader benchmark (default: datasets/T91; "
                         "a synthetic folder in a temp dir if it is absent)")
     g.add_argument("--workers", type=int, default=None,
                    help="data-loader workers (default: the training scripts' --workers default)")
@@ -747,7 +750,7 @@ def run(args, log=_log):
         torch.backends.cuda.matmul.allow_tf32 = False
     model = make_model(args.checkpoint, args.seed, n_blocks=args.n_blocks, n_channels=args.n_channels,
                        scaling_factor=args.scaling_factor)
-    net = utils.unwrap_model(model)
+    net = checkpoint.unwrap_model(model)
     default_precision = utils.resolve_precision("auto", device)
     per_pixel = flops_per_lr_pixel(model)
     config = {k: v for k, v in vars(args).items() if k not in ("tiled_child",)}
@@ -785,7 +788,7 @@ def run(args, log=_log):
     notes.extend(results["inference"]["notes"])
     notes.append("output difference: max abs diff of the [-1, 1] outputs; PSNR = plain RGB PSNR "
                  "(all pixels, 3 channels, no border crop) of the uint8-quantised fast output against the "
-                 "uint8-quantised reference output (the JSON also has the Y-channel PSNR of utils.calc_psnr)")
+                 "uint8-quantised reference output (the JSON also has the Y-channel PSNR of metrics.calc_psnr)")
 
     if not args.skip_tiled:
         tiles = tile_configs(args.tile_size, args.tile)

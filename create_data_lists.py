@@ -1,13 +1,11 @@
 """Scan image folders and write the JSON data lists that datasets.SRDataset reads.
 
-    python create_data_lists.py --train-folders ../shared/data/T91 ../shared/data/BSDS200 \\
-        --test-folders ../shared/data/Set5 ../shared/data/Set14 --output-folder data_lists
+    python create_data_lists.py --train-folders datasets/T91 datasets/BSDS200 \\
+        --test-folders datasets/Set5 datasets/Set14 --output-folder data_lists
 
-Writes <output-folder>/train_images.json (all training folders together) and one
-<folder name>_test_images.json per test folder: JSON lists of absolute image paths, keeping images
-whose both sides are >= --min-size. Only the file header is read to get the size, so COCO-sized
-folders (~120k JPEGs) take a minute or two. Files whose header cannot be decoded are skipped and
-reported; training also replaces a file that fails to decode later.
+Writes <output-folder>/train_images.json (all training folders) and one <folder name>_test_images.json
+per test folder: absolute paths of the images whose sides are both >= --min-size. Only headers are
+read, so ~120k COCO files take a minute or two; undecodable files are skipped and listed.
 """
 
 import argparse
@@ -17,6 +15,7 @@ import os
 from PIL import Image
 from tqdm import tqdm
 
+import images
 import utils
 
 
@@ -27,7 +26,7 @@ def scan_images(paths, min_size, desc="scanning"):
         try:
             with Image.open(path) as img:
                 w, h = img.size
-        except (OSError, SyntaxError, ValueError):
+        except Exception:  # noqa: BLE001 - one odd file (a decompression bomb...) must not end a 120k-file scan
             unreadable.append(path)
             continue
         (kept if min(w, h) >= min_size else too_small).append(path)
@@ -37,30 +36,36 @@ def scan_images(paths, min_size, desc="scanning"):
 def create_data_lists(train_folders, test_folders, min_size, output_folder, recursive=False, log=print):
     """Write train_images.json and <name>_test_images.json files; returns {list file: image count}.
 
-    Raises UserError for a missing folder or for two test folders with the same name. Nothing is
-    written unless every folder exists.
+    Raises UserError for a missing folder, two test folders with the same name, or a list with no
+    image; then nothing is written (all lists or none).
     """
     names = [os.path.basename(os.path.normpath(f)) for f in test_folders]
     if len(set(names)) != len(names):
         raise utils.UserError(f"test folders must have distinct names (the list files are named after them): {names}")
     # check every folder first so that a typo in the last one does not leave half the lists written
-    train_paths = [p for folder in train_folders for p in utils.find_images(folder, recursive)]
-    test_paths = {name: utils.find_images(folder, recursive) for name, folder in zip(names, test_folders)}
+    train_paths = [p for folder in train_folders for p in images.find_images(folder, recursive)]
+    test_paths = {name: images.find_images(folder, recursive) for name, folder in zip(names, test_folders)}
 
     jobs = ([("train_images.json", train_paths)] if train_folders else []) + \
            [(f"{name}_test_images.json", paths) for name, paths in test_paths.items()]
-    counts = {}
+    lists, counts = [], {}
     for filename, paths in jobs:
         kept, too_small, unreadable = scan_images(paths, min_size, desc=filename)
         out = os.path.join(output_folder, filename)
-        with utils.atomic_write(out) as f:
-            f.write(json.dumps(kept, indent=0).encode())
-        counts[out] = len(kept)
         log(f"{out}: {len(kept)} images ({len(too_small)} smaller than {min_size} px skipped, "
             f"{len(unreadable)} unreadable skipped)")
         if unreadable:
             shown = ", ".join(os.path.basename(p) for p in unreadable[:10])
             log(f"  unreadable: {shown}" + (f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""))
+        if not kept:
+            raise utils.UserError(f"{out}: no image qualifies (of {len(paths)} found, {len(too_small)} are smaller "
+                                  f"than --min-size {min_size}, {len(unreadable)} unreadable); nothing written")
+        lists.append((out, kept))
+        counts[out] = len(kept)
+    # all lists or none
+    with utils.atomic_write_all([out for out, _ in lists]) as files:
+        for (_, kept), f in zip(lists, files):
+            f.write(json.dumps(kept, indent=0).encode())
     return counts
 
 
@@ -77,6 +82,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.train_folders and not args.test_folders:
         parser.error("give --train-folders and/or --test-folders")
+    if args.min_size < 1:
+        parser.error("--min-size must be at least 1")
+    utils.check_writable(os.path.join(args.output_folder, "train_images.json"))
     create_data_lists(args.train_folders, args.test_folders, args.min_size, args.output_folder, args.recursive)
 
 

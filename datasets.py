@@ -1,7 +1,7 @@
 """Super-resolution data sets read from the JSON lists that create_data_lists.py writes.
 
-Training samples are random HR crops with their LR input made by PIL bicubic down-sampling (the
-convention of DESIGN.md section 2); test samples are whole images cropped to a multiple of the scale.
+Training samples are random HR crops with their LR input made by PIL bicubic down-sampling (as
+MATLAB's imresize, antialiased); test samples are whole images cropped to a multiple of the scale.
 """
 
 import json
@@ -12,6 +12,7 @@ import warnings
 from PIL import Image
 from torch.utils.data import Dataset
 
+import images
 import utils
 
 
@@ -30,14 +31,20 @@ def read_image_list(path):
         raise utils.UserError(f"{path}: no such data list (make it with create_data_lists.py)")
     try:
         with open(path) as f:
-            images = json.load(f)
+            paths = json.load(f)
+    except OSError as e:
+        raise utils.UserError(f"{path}: cannot read the data list ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise utils.UserError(f"{path}: not a JSON list of image paths ({e})") from None
-    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise utils.UserError(f"{path}: not a JSON list of image paths")
-    if not images:
+    if not paths:
         raise utils.UserError(f"{path}: the data list is empty")
-    return images
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise utils.UserError(f"{path}: {len(missing)} of {len(paths)} listed files are gone "
+                              f"(e.g. {missing[0]}); recreate the list with create_data_lists.py")
+    return paths
 
 
 class SRDataset(Dataset):
@@ -48,7 +55,7 @@ class SRDataset(Dataset):
         split: 'train' (random crops) or 'test' (whole images).
         crop_size: HR crop size for training (a multiple of scaling_factor).
         scaling_factor: 2, 4 or 8.
-        lr_img_type, hr_img_type: value conventions of the outputs (see utils.convert_image), e.g.
+        lr_img_type, hr_img_type: value conventions of the outputs (see images.convert_image), e.g.
             'imagenet-norm' for the generator's input and '[-1, 1]' for its target.
         test_data_name: which test list to read for split 'test' (e.g. 'Set5').
         augment: random horizontal flips and 90-degree rotations (training only; off in the paper).
@@ -80,17 +87,13 @@ class SRDataset(Dataset):
         self.failures = 0
 
         path = list_path(data_folder, split, test_data_name)
-        images = read_image_list(path)
-        missing = [p for p in images if not os.path.isfile(p)]
-        if missing:
-            raise utils.UserError(f"{path}: {len(missing)} of {len(images)} listed files are gone "
-                                  f"(e.g. {missing[0]}); recreate the list with create_data_lists.py")
+        paths = read_image_list(path)
         if split == "train":
-            images = [p for p in images if min(_header_size(p)) >= crop_size]
-            if not images:
+            paths = [p for p in paths if min(_header_size(p)) >= crop_size]
+            if not paths:
                 raise utils.UserError(f"{path}: no image is at least {crop_size} pixels on each side; "
                                       "use a smaller --crop-size")
-        self.images = images
+        self.images = paths
 
     def __len__(self):
         return len(self.images)
@@ -98,7 +101,7 @@ class SRDataset(Dataset):
     def __getitem__(self, k):
         """Returns (lr, hr) tensors of shapes (3, h, w) and (3, h * s, w * s)."""
         if self.split == "test":
-            return self._make_pair(utils.crop_to_multiple(self._load(self.images[k]), self.scaling_factor))
+            return self._make_pair(images.crop_to_multiple(self._load(self.images[k]), self.scaling_factor))
         epoch, i = divmod(k, len(self.images))
         rng = random.Random(f"{self.seed}-{epoch}-{i}")
         for attempt in range(10):
@@ -115,9 +118,9 @@ class SRDataset(Dataset):
     def _load(self, path):
         """The decoded RGB image of a file, from the cache if enabled."""
         if self.cache is None:
-            return utils.open_image(path)
+            return images.open_image(path)
         if path not in self.cache:
-            self.cache[path] = utils.open_image(path)
+            self.cache[path] = images.open_image(path)
         return self.cache[path]
 
     def _random_crop(self, img, rng):
@@ -139,9 +142,9 @@ class SRDataset(Dataset):
 
     def _make_pair(self, hr):
         """(LR, HR) tensors from an HR PIL image whose sides are multiples of the scale."""
-        lr = utils.bicubic_resize(hr, (hr.width // self.scaling_factor, hr.height // self.scaling_factor))
-        lr = utils.convert_image(lr, "pil", self.lr_img_type)
-        hr = utils.convert_image(hr, "pil", self.hr_img_type)
+        lr = images.bicubic_resize(hr, (hr.width // self.scaling_factor, hr.height // self.scaling_factor))
+        lr = images.convert_image(lr, "pil", self.lr_img_type)
+        hr = images.convert_image(hr, "pil", self.hr_img_type)
         return lr, hr
 
 

@@ -1,14 +1,10 @@
-"""Evaluate checkpoints (and bicubic up-sampling) on test sets: PSNR / SSIM as in the papers.
+"""PSNR / SSIM of checkpoints and bicubic up-sampling on test sets, as the papers compute them.
 
-    python eval.py --checkpoint checkpoints/srresnet_x4.pth --test-folders ../shared/data/Set5 ../shared/data/Set14 --bicubic
-    python eval.py --bicubic --scale 4 --test-folders data_lists/Set5_test_images.json --json bicubic.json
+    python eval.py --checkpoint checkpoints/srresnet_x4.pth --bicubic --test-folders datasets/Set5 datasets/Set14
 
-Each test set is a folder of images or a JSON list written by create_data_lists.py. For every image:
-the HR image (grayscale made RGB) is cropped to a multiple of the scale, the LR input made with PIL
-bicubic down-sampling (utils.bicubic_resize), the model's output quantised to uint8, and PSNR / SSIM
-computed by utils.calc_psnr / calc_ssim (Y channel of BT.601, ``--crop-border`` pixels removed on
-each side; DESIGN.md section 2). Prints a Markdown table (rows: Bicubic, each checkpoint; columns:
-PSNR / SSIM per test set) and optionally writes every number, per image too, to a JSON file.
+Each HR image is cropped to a multiple of the scale and shrunk with PIL bicubic; the output is
+quantised to uint8 and compared on the Y channel with ``--crop-border`` pixels removed (metrics.py).
+Prints a Markdown table; ``--json`` also writes every number, per image too.
 """
 
 import argparse
@@ -19,8 +15,12 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+import checkpoint
 import datasets
+import images
 import inference
+import metrics
+import models
 import utils
 
 
@@ -32,7 +32,7 @@ def build_parser():
                         help="test sets: folders of HR images, or JSON lists from create_data_lists.py "
                              "(e.g. data_lists/Set5_test_images.json)")
     parser.add_argument("--bicubic", action="store_true", help="add a row for bicubic up-sampling")
-    parser.add_argument("--scale", type=int, choices=(2, 4, 8), default=None,
+    parser.add_argument("--scale", type=int, choices=models.SCALES, default=None,
                         help="up-scaling factor (default: the checkpoints'; required with --bicubic alone)")
     parser.add_argument("--crop-border", type=int, default=None,
                         help="pixels removed from each border before the metrics (default: the scale)")
@@ -58,7 +58,7 @@ def resolve_test_sets(items):
     sets = []
     for item in items:
         if os.path.isdir(item):
-            paths = utils.find_images(item)
+            paths = images.find_images(item)
             if not paths:
                 raise utils.UserError(f"{item}: no image files in this folder")
             name = os.path.basename(os.path.normpath(item))
@@ -98,27 +98,33 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
     for set_name, paths in test_sets:
         per_image = {name: {} for name, _ in methods}
         for path in tqdm(paths, desc=set_name, unit="img", leave=False, file=sys.stderr):
-            hr = utils.crop_to_multiple(utils.open_image(path), scale)
-            if min(hr.size) < 2 * crop_border + 11:  # SSIM's 11x11 window must fit after the crop
-                raise utils.UserError(f"{path}: {hr.width}x{hr.height} is too small for --crop-border {crop_border}")
-            lr = utils.bicubic_resize(hr, (hr.width // scale, hr.height // scale))
+            img = images.open_image(path)
+            hr = images.crop_to_multiple(img, scale)
+            if min(hr.size) < max(2 * crop_border + 11, scale):  # SSIM's 11x11 window must fit after the crop
+                raise utils.UserError(f"{path}: {img.width}x{img.height} is too small for x{scale} with "
+                                      f"--crop-border {crop_border} (needs {max(2 * crop_border + 11, scale)} "
+                                      "pixels on each side)")
+            lr = images.bicubic_resize(hr, (hr.width // scale, hr.height // scale))
             lr_tensor = None
             for name, model in methods:
                 if model is None:
-                    sr = utils.bicubic_resize(lr, hr.size)
+                    sr = images.bicubic_resize(lr, hr.size)
                 else:
                     if lr_tensor is None:
-                        lr_tensor = utils.convert_image(lr, "pil", "imagenet-norm")  # (3, h, w)
-                    out = upscale(model, lr_tensor, scale, precision, device, tile)  # (3, H, W) in [-1, 1]
-                    sr = utils.convert_image(out, "[-1, 1]", "pil")  # quantised to uint8
+                        lr_tensor = images.convert_image(lr, "pil", "imagenet-norm")  # (3, h, w)
+                    try:
+                        out = upscale(model, lr_tensor, scale, precision, device, tile)  # (3, H, W) in [-1, 1]
+                    except utils.UserError as e:
+                        raise utils.UserError(f"{name}: {e} (on {path})") from None
+                    sr = images.convert_image(out, "[-1, 1]", "pil")  # quantised to uint8
                 key = os.path.basename(path) if os.path.basename(path) not in per_image[name] else path
-                per_image[name][key] = {"psnr": utils.calc_psnr(sr, hr, crop_border),
-                                                           "ssim": utils.calc_ssim(sr, hr, crop_border)}
+                per_image[name][key] = {"psnr": metrics.calc_psnr(sr, hr, crop_border),
+                                                           "ssim": metrics.calc_ssim(sr, hr, crop_border)}
         for name, _ in methods:
-            images = per_image[name]
-            results[name][set_name] = {"psnr": float(np.mean([v["psnr"] for v in images.values()])),
-                                       "ssim": float(np.mean([v["ssim"] for v in images.values()])),
-                                       "count": len(images), "images": images}
+            scores = per_image[name]
+            results[name][set_name] = {"psnr": float(np.mean([v["psnr"] for v in scores.values()])),
+                                       "ssim": float(np.mean([v["ssim"] for v in scores.values()])),
+                                       "count": len(scores), "images": scores}
     return results
 
 
@@ -134,6 +140,10 @@ def format_table(results):
 
 def method_names(checkpoints):
     """Row names for checkpoint paths: the file names, or the paths where file names repeat."""
+    for i, path in enumerate(checkpoints):
+        for other in checkpoints[:i]:
+            if os.path.realpath(path) == os.path.realpath(other):
+                raise utils.UserError(f"{path}: given twice to --checkpoint")
     names = [os.path.basename(p) for p in checkpoints]
     return names if len(set(names)) == len(names) else list(checkpoints)
 
@@ -152,14 +162,18 @@ def main(argv=None):
     if args.tile < 0:
         raise utils.UserError("--tile must be >= 0")
     test_sets = resolve_test_sets(args.test_folders)
+    names = method_names(args.checkpoint)
+    if args.json:
+        utils.check_writable(args.json)  # before the evaluation, so that its results are not lost
 
     device = utils.resolve_device(args.device)
     precision = utils.resolve_precision(args.precision, device)
     methods = [("Bicubic", None)] if args.bicubic else []
     scale = args.scale
-    for name, path in zip(method_names(args.checkpoint), args.checkpoint):
-        model = inference.load_model(path, device, precision)
-        model_scale = utils.unwrap_model(model).scaling_factor
+    for name, path in zip(names, args.checkpoint):
+        model = checkpoint.load_model(path)
+        model_scale = model.scaling_factor
+        model = inference.prepare_model(model, device, precision)
         if scale is None:
             scale = model_scale
         elif model_scale != scale:

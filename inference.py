@@ -1,41 +1,25 @@
-"""Inference: model preparation, tiled up-scaling and images of every kind.
+"""Inference: a fast copy of a trained generator, tiled up-scaling, and images of every mode.
 
-The one implementation used by test.py (upscale a user's images), eval.py (benchmarks) and
-bench.py (speed), so that all three run the model the same way:
-
-- :func:`prepare_model` makes an eval copy of an SRResNet / Generator for inference: BatchNorm
-  folded into the preceding convolutions (:func:`fold_batchnorm`, exact in fp32), moved to the
-  device, channels_last, optionally ``torch.compile``-d.
-- :func:`upscale_tensor` runs it under ``torch.inference_mode`` and autocast, optionally in tiles.
-  Each tile carries ``tile_pad`` pixels of real image context on every side; by default that is the
-  model's receptive-field radius (:func:`receptive_radius`), so tiles join without seams: the tiled
-  output equals the untiled one (BatchNorm in eval mode acts per pixel). A CUDA out-of-memory error
-  is retried with tiles half as large.
-- :func:`upscale_image` super-resolves a PIL image of any kind: RGB; grayscale (run as RGB, the
-  result made grayscale again); RGBA / LA (the alpha channel is up-scaled separately with bicubic
-  and re-attached); palette (to RGB, or RGBA if it has transparency); CMYK and other colour spaces
-  (to RGB); 16-bit grayscale PNG (fed to the model at full precision, written as 16-bit PNG).
-  :func:`bicubic_upscale` makes the bicubic comparison image, of the same size and kind.
-
-Precision ('auto', 'fp32', 'bf16', 'fp16'): 'auto' is bf16 on a CPU with native bf16 arithmetic
-(AVX-512 BF16 / AMX, see utils.cpu_supports_bf16) and fp32 on other CPUs; on CUDA it is bf16 where
-the GPU supports it, else fp16. fp16 on a CPU is refused with a clear error (PyTorch's CPU fp16
-kernels are slow or missing); use bf16 or fp32 there.
-
-Importing this module does no work and touches no device.
+:func:`prepare_model` folds BatchNorm into the convolutions and moves the last PixelShuffle after
+the output convolution (both exact in fp32), then sets device and channels_last.
+:func:`upscale_tensor` runs it under autocast, optionally in tiles; each tile carries the model's
+receptive-field radius of real context, so the tiled output equals the untiled one.
+:func:`upscale_image` super-resolves a PIL image of any mode (grayscale stays grayscale, alpha is
+up-scaled with bicubic and kept, 16-bit grayscale keeps 16 bits).
 """
 
 import copy
 import math
-import os
 import time
 import warnings
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import nn
 
+import checkpoint
+import images
 import models
 import utils
 
@@ -72,7 +56,7 @@ def fold_batchnorm(model):
     Returns:
         The folded copy, in eval mode.
     """
-    model = copy.deepcopy(utils.unwrap_model(model)).eval()
+    model = copy.deepcopy(checkpoint.unwrap_model(model)).eval()
     with torch.no_grad():
         for block in model.modules():
             if not isinstance(block, models.ConvolutionalBlock):
@@ -116,7 +100,7 @@ def fuse_last_upsampling(model):
         A copy in eval mode whose last sub-pixel block no longer shuffles and whose ``conv_block3``
         is (conv to 12 channels, tanh, PixelShuffle(2)).
     """
-    model = copy.deepcopy(utils.unwrap_model(model)).eval()
+    model = copy.deepcopy(checkpoint.unwrap_model(model)).eval()
     net = model.net if isinstance(model, models.Generator) else model
     last = net.subpixel_convolutional_blocks[-1]
     conv = net.conv_block3.conv_block[0]
@@ -161,7 +145,7 @@ def receptive_radius(model_or_args):
         model_or_args: the model (possibly compiled) or its constructor-argument dict
             (``model.args``: large_kernel_size, small_kernel_size, n_blocks, scaling_factor).
     """
-    args = model_or_args if isinstance(model_or_args, dict) else getattr(utils.unwrap_model(model_or_args), "args", None)
+    args = model_or_args if isinstance(model_or_args, dict) else getattr(checkpoint.unwrap_model(model_or_args), "args", None)
     if not isinstance(args, dict):
         raise ValueError("cannot tell the receptive field of this model; give tile_pad explicitly")
     large, small = args["large_kernel_size"] // 2, args["small_kernel_size"] // 2
@@ -193,7 +177,7 @@ def prepare_model(model, device, precision, channels_last=True, fold_bn=True, fu
     """
     device = torch.device(device)
     utils.resolve_precision(precision, device)
-    model = fold_batchnorm(model) if fold_bn else copy.deepcopy(utils.unwrap_model(model))
+    model = fold_batchnorm(model) if fold_bn else copy.deepcopy(checkpoint.unwrap_model(model))
     if fuse_upsampling:
         model = fuse_last_upsampling(model)
     model = model.to(device).eval().requires_grad_(False)
@@ -202,30 +186,6 @@ def prepare_model(model, device, precision, channels_last=True, fold_bn=True, fu
     if compile:
         model = torch.compile(model)
     return model
-
-
-def load_model(path, device, precision, **options):
-    """Load the generator of a checkpoint file and :func:`prepare_model` it (``options``: its
-    keyword arguments).
-
-    Raises UserError (one line naming the file) for a missing, corrupt or unsuitable checkpoint,
-    e.g. one that holds only a discriminator.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise utils.UserError(f"{path}: no such checkpoint file (train one with train_srresnet.py or "
-                              "train_srgan.py, or pass --checkpoint PATH)")
-    try:
-        model = models.load_model(path)
-    except (ValueError, KeyError, TypeError) as e:
-        message = str(e).strip("'\"")
-        raise utils.UserError(message if path in message else f"{path}: unusable checkpoint ({message})") from None
-    return prepare_model(model, device, precision, **options)
-
-
-def model_label(model):
-    """'SRResNet' or 'SRGAN' (a Generator): a short name for captions."""
-    return "SRGAN" if isinstance(utils.unwrap_model(model), models.Generator) else "SRResNet"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,6 +255,8 @@ def _upscale_tiles(model, lr, scale, precision, device, tile, pad):
                 y = model(x)  # (N, 3, ph * s, pw * s)
                 # keep the centre: the part of the output that belongs to this tile
                 y = y[:, :, (top - ptop) * scale:(bottom - ptop) * scale, (left - pleft) * scale:(right - pleft) * scale]
+                if not torch.isfinite(y).all():  # a broken model would otherwise give a black image
+                    raise utils.UserError("the model's output is not finite (NaN or inf): the weights are broken")
                 out[:, :, top * scale:bottom * scale, left * scale:right * scale] = y.float().clamp_(-1, 1).to(lr.device)
     return out
 
@@ -355,17 +317,17 @@ def normalize_mode(img):
 
 
 def resize_image(img, size):
-    """Bicubic resize (PIL's antialiased filter, as utils.bicubic_resize) of an image of any mode
+    """Bicubic resize (PIL's antialiased filter, as images.bicubic_resize) of an image of any mode
     normalize_mode returns, keeping the mode: alpha is resized on its own (as upscale_image does);
     16-bit images are resized in float and rounded back to 16 bits."""
     if img.mode in _HIGH_BIT_MODES:
-        resized = np.asarray(utils.bicubic_resize(img.convert("F"), size))
+        resized = np.asarray(images.bicubic_resize(img.convert("F"), size))
         return Image.fromarray(np.clip(np.round(resized), 0, 65535).astype(np.uint16))
     if img.mode in ("RGBA", "LA"):
-        colour = utils.bicubic_resize(img.convert(img.mode[:-1]), size)
-        colour.putalpha(utils.bicubic_resize(img.getchannel("A"), size))
+        colour = images.bicubic_resize(img.convert(img.mode[:-1]), size)
+        colour.putalpha(images.bicubic_resize(img.getchannel("A"), size))
         return colour
-    return utils.bicubic_resize(img, size)
+    return images.bicubic_resize(img, size)
 
 
 def bicubic_upscale(img, scale):
@@ -385,9 +347,9 @@ def image_to_input(img):
     if img.mode in _HIGH_BIT_MODES:
         gray = torch.from_numpy(np.asarray(img, dtype=np.float32) / 65535.0)  # (h, w) in [0, 1]
         x = gray.expand(3, -1, -1)  # (3, h, w)
-        return utils.convert_image(x, "[0, 1]", "imagenet-norm")[None], None
+        return images.convert_image(x, "[0, 1]", "imagenet-norm")[None], None
     alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
-    return utils.convert_image(img, "pil", "imagenet-norm")[None], alpha  # (1, 3, h, w)
+    return images.convert_image(img, "pil", "imagenet-norm")[None], alpha  # (1, 3, h, w)
 
 
 def output_to_image(sr, mode):
@@ -403,7 +365,7 @@ def output_to_image(sr, mode):
         weights = torch.tensor(_GRAY_WEIGHTS).view(3, 1, 1)
         gray = (x * weights).sum(0)  # (H, W)
         return Image.fromarray((gray * 65535.0).round().numpy().astype(np.uint16))  # mode I;16
-    rgb = utils.convert_image(sr, "[-1, 1]", "pil")
+    rgb = images.convert_image(sr, "[-1, 1]", "pil")
     return rgb.convert("L") if mode in ("L", "LA") else rgb
 
 
@@ -412,7 +374,7 @@ def upscale_image(model, img, scale, precision, device, tile=None, tile_pad=None
 
     Args:
         model, scale, precision, device, tile, tile_pad: as for :func:`upscale_tensor`.
-        img: the PIL image (EXIF rotation already applied, as utils.open_image_any_mode does).
+        img: the PIL image (EXIF rotation already applied, as images.open_image_any_mode does).
 
     Returns:
         (sr, seconds): the super-resolved image, ``scale`` times larger, of mode RGB, RGBA, L, LA
@@ -428,163 +390,5 @@ def upscale_image(model, img, scale, precision, device, tile=None, tile_pad=None
     seconds = time.perf_counter() - start
     out = output_to_image(sr[0], img.mode)
     if alpha is not None:
-        out.putalpha(utils.bicubic_resize(alpha, out.size))  # RGB -> RGBA, L -> LA
+        out.putalpha(images.bicubic_resize(alpha, out.size))  # RGB -> RGBA, L -> LA
     return out, seconds
-
-
-def to_rgb8(img):
-    """An 8-bit RGB copy of an image of any mode (alpha dropped, 16 bits rounded to 8), for
-    metrics and side-by-side pictures."""
-    if img.mode in _HIGH_BIT_MODES:
-        img = normalize_mode(img)
-        img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257.0).astype(np.uint8))
-    return img.convert("RGB")
-
-
-def make_comparison(panels, gap=4):
-    """Side-by-side picture of same-size images, each with a small caption above it.
-
-    Args:
-        panels: list of (caption, PIL image).
-        gap: white pixels between panels.
-
-    Returns:
-        An RGB image.
-    """
-    w, h = panels[0][1].size
-    font_size = max(12, min(48, w // 20))
-    font = _font(font_size)
-    strip = font_size + 10
-    canvas = Image.new("RGB", (len(panels) * w + (len(panels) - 1) * gap, h + strip), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, (caption, img) in enumerate(panels):
-        x = i * (w + gap)
-        canvas.paste(to_rgb8(img), (x, strip))
-        text_w = draw.textlength(caption, font=font)
-        draw.text((x + max(0, (w - text_w) / 2), 4), caption, fill="black", font=font)
-    return canvas
-
-
-def _font(size):
-    """PIL's built-in font at ``size`` points where this Pillow can scale it, else its bitmap font."""
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def save_image(img, path):
-    """Save a PIL image as PNG atomically (utils.atomic_write), so that a failure never leaves a
-    partial output file. Creates the folder if needed."""
-    with utils.atomic_write(path) as f:
-        img.save(f, format="PNG")
-
-
-# ----------------------------------------------------------------------------------------------
-# files (what test.py does with each image)
-
-
-def collect_images(inputs):
-    """The image files named by ``inputs`` (files, or folders whose image files are taken, sorted).
-
-    A file is taken whatever its extension (it fails later if it is no image); in a folder only
-    files with an image extension (utils.IMAGE_EXTENSIONS) count. Raises UserError for a missing
-    path or a folder without images.
-    """
-    paths = []
-    for item in inputs:
-        item = os.fspath(item)
-        if os.path.isdir(item):
-            found = utils.find_images(item)
-            if not found:
-                raise utils.UserError(f"{item}: no image files in this folder "
-                                      f"(looked for {', '.join(utils.IMAGE_EXTENSIONS)})")
-            paths.extend(found)
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            raise utils.UserError(f"{item}: no such file or folder")
-    return paths
-
-
-def output_stems(paths):
-    """Output name stems for input paths, unique within the run ('photo', then 'photo_jpg', ...)."""
-    stems, used = [], set()
-    for path in paths:
-        base, ext = os.path.splitext(os.path.basename(path))
-        stem, k = base, 1
-        if stem in used:
-            stem = f"{base}_{ext.lstrip('.')}" if ext else f"{base}_1"
-        while stem in used:
-            k += 1
-            stem = f"{base}_{k}"
-        used.add(stem)
-        stems.append(stem)
-    return stems
-
-
-def super_resolve_file(model, path, output_dir, scale, precision, device, tile=None, tile_pad=None, stem=None):
-    """Super-resolve one image file; write <stem>_sr.png and <stem>_bicubic.png into output_dir.
-
-    Returns a dict: sr_path, bicubic_path, seconds (model time), in_size, out_size, mode.
-    Raises UserError naming the file if it cannot be read; nothing is written then.
-    """
-    img = utils.open_image_any_mode(path)
-    stem = stem or os.path.splitext(os.path.basename(path))[0]
-    try:
-        sr, seconds = upscale_image(model, img, scale, precision, device, tile, tile_pad)
-        bicubic = bicubic_upscale(img, scale)
-    except utils.UserError as e:
-        raise utils.UserError(f"{path}: {e}") from None
-    sr_path = os.path.join(output_dir, f"{stem}_sr.png")
-    bicubic_path = os.path.join(output_dir, f"{stem}_bicubic.png")
-    save_image(sr, sr_path)
-    save_image(bicubic, bicubic_path)
-    return dict(sr_path=sr_path, bicubic_path=bicubic_path, seconds=seconds, in_size=img.size,
-                out_size=sr.size, mode=sr.mode)
-
-
-def hr_demo(model, img, scale, precision, device, tile=None, tile_pad=None, label="model"):
-    """The classic demo: treat ``img`` as the HR original, bicubic-down-sample it by ``scale``,
-    super-resolve that, and compare with bicubic up-sampling.
-
-    The HR image is first cropped to a multiple of the scale; metrics are utils.calc_psnr /
-    calc_ssim on 8-bit RGB versions (Y channel, ``scale`` border pixels cropped).
-
-    Returns:
-        dict: comparison (PIL image: bicubic | model | original), sr, bicubic, hr (PIL images),
-        psnr_bicubic, ssim_bicubic, psnr_sr, ssim_sr, seconds (model time).
-    """
-    hr = utils.crop_to_multiple(normalize_mode(img), scale)
-    min_side = 2 * scale + 11  # SSIM's 11x11 window must fit after the border crop
-    if min(hr.size) < min_side:
-        raise utils.UserError(f"image is {img.width}x{img.height}; --hr needs at least {min_side} pixels on each side")
-    lr = resize_image(hr, (hr.width // scale, hr.height // scale))
-    sr, seconds = upscale_image(model, lr, scale, precision, device, tile, tile_pad)
-    bicubic = resize_image(lr, hr.size)
-    hr8, sr8, bicubic8 = to_rgb8(hr), to_rgb8(sr), to_rgb8(bicubic)
-    comparison = make_comparison([("bicubic", bicubic8), (label, sr8), ("original", hr8)])
-    return dict(comparison=comparison, sr=sr, bicubic=bicubic, hr=hr, seconds=seconds,
-                psnr_bicubic=utils.calc_psnr(bicubic8, hr8, scale), ssim_bicubic=utils.calc_ssim(bicubic8, hr8, scale),
-                psnr_sr=utils.calc_psnr(sr8, hr8, scale), ssim_sr=utils.calc_ssim(sr8, hr8, scale))
-
-
-def hr_demo_file(model, path, output_dir, scale, precision, device, tile=None, tile_pad=None, stem=None,
-                 label="model"):
-    """:func:`hr_demo` on an image file; writes <stem>_comparison.png into output_dir.
-
-    Returns hr_demo's dict without the images, plus comparison_path.
-    Raises UserError naming the file if it cannot be read or is too small; nothing is written then.
-    """
-    img = utils.open_image_any_mode(path)
-    stem = stem or os.path.splitext(os.path.basename(path))[0]
-    try:
-        result = hr_demo(model, img, scale, precision, device, tile, tile_pad, label)
-    except utils.UserError as e:
-        raise utils.UserError(f"{path}: {e}") from None
-    comparison_path = os.path.join(output_dir, f"{stem}_comparison.png")
-    save_image(result.pop("comparison"), comparison_path)
-    for key in ("sr", "bicubic", "hr"):
-        result.pop(key)
-    result["comparison_path"] = comparison_path
-    return result

@@ -17,12 +17,9 @@ Importing this module does no work: no weights are downloaded, no device is touc
 """
 
 import math
-import os
 
 import torch
 from torch import nn
-
-import utils
 
 SCALES = (2, 4, 8)
 
@@ -125,7 +122,7 @@ class SRResNet(nn.Module):
             raise ValueError(f"scaling_factor must be one of {SCALES}, got {scaling_factor}")
         if n_blocks < 1 or n_channels < 1:
             raise ValueError(f"n_blocks and n_channels must be positive, got {n_blocks} and {n_channels}")
-        # kept so that checkpoints can rebuild the model (see utils.model_args)
+        # kept so that a checkpoint can rebuild the model (checkpoint.model_spec)
         self.args = dict(large_kernel_size=large_kernel_size, small_kernel_size=small_kernel_size,
                          n_channels=n_channels, n_blocks=n_blocks, scaling_factor=scaling_factor)
         self.scaling_factor = scaling_factor
@@ -162,15 +159,13 @@ class Generator(nn.Module):
         self.args = dict(self.net.args)
         self.scaling_factor = self.net.scaling_factor
 
-    def initialize_with_srresnet(self, srresnet_checkpoint):
-        """Copy the weights of a trained SRResNet checkpoint file into ``self.net``.
+    def initialize_with_srresnet(self, srresnet):
+        """Copy the weights of a trained SRResNet (or of another Generator) into ``self.net``.
 
-        Raises ValueError if the checkpoint's model has other constructor arguments (scale, size).
+        Raises ValueError if that model has other constructor arguments (scale, size).
         """
-        srresnet = load_model(srresnet_checkpoint)
         if srresnet.args != self.args:
-            raise ValueError(f"{srresnet_checkpoint}: the SRResNet in it has arguments {srresnet.args}, "
-                             f"but this generator has {self.args}")
+            raise ValueError(f"the SRResNet has arguments {srresnet.args}, but this generator has {self.args}")
         self.net.load_state_dict(srresnet.net.state_dict() if isinstance(srresnet, Generator)
                                  else srresnet.state_dict())
 
@@ -224,9 +219,9 @@ class TruncatedVGG19(nn.Module):
     Args:
         i: index of the max-pool (1-5) the features are taken before.
         j: index of the convolution (within that stage) whose ReLU output is used.
-        weights: 'imagenet' (torchvision's VGG19_Weights.IMAGENET1K_V1, downloaded to torchvision's
-            cache on first use), a path to a local torchvision VGG19 state dict, or None for random
-            weights (tests and smoke runs only).
+        weights: 'imagenet' (torchvision's VGG19_Weights.IMAGENET1K_V1, downloaded to torch's
+            cache on first use), a torchvision VGG19 state dict (e.g. read from a local copy of that
+            file), or None for random weights (tests and smoke runs only).
 
     Input: ImageNet-normalised images (N, 3, H, W). Output: (N, C, H / 2**(i-1), W / 2**(i-1)).
     """
@@ -241,7 +236,7 @@ class TruncatedVGG19(nn.Module):
         if weights == "imagenet":
             _load_vgg19_features(features, _imagenet_vgg19_state_dict(), "torchvision's VGG19_Weights.IMAGENET1K_V1")
         elif weights is not None:
-            _load_vgg19_features(features, utils.load_torch_file(weights), weights)
+            _load_vgg19_features(features, weights, "the VGG19 weights")
 
         # find the ReLU after conv j of stage i (stages are separated by max-pools)
         pools, convs, end = 0, 0, None
@@ -281,7 +276,7 @@ def _imagenet_vgg19_state_dict():
         raise RuntimeError(
             "could not load the ImageNet VGG19 weights from torchvision "
             f"({type(e).__name__}: {e}). On a machine with internet access they are downloaded once to "
-            f"torch's cache ({os.path.join(torch.hub.get_dir(), 'checkpoints')}); otherwise download "
+            f"torch's cache ({torch.hub.get_dir()}/checkpoints); otherwise download "
             f"{VGG19_Weights.IMAGENET1K_V1.url} elsewhere and pass the file with --vgg-weights PATH"
         ) from None
 
@@ -311,24 +306,3 @@ def build_model(arch, args):
     if arch not in MODEL_CLASSES:
         raise ValueError(f"unknown model architecture {arch!r}; expected one of {sorted(MODEL_CLASSES)}")
     return MODEL_CLASSES[arch](**args)
-
-
-def load_model(path, device="cpu"):
-    """Load the super-resolution model (SRResNet or Generator) stored in a checkpoint file.
-
-    Works for inference files and for training checkpoints of either script, whatever device the
-    tensors were saved from. Returns the model in eval mode, on ``device``.
-    Raises ValueError (with the file name) if the file holds no generator.
-    """
-    ckpt = utils.load_checkpoint(path)
-    if "model" not in ckpt:
-        raise ValueError(f"{path}: holds no super-resolution model (keys: {sorted(ckpt)[:8]})")
-    spec = ckpt["model"]
-    if spec.get("arch") not in ("SRResNet", "Generator"):
-        raise ValueError(f"{path}: holds a {spec.get('arch')!r}, not an SRResNet or Generator")
-    model = build_model(spec["arch"], spec["args"])
-    try:
-        model.load_state_dict(spec["state_dict"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not match the stored architecture: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval()

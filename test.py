@@ -1,26 +1,29 @@
-"""Super-resolve images with a trained SRResNet or SRGAN generator and save the results.
+"""Super-resolve your images with a trained SRResNet / SRGAN generator and save the results.
 
     python test.py                                     # the sample images in data/
     python test.py --img photo.jpg --img holiday/      # files and folders
     python test.py --img photo.jpg --hr                # demo: shrink, super-resolve, compare, PSNR
 
-For each input <name>.<ext> it writes <output-dir>/<name>_sr.png (the model's output) and
-<name>_bicubic.png (bicubic up-scaling, to compare), and prints the model time. With --hr the input
-is taken as the high-resolution original: it is bicubic-down-sampled by the scale, super-resolved,
-and <name>_comparison.png (bicubic | model | original) is written, with the PSNR / SSIM of both
-(Y channel, border = scale). RGB, grayscale, RGBA / LA (transparency kept), palette, CMYK and
-16-bit PNG images are handled (see inference.py). Large images are processed in tiles that join
-without seams. The work itself is done by inference.py.
+For each input <name>.<ext> it writes <output-dir>/<name>_sr.png and <name>_bicubic.png (both or
+neither). With --hr the input is taken as the original: it is shrunk by the scale with bicubic,
+super-resolved, and <name>_comparison.png (bicubic | model | original) is written with PSNR / SSIM.
 """
 
 import argparse
 import os
 import sys
 
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+import checkpoint
+import images
 import inference
+import metrics
+import models
 import utils
+from utils import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CHECKPOINT = os.path.join("checkpoints", "srresnet_x4.pth")
@@ -30,77 +33,215 @@ SAMPLE_FOLDER = "data"
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Super-resolve images with a trained SRResNet / SRGAN generator.",
-        epilog="Errors (unreadable image, bad checkpoint...) are printed as one 'error:' line; with several "
-               "inputs the others are still processed and the exit code is 2 at the end.")
+        epilog="A failed image is one 'error:' line; the other images are still processed, and the exit "
+               "code is 2 at the end.")
     parser.add_argument("--img", nargs="+", action="extend", metavar="PATH",
-                        help="image files and/or folders of images (repeatable; default: the sample images in "
-                             f"{SAMPLE_FOLDER}/ next to this script)")
+                        help=f"image files and/or folders of images (default: the samples in {SAMPLE_FOLDER}/)")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help=f"model checkpoint (default: {DEFAULT_CHECKPOINT} next to this script); "
-                             "the scale comes from it")
+                        help=f"model checkpoint; the scale comes from it (default: {DEFAULT_CHECKPOINT})")
     parser.add_argument("--output-dir", default="results", help="where to write the images (default: results)")
     parser.add_argument("--hr", action="store_true",
-                        help="treat each input as the HR original: down-sample it by the scale (bicubic), "
-                             "super-resolve, write <name>_comparison.png and print PSNR / SSIM")
+                        help="treat each input as the original: shrink, super-resolve, compare, print PSNR / SSIM")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:k] (default: auto)")
     parser.add_argument("--precision", choices=inference.PRECISIONS, default="auto",
-                        help="auto = bf16 on CPUs with native bf16 (AVX-512 BF16 / AMX) and on recent GPUs, "
-                             "fp16 on older GPUs, fp32 on other CPUs; fp16 on a CPU is refused with an error "
-                             "(use bf16 or fp32 there) (default: auto)")
+                        help="auto = bf16 where the hardware is fast at it, else fp32; fp16 needs CUDA (default: auto)")
     parser.add_argument("--tile", type=int, default=inference.DEFAULT_TILE, metavar="N",
-                        help="process images in N x N tiles of LR pixels, bounding memory; 0 = whole image "
-                             f"at once (default: {inference.DEFAULT_TILE})")
+                        help=f"process in N x N tiles of LR pixels; 0 = whole image (default: {inference.DEFAULT_TILE})")
     parser.add_argument("--tile-pad", type=int, default=None, metavar="P",
-                        help="LR pixels of context around each tile (default: the model's receptive-field "
-                             "radius, 40 for the default model, which makes tiled output identical to untiled; "
-                             "less is faster but may show seams)")
+                        help="context around each tile (default: the receptive-field radius, seamless)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (helps for many same-size images)")
     return parser
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs and outputs
+
+
+def collect_images(inputs):
+    """The image files named by ``inputs``: files (any extension), and the image files of folders."""
+    paths = []
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            found = images.find_images(item)
+            if not found:
+                raise UserError(f"{item}: no image files in this folder "
+                                f"(looked for {', '.join(images.IMAGE_EXTENSIONS)})")
+            paths.extend(found)
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    return paths
+
+
+def output_stems(paths):
+    """Output name stems for input paths, unique within the run ('photo', then 'photo_jpg', ...)."""
+    stems, used = [], set()
+    for path in paths:
+        base, ext = os.path.splitext(os.path.basename(path))
+        stem, k = base, 1
+        if stem in used:
+            stem = f"{base}_{ext.lstrip('.')}" if ext else f"{base}_1"
+        while stem in used:
+            k += 1
+            stem = f"{base}_{k}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def save_images(pairs):
+    """Save [(PIL image, path)] as PNGs, all or none (utils.atomic_write_all)."""
+    with utils.atomic_write_all([path for _, path in pairs]) as files:
+        for (img, _), f in zip(pairs, files):
+            img.save(f, format="PNG")
+
+
+def read_image(path):
+    """The image of a file (EXIF rotation applied, mode kept); a note if only its first frame is used."""
+    img = images.open_image_any_mode(path)
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        tqdm.write(f"note: {path}: {frames} frames; only the first is super-resolved", file=sys.stderr)
+    return img
+
+
+# ----------------------------------------------------------------------------------------------
+# the two jobs
+
+
+def super_resolve_file(model, path, output_dir, scale, precision, device, tile=None, tile_pad=None, stem=None):
+    """Write <stem>_sr.png and <stem>_bicubic.png for one image file (both or neither).
+
+    Returns a dict: sr_path, bicubic_path, seconds (model time), in_size, out_size, mode.
+    """
+    img = read_image(path)
+    stem = stem or os.path.splitext(os.path.basename(path))[0]
+    sr, seconds = inference.upscale_image(model, img, scale, precision, device, tile, tile_pad)
+    bicubic = inference.bicubic_upscale(img, scale)
+    sr_path = os.path.join(output_dir, f"{stem}_sr.png")
+    bicubic_path = os.path.join(output_dir, f"{stem}_bicubic.png")
+    save_images([(sr, sr_path), (bicubic, bicubic_path)])
+    return dict(sr_path=sr_path, bicubic_path=bicubic_path, seconds=seconds, in_size=img.size,
+                out_size=sr.size, mode=sr.mode)
+
+
+def hr_demo(model, img, scale, precision, device, tile=None, tile_pad=None, label="model"):
+    """Shrink ``img`` (the original) by ``scale`` with bicubic, super-resolve it, compare with bicubic.
+
+    The original is first cropped to a multiple of the scale; PSNR / SSIM are on 8-bit RGB versions
+    (Y channel, ``scale`` border pixels removed).
+
+    Returns:
+        dict: comparison (bicubic | model | original), sr, bicubic, hr (PIL images), psnr_bicubic,
+        ssim_bicubic, psnr_sr, ssim_sr, seconds (model time).
+    """
+    hr = images.crop_to_multiple(inference.normalize_mode(img), scale)
+    min_side = 2 * scale + 11  # SSIM's 11x11 window must fit after the border crop
+    if min(hr.size) < min_side:
+        raise UserError(f"image is {img.width}x{img.height}; --hr needs at least {min_side} pixels on each side")
+    lr = inference.resize_image(hr, (hr.width // scale, hr.height // scale))
+    sr, seconds = inference.upscale_image(model, lr, scale, precision, device, tile, tile_pad)
+    bicubic = inference.resize_image(lr, hr.size)
+    hr8, sr8, bicubic8 = to_rgb8(hr), to_rgb8(sr), to_rgb8(bicubic)
+    comparison = make_comparison([("bicubic", bicubic8), (label, sr8), ("original", hr8)])
+    return dict(comparison=comparison, sr=sr, bicubic=bicubic, hr=hr, seconds=seconds,
+                psnr_bicubic=metrics.calc_psnr(bicubic8, hr8, scale), ssim_bicubic=metrics.calc_ssim(bicubic8, hr8, scale),
+                psnr_sr=metrics.calc_psnr(sr8, hr8, scale), ssim_sr=metrics.calc_ssim(sr8, hr8, scale))
+
+
+def hr_demo_file(model, path, output_dir, scale, precision, device, tile=None, tile_pad=None, stem=None,
+                 label="model"):
+    """:func:`hr_demo` on an image file; writes <stem>_comparison.png. Returns the numbers and its path."""
+    img = read_image(path)
+    stem = stem or os.path.splitext(os.path.basename(path))[0]
+    result = hr_demo(model, img, scale, precision, device, tile, tile_pad, label)
+    comparison_path = os.path.join(output_dir, f"{stem}_comparison.png")
+    save_images([(result.pop("comparison"), comparison_path)])
+    for key in ("sr", "bicubic", "hr"):
+        result.pop(key)
+    result["comparison_path"] = comparison_path
+    return result
+
+
+def to_rgb8(img):
+    """An 8-bit RGB copy of an image of any mode (alpha dropped, 16 bits rounded to 8)."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        img = inference.normalize_mode(img)
+        img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257.0).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def make_comparison(panels, gap=4):
+    """Side-by-side RGB picture of same-size images [(caption, PIL image)], captions above."""
+    w, h = panels[0][1].size
+    font_size = max(12, min(48, w // 20))
+    try:
+        font = ImageFont.load_default(size=font_size)
+    except TypeError:  # Pillow < 10.1 has only the bitmap font
+        font = ImageFont.load_default()
+    strip = font_size + 10
+    canvas = Image.new("RGB", (len(panels) * w + (len(panels) - 1) * gap, h + strip), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (caption, img) in enumerate(panels):
+        x = i * (w + gap)
+        canvas.paste(to_rgb8(img), (x, strip))
+        text_w = draw.textlength(caption, font=font)
+        draw.text((x + max(0, (w - text_w) / 2), 4), caption, fill="black", font=font)
+    return canvas
 
 
 def main(argv=None):
     """Parse flags, load the model and process every input; returns the list of per-image results."""
     args = build_parser().parse_args(argv)
     if args.tile < 0 or (args.tile_pad is not None and args.tile_pad < 0):
-        raise utils.UserError("--tile and --tile-pad must be >= 0")
+        raise UserError("--tile and --tile-pad must be >= 0")
     if args.img:
-        paths = inference.collect_images(args.img)
+        paths = collect_images(args.img)
     else:
         sample = os.path.join(HERE, SAMPLE_FOLDER)
         if not os.path.isdir(sample):
-            raise utils.UserError(f"no --img given and no sample folder {sample}; pass --img PATH")
-        paths = inference.collect_images([sample])
-    checkpoint = args.checkpoint or os.path.join(HERE, DEFAULT_CHECKPOINT)
+            raise UserError(f"no --img given and no sample folder {sample}; pass --img PATH")
+        paths = collect_images([sample])
+    ckpt_path = args.checkpoint or os.path.join(HERE, DEFAULT_CHECKPOINT)
 
     device = utils.resolve_device(args.device)
     precision = utils.resolve_precision(args.precision, device)
-    model = inference.load_model(checkpoint, device, precision, compile=args.compile)
-    scale = utils.unwrap_model(model).scaling_factor
-    label = inference.model_label(model)
-    print(f"{label} x{scale} from {checkpoint} on {device}, {precision}; "
+    model = checkpoint.load_model(ckpt_path)
+    scale = model.scaling_factor
+    label = "SRGAN" if isinstance(model, models.Generator) else "SRResNet"
+    model = inference.prepare_model(model, device, precision, compile=args.compile)
+    if os.path.isfile(args.output_dir):
+        raise UserError(f"{args.output_dir}: --output-dir is a file, not a folder")
+    utils.check_writable(os.path.join(args.output_dir, "probe.png"))  # fail before any work
+    print(f"{label} x{scale} from {ckpt_path} on {device}, {precision}; "
           f"tiles {args.tile or 'off'}, {len(paths)} image(s) -> {args.output_dir}")
 
     results, failures = [], 0
-    stems = inference.output_stems(paths)
-    bar = tqdm(list(zip(paths, stems)), unit="img", disable=len(paths) < 2, file=sys.stderr)
+    bar = tqdm(list(zip(paths, output_stems(paths))), unit="img", disable=len(paths) < 2, file=sys.stderr)
     for path, stem in bar:
         try:
             if args.hr:
-                r = inference.hr_demo_file(model, path, args.output_dir, scale, precision, device, args.tile,
-                                           args.tile_pad, stem=stem, label=label)
+                r = hr_demo_file(model, path, args.output_dir, scale, precision, device, args.tile,
+                                 args.tile_pad, stem=stem, label=label)
                 tqdm.write(f"{path}: bicubic {r['psnr_bicubic']:.2f} dB / {r['ssim_bicubic']:.4f}, "
                            f"{label} {r['psnr_sr']:.2f} dB / {r['ssim_sr']:.4f} (PSNR / SSIM, Y, border {scale}); "
                            f"model {r['seconds']:.2f} s -> {r['comparison_path']}", file=sys.stdout)
             else:
-                r = inference.super_resolve_file(model, path, args.output_dir, scale, precision, device, args.tile,
-                                                 args.tile_pad, stem=stem)
+                r = super_resolve_file(model, path, args.output_dir, scale, precision, device, args.tile,
+                                       args.tile_pad, stem=stem)
                 (w, h), (sw, sh) = r["in_size"], r["out_size"]
                 tqdm.write(f"{path}: {w}x{h} -> {sw}x{sh} {r['mode']} in {r['seconds']:.2f} s (model) "
                            f"-> {r['sr_path']}", file=sys.stdout)
-        except utils.UserError as e:
-            message = str(e) if path in str(e) else f"{path}: {e}"
+        except UserError as e:
+            message = str(e)
+            if "output is not finite" in message:
+                message = f"{ckpt_path}: {message} (on {path})"
+            elif not message.startswith(path) and not message.startswith(args.output_dir):
+                message = f"{path}: {message}"
             if len(paths) == 1:
-                raise utils.UserError(message) from None
+                raise UserError(message) from None
             tqdm.write(f"error: {message}", file=sys.stderr)
             failures += 1
             continue
@@ -112,7 +253,7 @@ def main(argv=None):
         print(f"mean of {len(results)}: bicubic {mean['psnr_bicubic']:.2f} dB / {mean['ssim_bicubic']:.4f}, "
               f"{label} {mean['psnr_sr']:.2f} dB / {mean['ssim_sr']:.4f}")
     if failures:
-        raise utils.UserError(f"{failures} of {len(paths)} images failed (see above)")
+        raise UserError(f"{failures} of {len(paths)} images failed (see above)")
     return results
 
 

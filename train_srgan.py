@@ -19,7 +19,7 @@ generator step. Both use Adam with lr 1e-4, divided by 10 half-way (the paper: 1
 
 Writes <checkpoint-dir>/srgan_latest.pth (generator, discriminator and everything needed to
 --resume), srgan_best.pth (the generator, for test.py / eval.py) and srgan_log.csv. Both .pth files
-load with models.load_model. srgan_best.pth is the best generator by validation PSNR: with the default
+load with checkpoint.load_model. srgan_best.pth is the best generator by validation PSNR: with the default
 --val-every 0 that is the final one; with --val-every N beware that PSNR favours the least
 adversarial weights (the final generator is always in srgan_latest.pth).
 """
@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+import checkpoint
+import images
 import models
 import training
 import utils
@@ -148,7 +150,7 @@ def make_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, c
     (and 'pixel', 'texture' when their weights are not 0), 'discriminator' (BCE on real + BCE on
     fake), and 'd_real' / 'd_fake', the discriminator's mean probability of "real" on HR and SR.
     """
-    d_module = utils.unwrap_model(discriminator)
+    d_module = checkpoint.unwrap_model(discriminator)
     bce = torch.nn.BCEWithLogitsLoss()
 
     def clip_and_step(optimizer, model):
@@ -158,14 +160,14 @@ def make_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, c
         scaler.step(optimizer)
 
     def step(lr_imgs, hr_imgs):
-        hr_norm = utils.convert_image(hr_imgs, "[-1, 1]", "imagenet-norm")  # (N, 3, H, W)
+        hr_norm = images.convert_image(hr_imgs, "[-1, 1]", "imagenet-norm")  # (N, 3, H, W)
         with torch.no_grad(), ctx.autocast():
             hr_features = vgg(hr_norm).float()  # (N, C, H', W'), the content target
 
         # generator step
         with ctx.autocast():
             sr_imgs = generator(lr_imgs).float()  # (N, 3, H, W) in [-1, 1]
-            sr_norm = utils.convert_image(sr_imgs, "[-1, 1]", "imagenet-norm")
+            sr_norm = images.convert_image(sr_imgs, "[-1, 1]", "imagenet-norm")
             sr_features = vgg(sr_norm).float()  # (N, C, H', W')
             # the plain module (not the DDP wrapper) with frozen weights: only the gradient with
             # respect to SR is wanted here, and no all-reduce of discriminator gradients
@@ -232,14 +234,12 @@ def build_generator(args, resume):
         _check_size_flags(args, {f: f for f in GENERATOR_FLAGS}, gen_args, args.resume, "generator")
         return models.Generator(**gen_args)
     path = args.srresnet_checkpoint
-    try:
-        gen_args = models.load_model(path).args
-    except ValueError as e:  # a file without an SRResNet / Generator in it
-        raise utils.UserError(str(e)) from None
+    srresnet = checkpoint.load_model(path)
+    gen_args = srresnet.args
     _check_scale(args, gen_args, path)
     _check_size_flags(args, {f: f for f in GENERATOR_FLAGS}, gen_args, path, "SRResNet")
     generator = models.Generator(**gen_args)
-    generator.initialize_with_srresnet(path)
+    generator.initialize_with_srresnet(srresnet)
     return generator
 
 
@@ -265,6 +265,8 @@ def build_vgg(args):
 
 def _truncated_vgg(args, weights):
     try:
+        if weights not in (None, "imagenet"):
+            weights = checkpoint.load_torch_file(weights)
         return models.TruncatedVGG19(args.vgg_i, args.vgg_j, weights=weights)
     except (RuntimeError, ValueError) as e:  # offline without the weights; a wrong file; a wrong (i, j)
         message = " ".join(str(e).split())

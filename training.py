@@ -25,6 +25,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+import checkpoint
+import images
+import metrics
 import datasets
 import utils
 
@@ -238,7 +241,7 @@ def make_scheduler(optimizer, schedule, iterations):
 @torch.no_grad()
 def validate(model, dataset, ctx, crop_border):
     """Mean Y-PSNR and SSIM of the model on a test SRDataset (LR 'imagenet-norm', HR 'pil')."""
-    model = utils.unwrap_model(model)
+    model = checkpoint.unwrap_model(model)
     was_training = model.training
     model.eval()
     psnrs, ssims = [], []
@@ -246,9 +249,9 @@ def validate(model, dataset, ctx, crop_border):
         lr, hr = dataset[i]
         with ctx.autocast():
             sr = model(ctx.to_device(lr[None]))
-        sr = utils.convert_image(sr[0].float(), "[-1, 1]", "pil")
-        psnrs.append(utils.calc_psnr(sr, hr, crop_border))
-        ssims.append(utils.calc_ssim(sr, hr, crop_border))
+        sr = images.convert_image(sr[0].float(), "[-1, 1]", "pil")
+        psnrs.append(metrics.calc_psnr(sr, hr, crop_border))
+        ssims.append(metrics.calc_ssim(sr, hr, crop_border))
     model.train(was_training)
     return float(np.mean(psnrs)), float(np.mean(ssims))
 
@@ -292,9 +295,9 @@ def checkpoint_paths(args, script):
 
 def training_state(run, args, iteration, best_psnr):
     """The checkpoint dict of a run at ``iteration``."""
-    ckpt = {"format_version": utils.FORMAT_VERSION}
+    ckpt = {"format_version": checkpoint.FORMAT_VERSION}
     for name, model in run.models.items():
-        ckpt[name] = utils.model_spec(model)
+        ckpt[name] = checkpoint.model_spec(model)
     ckpt["training"] = {
         "script": run.script, "iteration": iteration, "best_psnr": best_psnr,
         "optimizers": {k: v.state_dict() for k, v in run.optimizers.items()},
@@ -307,7 +310,7 @@ def training_state(run, args, iteration, best_psnr):
 
 def load_resume(path, script):
     """Read a training checkpoint to resume, checking that it comes from the same script."""
-    ckpt = utils.load_checkpoint(path)
+    ckpt = checkpoint.load_checkpoint(path)
     training = ckpt.get("training")
     if training is None:
         raise utils.UserError(f"{path}: an inference-only checkpoint, not a training checkpoint to resume")
@@ -322,7 +325,7 @@ def restore(run, ckpt):
     Returns (iteration, best_psnr)."""
     training = ckpt["training"]
     for name, model in run.models.items():
-        utils.unwrap_model(model).load_state_dict(ckpt[name]["state_dict"])
+        checkpoint.unwrap_model(model).load_state_dict(ckpt[name]["state_dict"])
     for name, opt in run.optimizers.items():
         opt.load_state_dict(training["optimizers"][name])
     for name, sched in run.schedulers.items():
@@ -394,7 +397,7 @@ def train(run, args, ctx, start_iteration=0, best_psnr=float("-inf")):
                     val = validate(generator, val_dataset, ctx, args.scaling_factor)
                     if val[0] > best_psnr:
                         best_psnr = val[0]
-                        utils.save_checkpoint(_best_checkpoint(run, args, ctx, iteration, val), best_path)
+                        checkpoint.save_checkpoint(_best_checkpoint(run, args, ctx, iteration, val), best_path)
                     bar.write(f"iteration {iteration}: {args.val_data} PSNR {val[0]:.3f} dB, SSIM {val[1]:.4f} "
                               f"(best {best_psnr:.3f})")
             if ctx.is_main and (iteration % args.log_every == 0 or val is not None or is_last):
@@ -407,7 +410,7 @@ def train(run, args, ctx, start_iteration=0, best_psnr=float("-inf")):
                     _tensorboard_log(writer, row, generator, val_dataset, ctx)
             if iteration % args.save_every == 0 or is_last or status == 1:
                 if ctx.is_main:
-                    utils.save_checkpoint(training_state(run, args, iteration, best_psnr), latest_path)
+                    checkpoint.save_checkpoint(training_state(run, args, iteration, best_psnr), latest_path)
                 last_good = latest_path
             if status == 1:
                 bar.write(f"interrupted: saved {latest_path} at iteration {iteration}; "
@@ -438,7 +441,7 @@ def _best_checkpoint(run, args, ctx, iteration, val):
     info = {"script": f"train_{run.script}.py", "iteration": iteration, "val_data": args.val_data,
             "val_psnr": val[0], "val_ssim": val[1], "precision": ctx.precision,
             "data_folder": args.data_folder, "batch_size": args.batch_size, "lr": args.lr}
-    return utils.inference_checkpoint(run.models["model"], info)
+    return checkpoint.inference_checkpoint(run.models["model"], info)
 
 
 def _open_log(path, append):
@@ -477,13 +480,13 @@ def _tensorboard_log(writer, row, generator, val_dataset, ctx):
             writer.add_scalar(k, v, it)
     if row["val_psnr"] != "" and val_dataset is not None:
         lr, _ = val_dataset[0]
-        model = utils.unwrap_model(generator)
+        model = checkpoint.unwrap_model(generator)
         was_training = model.training
         model.eval()
         with torch.no_grad(), ctx.autocast():
             sr = model(ctx.to_device(lr[None]))
         model.train(was_training)
-        writer.add_image("sample", utils.convert_image(sr[0].float().cpu(), "[-1, 1]", "[0, 1]").clamp(0, 1), it)
+        writer.add_image("sample", images.convert_image(sr[0].float().cpu(), "[-1, 1]", "[0, 1]").clamp(0, 1), it)
 
 
 def make_optimizer(params, lr):

@@ -72,10 +72,10 @@ def tiny_checkpoint(tmp_path_factory):
     """An inference checkpoint of a tiny random SRResNet (x4)."""
     import torch
 
+    import checkpoint
     import models
-    import utils
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    utils.save_checkpoint(utils.inference_checkpoint(models.SRResNet(**TINY)), path)
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), path)
     return path

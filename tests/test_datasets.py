@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import images
 import datasets
 import utils
 from conftest import random_image
@@ -21,8 +22,8 @@ def test_train_lr_is_exact_bicubic_of_hr_crop(data_lists):
     ds = datasets.SRDataset(data_lists, "train", 48, 4, "[0, 1]", "[0, 1]")
     lr, hr = ds[3]
     assert hr.shape == (3, 48, 48) and lr.shape == (3, 12, 12)
-    hr_img = utils.convert_image(hr, "[0, 1]", "pil")
-    expected = utils.convert_image(hr_img.resize((12, 12), Image.BICUBIC), "pil", "[0, 1]")
+    hr_img = images.convert_image(hr, "[0, 1]", "pil")
+    expected = images.convert_image(hr_img.resize((12, 12), Image.BICUBIC), "pil", "[0, 1]")
     assert torch_equal(lr, expected)
 
 
@@ -34,7 +35,7 @@ def test_train_crop_comes_from_the_image_and_is_deterministic(data_lists, image_
     other_epoch = ds[1 + n][1]  # index k + n = same image, next epoch: another crop (almost surely)
     assert not torch_equal(other_epoch, hr)
     # the crop is a window of the source image
-    full = np.asarray(utils.open_image(ds.images[1])).astype(np.float32)
+    full = np.asarray(images.open_image(ds.images[1])).astype(np.float32)
     crop = ((hr.numpy().transpose(1, 2, 0) + 1) / 2 * 255).round()
     found = any(np.array_equal(full[t:t + 40, l:l + 40], crop)
                 for t in range(full.shape[0] - 39) for l in range(full.shape[1] - 39))
@@ -81,8 +82,8 @@ def test_augment_keeps_alignment(data_lists):
     ds = datasets.SRDataset(data_lists, "train", 40, 4, "[0, 1]", "[0, 1]", augment=True)
     for k in range(6):
         lr, hr = ds[k]
-        hr_img = utils.convert_image(hr, "[0, 1]", "pil")
-        assert torch_equal(lr, utils.convert_image(hr_img.resize((10, 10), Image.BICUBIC), "pil", "[0, 1]"))
+        hr_img = images.convert_image(hr, "[0, 1]", "pil")
+        assert torch_equal(lr, images.convert_image(hr_img.resize((10, 10), Image.BICUBIC), "pil", "[0, 1]"))
 
 
 def test_cache_gives_identical_samples(data_lists):

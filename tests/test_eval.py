@@ -5,6 +5,9 @@ import json
 import pytest
 import torch
 
+import images
+import metrics
+import checkpoint
 import inference
 import utils
 from conftest import load_script, need_shared, random_image
@@ -14,7 +17,7 @@ eval_script = load_script("eval")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_checkpoint):
+def ckpt_file(tiny_checkpoint):
     return tiny_checkpoint
 
 
@@ -44,22 +47,22 @@ def test_bicubic_matches_the_published_set5_baseline(tmp_path, capsys):
     assert len(saved["results"]["Bicubic"]["Set5"]["images"]) == 5
 
 
-def test_model_rows_use_utils_metrics(checkpoint, test_set, tmp_path, capsys):
+def test_model_rows_use_utils_metrics(ckpt_file, test_set, tmp_path, capsys):
     folder, listing = test_set
     out = tmp_path / "r.json"
-    results = eval_script.main(["--checkpoint", str(checkpoint), "--bicubic", "--test-folders", str(folder),
+    results = eval_script.main(["--checkpoint", str(ckpt_file), "--bicubic", "--test-folders", str(folder),
                                 str(listing), "--json", str(out), "--device", "cpu"])
     assert list(results) == ["Bicubic", "tiny.pth"]
     assert list(results["tiny.pth"]) == ["Mini", "Mini2"]  # folder name, list name
     # the same numbers computed by hand with the shared functions
-    model = inference.load_model(checkpoint, "cpu", "fp32")
-    hr = utils.crop_to_multiple(utils.open_image(folder / "b.bmp"), 4)  # grayscale -> RGB, 48x40
-    lr = utils.bicubic_resize(hr, (hr.width // 4, hr.height // 4))
-    sr = utils.convert_image(inference.upscale_tensor(model, utils.convert_image(lr, "pil", "imagenet-norm"), 4,
+    model = inference.prepare_model(checkpoint.load_model(ckpt_file), "cpu", "fp32")
+    hr = images.crop_to_multiple(images.open_image(folder / "b.bmp"), 4)  # grayscale -> RGB, 48x40
+    lr = images.bicubic_resize(hr, (hr.width // 4, hr.height // 4))
+    sr = images.convert_image(inference.upscale_tensor(model, images.convert_image(lr, "pil", "imagenet-norm"), 4,
                                                       "fp32", "cpu"), "[-1, 1]", "pil")
     got = results["tiny.pth"]["Mini"]["images"]["b.bmp"]
-    assert got["psnr"] == pytest.approx(utils.calc_psnr(sr, hr, 4))
-    assert got["ssim"] == pytest.approx(utils.calc_ssim(sr, hr, 4))
+    assert got["psnr"] == pytest.approx(metrics.calc_psnr(sr, hr, 4))
+    assert got["ssim"] == pytest.approx(metrics.calc_ssim(sr, hr, 4))
     assert results["tiny.pth"]["Mini"] == results["tiny.pth"]["Mini2"]
     lines = capsys.readouterr().out.splitlines()
     assert "| Method | Mini PSNR | Mini SSIM | Mini2 PSNR | Mini2 SSIM |" in lines
@@ -68,9 +71,9 @@ def test_model_rows_use_utils_metrics(checkpoint, test_set, tmp_path, capsys):
     assert saved["scale"] == 4 and saved["results"]["tiny.pth"]["Mini"]["count"] == 3
 
 
-def test_tiles_crop_border_and_self_ensemble(checkpoint, test_set):
+def test_tiles_crop_border_and_self_ensemble(ckpt_file, test_set):
     folder, _ = test_set
-    base = ["--checkpoint", str(checkpoint), "--test-folders", str(folder)]
+    base = ["--checkpoint", str(ckpt_file), "--test-folders", str(folder)]
     whole = eval_script.main(base + ["--tile", "0"])["tiny.pth"]["Mini"]
     tiled = eval_script.main(base + ["--tile", "5"])["tiny.pth"]["Mini"]
     assert tiled["psnr"] == pytest.approx(whole["psnr"], abs=0.01)
@@ -88,7 +91,7 @@ def test_self_ensemble_of_an_equivariant_method_changes_nothing(test_set):
 
         def forward(self, x):
             x = torch.nn.functional.interpolate(x, scale_factor=4)
-            return utils.convert_image(x, "imagenet-norm", "[-1, 1]")
+            return images.convert_image(x, "imagenet-norm", "[-1, 1]")
 
     sets = eval_script.resolve_test_sets([str(folder)])
     plain = eval_script.evaluate([("nearest", Nearest())], sets, 4, 4, tile=None)
@@ -102,11 +105,11 @@ def test_self_ensemble_of_an_equivariant_method_changes_nothing(test_set):
     (["--checkpoint", "{checkpoint}", "--scale", "2", "--test-folders", "{folder}"], "x4"),
     (["--bicubic", "--scale", "4", "--test-folders", "{missing}"], "no such folder"),
     (["--bicubic", "--scale", "4", "--test-folders", "{folder}", "{folder}"], "distinct names"),
-    (["--checkpoint", "{missing}", "--test-folders", "{folder}"], "no such checkpoint"),
+    (["--checkpoint", "{missing}", "--test-folders", "{folder}"], "no such file"),
 ])
-def test_errors(argv, message, checkpoint, test_set, tmp_path, capsys):
+def test_errors(argv, message, ckpt_file, test_set, tmp_path, capsys):
     folder, _ = test_set
-    values = dict(folder=folder, checkpoint=checkpoint, missing=tmp_path / "missing")
+    values = dict(folder=folder, checkpoint=ckpt_file, missing=tmp_path / "missing")
     with pytest.raises(SystemExit) as e:
         utils.run_cli(eval_script.main, [a.format(**values) for a in argv])
     assert e.value.code == 2

@@ -6,6 +6,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+import images
+import metrics
 import inference
 import models
 import utils
@@ -73,9 +75,9 @@ def test_receptive_radius_bounds_the_influence_of_a_pixel(scale):
 def real_lr_image():
     """A real LR image (Set5 baby, 128x128) if the shared data is here, else a synthetic one."""
     path = SHARED_DATA / "Set5" / "baby_GT.bmp"
-    hr = utils.open_image(path) if path.is_file() else random_image((512, 512), seed=3)
-    hr = utils.crop_to_multiple(hr, 4)
-    return utils.bicubic_resize(hr, (hr.width // 4, hr.height // 4))
+    hr = images.open_image(path) if path.is_file() else random_image((512, 512), seed=3)
+    hr = images.crop_to_multiple(hr, 4)
+    return images.bicubic_resize(hr, (hr.width // 4, hr.height // 4))
 
 
 def test_tiled_output_equals_untiled_on_a_real_image():
@@ -117,11 +119,11 @@ class NearestUpscaler(nn.Module):
         self.sides.append(max(x.shape[-2:]))
         if self.max_side is not None and max(x.shape[-2:]) > self.max_side:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return utils.convert_image(nn.functional.interpolate(x, scale_factor=4), "imagenet-norm", "[-1, 1]")
+        return images.convert_image(nn.functional.interpolate(x, scale_factor=4), "imagenet-norm", "[-1, 1]")
 
 
 def test_out_of_memory_retries_with_halved_tiles():
-    x = utils.convert_image(torch.rand(1, 3, 100, 80), "[0, 1]", "imagenet-norm")
+    x = images.convert_image(torch.rand(1, 3, 100, 80), "[0, 1]", "imagenet-norm")
     expected = inference.upscale_tensor(NearestUpscaler(), x, 4, "fp32", "cpu", tile_pad=2)
     model = NearestUpscaler(max_side=40)
     with pytest.warns(RuntimeWarning, match="out of memory"):
@@ -133,7 +135,7 @@ def test_out_of_memory_retries_with_halved_tiles():
 
 
 def test_self_ensemble():
-    x = utils.convert_image(torch.rand(3, 12, 9), "[0, 1]", "imagenet-norm")
+    x = images.convert_image(torch.rand(3, 12, 9), "[0, 1]", "imagenet-norm")
     # an up-scaler that commutes with flips and rotations gives its plain output
     plain = inference.upscale_tensor(NearestUpscaler(), x, 4, "fp32", "cpu", tile_pad=0)
     ensemble = inference.upscale_tensor_x8(NearestUpscaler(), x, 4, "fp32", "cpu", tile_pad=0)
@@ -163,7 +165,7 @@ def test_precision_choices(monkeypatch):
 
 def test_bf16_is_close_to_fp32():
     model = inference.prepare_model(tiny_model(), "cpu", "bf16")
-    x = utils.convert_image(real_lr_image().crop((0, 0, 40, 32)), "pil", "imagenet-norm")
+    x = images.convert_image(real_lr_image().crop((0, 0, 40, 32)), "pil", "imagenet-norm")
     fp32 = inference.upscale_tensor(model, x, 4, "fp32", "cpu")
     bf16 = inference.upscale_tensor(model, x, 4, "bf16", "cpu", tile=16)
     assert bf16.dtype == torch.float32
@@ -243,7 +245,7 @@ def test_every_image_kind_gives_the_right_mode_and_size(model, kind, tmp_path):
     assert sr.size == bicubic.size == (80, 56)
     assert seconds >= 0
     # what is saved reads back the same
-    inference.save_image(sr, tmp_path / "out.png")
+    sr.save(tmp_path / "out.png")
     with Image.open(tmp_path / "out.png") as back:
         assert back.mode == mode and back.size == (80, 56)
         assert np.array_equal(np.asarray(back), np.asarray(sr))
@@ -261,78 +263,19 @@ def test_alpha_survives(model, kind):
 def test_sixteen_bit_input_is_not_truncated(model, tmp_path):
     data = gradient16((20, 14))
     Image.fromarray(data).save(tmp_path / "g16.png")
-    img = utils.open_image_any_mode(tmp_path / "g16.png")
+    img = images.open_image_any_mode(tmp_path / "g16.png")
     x, alpha = inference.image_to_input(inference.normalize_mode(img))
     assert alpha is None
-    x01 = utils.convert_image(x[0], "imagenet-norm", "[0, 1]")
+    x01 = images.convert_image(x[0], "imagenet-norm", "[0, 1]")
     assert torch.allclose(x01[0], torch.from_numpy(data / 65535.0).float(), atol=1e-6)  # not rounded to 8 bits
     sr, _ = inference.upscale_image(model, img, 4, "fp32", "cpu")
-    inference.save_image(sr, tmp_path / "sr.png")
+    sr.save(tmp_path / "sr.png")
     with Image.open(tmp_path / "sr.png") as back:
         assert back.mode == "I;16"
         out = np.asarray(back)
     assert out.dtype == np.uint16 and (out % 257 != 0).any()  # 16-bit values, not 8-bit ones scaled
     bicubic = np.asarray(inference.bicubic_upscale(img, 4))
     assert abs(float(bicubic.mean()) - float(data.mean())) < 500  # same range as the input
-
-
-def test_exif_rotation_is_applied(model, tmp_path):
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
-    random_image((30, 20)).save(tmp_path / "rotated.jpg", exif=exif)
-    result = inference.super_resolve_file(model, tmp_path / "rotated.jpg", tmp_path / "out", 4, "fp32", "cpu")
-    assert result["in_size"] == (20, 30) and result["out_size"] == (80, 120)
-    with Image.open(result["bicubic_path"]) as bicubic:
-        assert bicubic.size == (80, 120)
-
-
-def test_hr_demo_metrics_and_comparison(model):
-    hr = random_image((66, 50), seed=5)
-    result = inference.hr_demo(model, hr, 4, "fp32", "cpu", label="SRResNet")
-    assert result["hr"].size == (64, 48) and result["sr"].size == (64, 48)
-    # the metrics are utils' on the images shown
-    assert result["psnr_bicubic"] == pytest.approx(utils.calc_psnr(result["bicubic"], result["hr"], 4))
-    assert result["ssim_sr"] == pytest.approx(utils.calc_ssim(result["sr"], result["hr"], 4))
-    comparison = result["comparison"]
-    assert comparison.mode == "RGB" and comparison.width == 3 * 64 + 2 * 4 and comparison.height > 48
-    with pytest.raises(utils.UserError, match="at least"):
-        inference.hr_demo(model, random_image((16, 40)), 4, "fp32", "cpu")
-
-
-def test_save_image_is_atomic(tmp_path, monkeypatch):
-    img = random_image((8, 8))
-    inference.save_image(img, tmp_path / "a.png")
-
-    def broken_save(self, fp, format=None, **kwargs):
-        fp.write(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(Image.Image, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        inference.save_image(img, tmp_path / "a.png")
-    with pytest.raises(OSError):
-        inference.save_image(img, tmp_path / "b.png")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # old file kept, no temporary left
-    monkeypatch.undo()
-    with Image.open(tmp_path / "a.png") as back:
-        assert np.array_equal(np.asarray(back), np.asarray(img))
-
-
-def test_collect_images_and_output_stems(tmp_path):
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for name in ("b.png", "a.JPG", "notes.txt"):
-        (folder / name).write_bytes(b"x")
-    (tmp_path / "c.dat").write_bytes(b"x")
-    paths = inference.collect_images([folder, tmp_path / "c.dat"])
-    assert [p.split("/")[-1] for p in paths] == ["a.JPG", "b.png", "c.dat"]
-    with pytest.raises(utils.UserError, match="no such file"):
-        inference.collect_images([tmp_path / "missing.png"])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(utils.UserError, match="no image files"):
-        inference.collect_images([tmp_path / "empty"])
-    assert inference.output_stems(["x/photo.png", "y/photo.jpg", "z/photo.png", "v/photo.png", "w/other.bmp"]) == \
-        ["photo", "photo_jpg", "photo_png", "photo_2", "other"]
 
 
 @pytest.mark.parametrize("scale", [2, 4, 8])

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import checkpoint
 import models
 import utils
 from conftest import ROOT, TINY
@@ -84,12 +85,11 @@ def test_truncated_vgg19_local_weights_file(tmp_path):
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
     path = tmp_path / "vgg19.pth"
     torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)  # torchvision's key names
-    vgg = models.TruncatedVGG19(2, 2, weights=str(path))
+    vgg = models.TruncatedVGG19(2, 2, weights=torch.load(path, weights_only=True))
     assert torch.equal(vgg.truncated_vgg19[0].weight, features[0].weight)
     assert torch.equal(vgg.truncated_vgg19[7].bias, features[7].bias)
-    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="bad.pth"):
-        models.TruncatedVGG19(2, 2, weights=str(tmp_path / "bad.pth"))
+    with pytest.raises(ValueError, match="not a torchvision VGG19 state dict"):
+        models.TruncatedVGG19(2, 2, weights={"features.0.weight": torch.zeros(1)})
 
 
 def test_imagenet_weights_offline_error_says_how(monkeypatch):
@@ -102,68 +102,30 @@ def test_imagenet_weights_offline_error_says_how(monkeypatch):
         models.TruncatedVGG19(weights="imagenet")
 
 
-@pytest.mark.parametrize("cls", [models.SRResNet, models.Generator])
-def test_load_model_round_trip(tmp_path, cls):
-    torch.manual_seed(0)
-    model = cls(**TINY)
-    with torch.no_grad():  # non-trivial BN statistics so that eval mode matters
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2)
-    model.eval()
-    path = tmp_path / "m.pth"
-    utils.save_checkpoint(utils.inference_checkpoint(model), path)
-    loaded = models.load_model(path)
-    assert type(loaded) is cls and not loaded.training
-    x = torch.randn(1, 3, 11, 9)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
-
-
-def test_load_model_from_a_cuda_saved_file_on_cpu(tmp_path, monkeypatch):
-    """A file whose tensors are tagged 'cuda:0' (as when saved on a GPU) loads on a CPU-only machine."""
-    model = models.SRResNet(**TINY).eval()
-    path = tmp_path / "cuda.pth"
-    if torch.cuda.is_available():
-        utils.save_checkpoint(utils.inference_checkpoint(model.cuda()), path)
-        model.cpu()
-    else:
-        # without a GPU, write the same file by tagging every storage with the CUDA location
-        monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
-        ckpt = utils.inference_checkpoint(model)
-        torch.save(ckpt, path)
-        monkeypatch.undo()
-        with pytest.raises(RuntimeError, match="CUDA"):
-            torch.load(path, weights_only=True)  # what a plain load does on this machine
-    loaded = models.load_model(path, device="cpu")
-    x = torch.randn(1, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
-
-
-def test_load_model_refuses_discriminator_only(tmp_path):
-    path = tmp_path / "d.pth"
-    d = models.Discriminator(n_channels=8, fc_size=16)
-    utils.save_checkpoint({"format_version": 1, "discriminator": utils.model_spec(d)}, path)
-    with pytest.raises(ValueError, match="holds no super-resolution model"):
-        models.load_model(path)
-
-
 def test_generator_initialised_from_srresnet(tmp_path):
     srresnet = models.SRResNet(**TINY)
     path = tmp_path / "s.pth"
-    utils.save_checkpoint(utils.inference_checkpoint(srresnet), path)
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(srresnet), path)
     gen = models.Generator(**TINY)
-    gen.initialize_with_srresnet(path)
+    gen.initialize_with_srresnet(checkpoint.load_model(path))
     for k, v in srresnet.state_dict().items():
         assert torch.equal(gen.net.state_dict()[k], v)
     with pytest.raises(ValueError, match="arguments"):
-        models.Generator(**{**TINY, "scaling_factor": 2}).initialize_with_srresnet(path)
+        models.Generator(**{**TINY, "scaling_factor": 2}).initialize_with_srresnet(srresnet)
 
 
 def test_import_starts_no_work():
-    code = ("import sys, models, utils, datasets, training, create_data_lists, train_srresnet; "
+    code = ("import sys, models, utils, images, metrics, checkpoint, inference, datasets, training, "
+            "create_data_lists, train_srresnet, convert_checkpoint; "
             "import torch; assert not torch.cuda.is_initialized(); "
             "assert 'torchvision' not in sys.modules, 'torchvision imported at import time'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_models_imports_only_torch():
+    import ast
+
+    tree = ast.parse((ROOT / "models.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+    assert imported <= {"math", "torch", "torchvision"}, imported

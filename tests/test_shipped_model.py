@@ -4,6 +4,9 @@ bicubic on the shipped sample image."""
 
 import numpy as np
 
+import checkpoint
+import images
+import metrics
 import inference
 import models
 import utils
@@ -15,7 +18,7 @@ SAMPLE = ROOT / "data" / "astronaut.png"
 
 def test_shipped_checkpoint_is_small_and_documented():
     assert CHECKPOINT.stat().st_size < 10 * 2**20
-    ckpt = utils.load_checkpoint(CHECKPOINT)
+    ckpt = checkpoint.load_checkpoint(CHECKPOINT)
     assert "training" not in ckpt  # inference-only
     assert ckpt["model"]["arch"] == "SRResNet"
     assert ckpt["model"]["args"] == dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16,
@@ -26,15 +29,15 @@ def test_shipped_checkpoint_is_small_and_documented():
 
 
 def test_shipped_model_beats_bicubic_on_the_sample():
-    model = models.load_model(CHECKPOINT)
-    hr = utils.open_image(SAMPLE).crop((160, 80, 352, 272))  # 192 x 192: the face and suit
-    lr = utils.bicubic_resize(hr, (48, 48))
-    bicubic = utils.bicubic_resize(lr, hr.size)
+    model = checkpoint.load_model(CHECKPOINT)
+    hr = images.open_image(SAMPLE).crop((160, 80, 352, 272))  # 192 x 192: the face and suit
+    lr = images.bicubic_resize(hr, (48, 48))
+    bicubic = images.bicubic_resize(lr, hr.size)
     sr, _ = inference.upscale_image(inference.prepare_model(model, "cpu", "fp32"), lr, 4, "fp32", "cpu")
-    psnr_bicubic, psnr_model = utils.calc_psnr(bicubic, hr, 4), utils.calc_psnr(sr, hr, 4)
+    psnr_bicubic, psnr_model = metrics.calc_psnr(bicubic, hr, 4), metrics.calc_psnr(sr, hr, 4)
     assert psnr_model > psnr_bicubic + 0.5, (psnr_model, psnr_bicubic)
     # and a random model of the same architecture does not (the check can tell them apart)
     random_sr, _ = inference.upscale_image(inference.prepare_model(models.SRResNet().eval(), "cpu", "fp32"),
                                            lr, 4, "fp32", "cpu")
-    assert utils.calc_psnr(random_sr, hr, 4) < psnr_bicubic
+    assert metrics.calc_psnr(random_sr, hr, 4) < psnr_bicubic
     assert np.asarray(sr).shape == (192, 192, 3)

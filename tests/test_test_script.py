@@ -10,6 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoint
+import inference
+import metrics
 import models
 import utils
 from conftest import ROOT, TINY, load_script, random_image
@@ -28,7 +31,7 @@ def run(argv):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_checkpoint):
+def ckpt_file(tiny_checkpoint):
     return tiny_checkpoint
 
 
@@ -44,9 +47,9 @@ def files_in(folder):
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def test_writes_sr_and_bicubic_and_prints_the_time(checkpoint, image, tmp_path, capsys):
+def test_writes_sr_and_bicubic_and_prints_the_time(ckpt_file, image, tmp_path, capsys):
     out = tmp_path / "results"
-    assert run(["--checkpoint", checkpoint, "--img", image, "--output-dir", out, "--precision", "fp32"]) == 0
+    assert run(["--checkpoint", ckpt_file, "--img", image, "--output-dir", out, "--precision", "fp32"]) == 0
     assert files_in(out) == ["photo_bicubic.png", "photo_sr.png"]
     for name in files_in(out):
         with Image.open(out / name) as img:
@@ -55,19 +58,19 @@ def test_writes_sr_and_bicubic_and_prints_the_time(checkpoint, image, tmp_path, 
     assert "photo.png: 24x18 -> 96x72" in stdout and " s (model)" in stdout
 
 
-def test_tiles_do_not_change_the_output(checkpoint, image, tmp_path):
-    common = ["--checkpoint", checkpoint, "--img", image, "--precision", "fp32"]
+def test_tiles_do_not_change_the_output(ckpt_file, image, tmp_path):
+    common = ["--checkpoint", ckpt_file, "--img", image, "--precision", "fp32"]
     assert run(common + ["--output-dir", tmp_path / "a", "--tile", "0"]) == 0
     assert run(common + ["--output-dir", tmp_path / "b", "--tile", "7"]) == 0
     a, b = (np.asarray(Image.open(tmp_path / d / "photo_sr.png")).astype(int) for d in "ab")
     assert np.abs(a - b).max() <= 1
 
 
-def test_hr_mode_writes_the_comparison_and_prints_psnr(checkpoint, tmp_path, capsys):
+def test_hr_mode_writes_the_comparison_and_prints_psnr(ckpt_file, tmp_path, capsys):
     path = tmp_path / "hr.png"
     random_image((70, 50), seed=2).save(path)
     out = tmp_path / "results"
-    assert run(["--checkpoint", checkpoint, "--img", path, "--output-dir", out, "--hr"]) == 0
+    assert run(["--checkpoint", ckpt_file, "--img", path, "--output-dir", out, "--hr"]) == 0
     assert files_in(out) == ["hr_comparison.png"]
     with Image.open(out / "hr_comparison.png") as img:
         assert img.width == 3 * 68 + 2 * 4 and img.height > 48  # cropped to 68x48, 3 panels
@@ -75,7 +78,7 @@ def test_hr_mode_writes_the_comparison_and_prints_psnr(checkpoint, tmp_path, cap
     assert "bicubic" in stdout and "dB" in stdout and "SRResNet" in stdout
 
 
-def test_folder_run_continues_past_a_bad_file(checkpoint, tmp_path, capsys):
+def test_folder_run_continues_past_a_bad_file(ckpt_file, tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
     random_image((16, 12), seed=3).save(folder / "a.png")
@@ -83,7 +86,7 @@ def test_folder_run_continues_past_a_bad_file(checkpoint, tmp_path, capsys):
     random_image((16, 12), seed=4).save(folder / "c.bmp")
     (folder / "readme.txt").write_text("ignored: not an image extension")
     out = tmp_path / "results"
-    assert run(["--checkpoint", checkpoint, "--img", folder, "--output-dir", out]) == 2
+    assert run(["--checkpoint", ckpt_file, "--img", folder, "--output-dir", out]) == 2
     assert files_in(out) == ["a_bicubic.png", "a_sr.png", "c_bicubic.png", "c_sr.png"]
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 2
@@ -91,17 +94,17 @@ def test_folder_run_continues_past_a_bad_file(checkpoint, tmp_path, capsys):
     assert "1 of 3 images failed" in errors[1]
 
 
-def test_default_sample_folder(checkpoint, tmp_path, monkeypatch):
+def test_default_sample_folder(ckpt_file, tmp_path, monkeypatch):
     monkeypatch.setattr(test_script, "HERE", str(tmp_path))
     with pytest.raises(utils.UserError, match="no --img given"):
-        test_script.main(["--checkpoint", str(checkpoint)])
+        test_script.main(["--checkpoint", str(ckpt_file)])
     (tmp_path / "data").mkdir()
     random_image((16, 12)).save(tmp_path / "data" / "astronaut.png")
     out = tmp_path / "results"
-    assert run(["--checkpoint", checkpoint, "--output-dir", out]) == 0
+    assert run(["--checkpoint", ckpt_file, "--output-dir", out]) == 0
     assert files_in(out) == ["astronaut_bicubic.png", "astronaut_sr.png"]
     # the default checkpoint is looked for next to the script, and its absence said plainly
-    with pytest.raises(utils.UserError, match=r"checkpoints/srresnet_x4\.pth: no such checkpoint"):
+    with pytest.raises(utils.UserError, match=r"checkpoints/srresnet_x4\.pth: no such file"):
         test_script.main(["--output-dir", str(out)])
 
 
@@ -137,12 +140,12 @@ def bad_image(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["missing file", "folder without images", "non-image file", "truncated image",
                                   "empty file", "decompression bomb"])
-def test_bad_image(kind, checkpoint, tmp_path, capsys, monkeypatch):
+def test_bad_image(kind, ckpt_file, tmp_path, capsys, monkeypatch):
     path, name = bad_image(tmp_path, kind)
     if kind == "decompression bomb":
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x the limit: refused
     out = tmp_path / "results"
-    assert run(["--checkpoint", checkpoint, "--img", path, "--output-dir", out]) == 2
+    assert run(["--checkpoint", ckpt_file, "--img", path, "--output-dir", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and name in err[0]
     assert "Traceback" not in err[0]
@@ -157,11 +160,11 @@ def bad_checkpoint(tmp_path, kind):
         path.write_bytes(random.Random(kind).randbytes(2000))
     elif kind == "truncated checkpoint":
         torch.manual_seed(0)
-        utils.save_checkpoint(utils.inference_checkpoint(models.SRResNet(**TINY)), path)
+        checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), path)
         path.write_bytes(path.read_bytes()[:3000])
     elif kind == "discriminator-only checkpoint":
         disc = models.Discriminator(n_channels=4, n_blocks=2, fc_size=8)
-        utils.save_checkpoint({"format_version": utils.FORMAT_VERSION, "discriminator": utils.model_spec(disc)}, path)
+        checkpoint.save_checkpoint({"format_version": checkpoint.FORMAT_VERSION, "discriminator": checkpoint.model_spec(disc)}, path)
     elif kind == "not a checkpoint":
         torch.save({"weights": torch.zeros(3)}, path)
     return path
@@ -178,16 +181,16 @@ def test_bad_checkpoint(kind, image, tmp_path, capsys):
     assert files_in(out) == []
 
 
-def test_fp16_on_cpu_is_a_clear_error(checkpoint, image, tmp_path, capsys):
+def test_fp16_on_cpu_is_a_clear_error(ckpt_file, image, tmp_path, capsys):
     out = tmp_path / "results"
-    assert run(["--checkpoint", checkpoint, "--img", image, "--output-dir", out,
+    assert run(["--checkpoint", ckpt_file, "--img", image, "--output-dir", out,
                 "--device", "cpu", "--precision", "fp16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32"]
     assert files_in(out) == []
 
 
-def test_command_line_in_a_subprocess(checkpoint, tmp_path):
+def test_command_line_in_a_subprocess(ckpt_file, tmp_path):
     """The real command: import does no work, errors are one line without a traceback."""
     (tmp_path / "zero.png").write_bytes(b"")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -197,9 +200,75 @@ def test_command_line_in_a_subprocess(checkpoint, tmp_path):
             "s.loader.exec_module(m); print('imported', callable(m.main))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "imported True" and done.stderr == ""
-    done = subprocess.run([sys.executable, "test.py", "--checkpoint", str(checkpoint), "--img", str(tmp_path / "zero.png"),
+    done = subprocess.run([sys.executable, "test.py", "--checkpoint", str(ckpt_file), "--img", str(tmp_path / "zero.png"),
                            "--output-dir", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'zero.png'}: empty file (0 bytes)"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def fast_model():
+    torch.manual_seed(0)
+    return inference.prepare_model(models.SRResNet(**TINY), "cpu", "fp32")
+
+
+def test_exif_rotation_is_applied(fast_model, tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    random_image((30, 20)).save(tmp_path / "rotated.jpg", exif=exif)
+    result = test_script.super_resolve_file(fast_model, tmp_path / "rotated.jpg", tmp_path / "out", 4, "fp32", "cpu")
+    assert result["in_size"] == (20, 30) and result["out_size"] == (80, 120)
+    with Image.open(result["bicubic_path"]) as bicubic:
+        assert bicubic.size == (80, 120)
+
+
+def test_hr_demo_metrics_and_comparison(fast_model):
+    hr = random_image((66, 50), seed=5)
+    result = test_script.hr_demo(fast_model, hr, 4, "fp32", "cpu", label="SRResNet")
+    assert result["hr"].size == (64, 48) and result["sr"].size == (64, 48)
+    # the metrics are utils' on the images shown
+    assert result["psnr_bicubic"] == pytest.approx(metrics.calc_psnr(result["bicubic"], result["hr"], 4))
+    assert result["ssim_sr"] == pytest.approx(metrics.calc_ssim(result["sr"], result["hr"], 4))
+    comparison = result["comparison"]
+    assert comparison.mode == "RGB" and comparison.width == 3 * 64 + 2 * 4 and comparison.height > 48
+    with pytest.raises(utils.UserError, match="at least"):
+        test_script.hr_demo(fast_model, random_image((16, 40)), 4, "fp32", "cpu")
+
+
+def test_save_image_is_atomic(tmp_path, monkeypatch):
+    img = random_image((8, 8))
+    test_script.save_images([(img, tmp_path / "a.png")])
+
+    def broken_save(self, fp, format=None, **kwargs):
+        fp.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(utils.UserError, match="a.png: cannot write .disk full"):
+        test_script.save_images([(img, tmp_path / "a.png")])
+    with pytest.raises(utils.UserError):
+        test_script.save_images([(img, tmp_path / "b.png")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # old file kept, no temporary left
+    monkeypatch.undo()
+    with Image.open(tmp_path / "a.png") as back:
+        assert np.array_equal(np.asarray(back), np.asarray(img))
+
+
+def test_collect_images_and_output_stems(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("b.png", "a.JPG", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "c.dat").write_bytes(b"x")
+    paths = test_script.collect_images([folder, tmp_path / "c.dat"])
+    assert [p.split("/")[-1] for p in paths] == ["a.JPG", "b.png", "c.dat"]
+    with pytest.raises(utils.UserError, match="no such file"):
+        test_script.collect_images([tmp_path / "missing.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(utils.UserError, match="no image files"):
+        test_script.collect_images([tmp_path / "empty"])
+    assert test_script.output_stems(["x/photo.png", "y/photo.jpg", "z/photo.png", "v/photo.png", "w/other.bmp"]) == \
+        ["photo", "photo_jpg", "photo_png", "photo_2", "other"]
+

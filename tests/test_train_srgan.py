@@ -15,6 +15,8 @@ import shutil
 import pytest
 import torch
 
+import checkpoint
+import images
 import create_data_lists
 import datasets
 import models
@@ -177,7 +179,7 @@ def test_generator_starts_from_the_srresnet_with_its_size(data, monkeypatch):
     monkeypatch.setattr(training, "train", fake_train)
     run_quietly(train_srgan.main, gan_argv(data, data["root"] / "unused", "--d-n-blocks", "4"))
     run = captured["run"]
-    srresnet = models.load_model(data["srresnet"])
+    srresnet = checkpoint.load_model(data["srresnet"])
     assert isinstance(run.models["model"], models.Generator)
     assert run.models["model"].args == srresnet.args == TINY_G
     assert_identical(run.models["model"].net.state_dict(), srresnet.state_dict())
@@ -256,13 +258,13 @@ def test_losses_finite_and_discriminator_learns(trained, data):
     assert last < first - 0.1
     assert sum(float(r["d_real"]) - float(r["d_fake"]) for r in rows[-10:]) / 10 > 0.05
     # the same on a fixed batch: the trained discriminator beats a fresh one of the same size
-    ckpt = utils.load_checkpoint(trained["dir"] / "srgan_latest.pth")
-    generator = models.load_model(trained["dir"] / "srgan_latest.pth")
+    ckpt = checkpoint.load_checkpoint(trained["dir"] / "srgan_latest.pth")
+    generator = checkpoint.load_model(trained["dir"] / "srgan_latest.pth")
     dataset = datasets.SRDataset(str(data["lists"]), "train", 32, 4, "imagenet-norm", "[-1, 1]")
     lr_imgs, hr_imgs = (torch.stack(t) for t in zip(*[dataset[i] for i in range(6)]))
     with torch.no_grad():
-        sr = utils.convert_image(generator(lr_imgs), "[-1, 1]", "imagenet-norm")
-        hr = utils.convert_image(hr_imgs, "[-1, 1]", "imagenet-norm")
+        sr = images.convert_image(generator(lr_imgs), "[-1, 1]", "imagenet-norm")
+        hr = images.convert_image(hr_imgs, "[-1, 1]", "imagenet-norm")
 
         def d_loss(d):
             d.train()  # batch statistics over single-kind batches, as in training
@@ -277,15 +279,15 @@ def test_losses_finite_and_discriminator_learns(trained, data):
 
 def test_load_model_on_srgan_checkpoints(trained):
     for name in ("srgan_best.pth", "srgan_latest.pth"):
-        model = models.load_model(trained["dir"] / name)
+        model = checkpoint.load_model(trained["dir"] / name)
         assert isinstance(model, models.Generator) and model.args == TINY_G and not model.training
         with torch.no_grad():
             out = model(torch.randn(1, 3, 10, 7))
         assert out.shape == (1, 3, 40, 28)
-    best = utils.load_checkpoint(trained["dir"] / "srgan_best.pth")
+    best = checkpoint.load_checkpoint(trained["dir"] / "srgan_best.pth")
     assert best["info"]["script"] == "train_srgan.py" and best["info"]["iteration"] == 40
     assert "training" not in best and "discriminator" not in best
-    latest = utils.load_checkpoint(trained["dir"] / "srgan_latest.pth")
+    latest = checkpoint.load_checkpoint(trained["dir"] / "srgan_latest.pth")
     assert latest["discriminator"]["arch"] == "Discriminator"
     assert set(latest["training"]["optimizers"]) == {"optimizer_g", "optimizer_d"}
     assert set(latest["training"]["schedulers"]) == {"scheduler_g", "scheduler_d"}
@@ -295,7 +297,7 @@ def test_exact_resume(data, tmp_path, monkeypatch):
     """6 iterations straight == 3, then --resume for 3 more: bit-identical G, D, optimizers, schedulers,
     scaler and RNG. The lr step (x0.1) falls at iteration 3, exactly at the resume point."""
     saved = {}
-    save = utils.save_checkpoint
+    save = checkpoint.save_checkpoint
 
     def keep_copies(obj, path):  # keep the training checkpoint of every save, by iteration
         save(obj, path)
@@ -303,22 +305,22 @@ def test_exact_resume(data, tmp_path, monkeypatch):
             copy_path = tmp_path / f"iteration{obj['training']['iteration']}.pth"
             shutil.copyfile(path, copy_path)
             saved[obj["training"]["iteration"]] = copy_path
-    monkeypatch.setattr(utils, "save_checkpoint", keep_copies)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", keep_copies)
     extra = ["--iterations", "6", "--save-every", "3", "--pixel-weight", "0.1", "--texture-weight", "1"]
     run_quietly(train_srgan.main, gan_argv(data, tmp_path / "straight", *extra))
     assert sorted(saved) == [3, 6]
-    straight = utils.load_checkpoint(tmp_path / "straight" / "srgan_latest.pth")
+    straight = checkpoint.load_checkpoint(tmp_path / "straight" / "srgan_latest.pth")
     _, out, _ = run_quietly(train_srgan.main, gan_argv(data, tmp_path / "resumed", *extra, "--resume", saved[3],
                                                        init=False))
     assert "iterations 3 -> 6" in out
-    resumed = utils.load_checkpoint(tmp_path / "resumed" / "srgan_latest.pth")
+    resumed = checkpoint.load_checkpoint(tmp_path / "resumed" / "srgan_latest.pth")
     assert resumed["training"]["iteration"] == straight["training"]["iteration"] == 6
     for ckpt in (straight, resumed):
         del ckpt["training"]["args"]  # differs by design (--checkpoint-dir, --resume)
     assert straight["training"]["schedulers"]["scheduler_g"]["_last_lr"] == [pytest.approx(1e-5)]
     assert_identical(straight, resumed)
     # and the resumed run did train: its weights differ from those it resumed from
-    start = utils.load_checkpoint(saved[3])
+    start = checkpoint.load_checkpoint(saved[3])
     assert not torch.equal(start["model"]["state_dict"]["net.conv_block1.conv_block.0.weight"],
                            resumed["model"]["state_dict"]["net.conv_block1.conv_block.0.weight"])
 

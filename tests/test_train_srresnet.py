@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+import checkpoint
 import create_data_lists
 import models
 import train_srresnet
@@ -57,10 +58,10 @@ def test_outputs_and_best_checkpoint(tmp_path, data_lists):
     rows = read_log(ck / "srresnet_log.csv")
     assert [int(r["iteration"]) for r in rows] == [2, 3, 4, 6]
     assert rows[1]["val_psnr"] != "" and rows[0]["val_psnr"] == ""
-    best = utils.load_checkpoint(ck / "srresnet_best.pth")
+    best = checkpoint.load_checkpoint(ck / "srresnet_best.pth")
     assert "training" not in best and best["info"]["iteration"] in (3, 6)
     assert best["info"]["val_psnr"] == pytest.approx(result["best_psnr"])
-    model = models.load_model(ck / "srresnet_latest.pth")
+    model = checkpoint.load_model(ck / "srresnet_latest.pth")
     assert isinstance(model, models.SRResNet) and model.args["n_channels"] == 8
 
 
@@ -87,11 +88,11 @@ def test_resume_is_exact(tmp_path, data_lists, extra):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train_srresnet.main(flags(data_lists, straight, 8, "--seed", "5", "--val-data", "", *extra))
     _train_until(flags(data_lists, split, 8, "--seed", "5", "--val-data", "", *extra), 4)
-    assert utils.load_checkpoint(split / "srresnet_latest.pth")["training"]["iteration"] == 4
+    assert checkpoint.load_checkpoint(split / "srresnet_latest.pth")["training"]["iteration"] == 4
     train_srresnet.main(flags(data_lists, split, 8, "--seed", "5", "--val-data", "",
                               "--resume", str(split / "srresnet_latest.pth"), *extra))
-    a = utils.load_checkpoint(straight / "srresnet_latest.pth")
-    b = utils.load_checkpoint(split / "srresnet_latest.pth")
+    a = checkpoint.load_checkpoint(straight / "srresnet_latest.pth")
+    b = checkpoint.load_checkpoint(split / "srresnet_latest.pth")
     assert b["training"]["iteration"] == 8
     _assert_same_state(a["model"], b["model"])
     for key in ("optimizers", "schedulers", "scaler", "rng"):
@@ -127,7 +128,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_lists, mon
     with pytest.raises(training.TrainingStopped, match="loss became .*nan.* at iteration 5") as e:
         train_srresnet.main(flags(data_lists, ck, 10, "--save-every", "2", "--val-data", ""))
     assert "srresnet_latest.pth" in str(e.value)
-    ckpt = utils.load_checkpoint(ck / "srresnet_latest.pth")
+    ckpt = checkpoint.load_checkpoint(ck / "srresnet_latest.pth")
     assert ckpt["training"]["iteration"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["model"]["state_dict"].values())
 
@@ -147,9 +148,9 @@ def test_sigint_saves_a_loadable_checkpoint(tmp_path, data_lists):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted: saved" in out + err
-    ckpt = utils.load_checkpoint(ck / "srresnet_latest.pth")
+    ckpt = checkpoint.load_checkpoint(ck / "srresnet_latest.pth")
     assert ckpt["training"]["iteration"] >= 3
-    assert isinstance(models.load_model(ck / "srresnet_latest.pth"), models.SRResNet)
+    assert isinstance(checkpoint.load_model(ck / "srresnet_latest.pth"), models.SRResNet)
     assert not [p for p in os.listdir(ck) if p.endswith(".tmp")]
 
 
@@ -192,7 +193,7 @@ def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path, data_lists)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    ckpt = utils.load_checkpoint(tmp_path / "ck" / "srresnet_latest.pth")
+    ckpt = checkpoint.load_checkpoint(tmp_path / "ck" / "srresnet_latest.pth")
     assert ckpt["training"]["iteration"] == 4
     assert all(torch.equal(ckpt["model"]["state_dict"][k], a[k]) for k in a)
     fresh = models.SRResNet(**ckpt["model"]["args"]).state_dict()
@@ -200,7 +201,7 @@ def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path, data_lists)
     # resume under torchrun too
     cmd_resume = cmd + ["--iterations", "6", "--resume", str(tmp_path / "ck" / "srresnet_latest.pth")]
     _torchrun(cmd_resume, env)
-    assert utils.load_checkpoint(tmp_path / "ck" / "srresnet_latest.pth")["training"]["iteration"] == 6
+    assert checkpoint.load_checkpoint(tmp_path / "ck" / "srresnet_latest.pth")["training"]["iteration"] == 6
 
 
 def _cli_error(argv, capsys):
@@ -225,7 +226,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, data_lists, capsys):
     assert "no image is at least 400" in _cli_error(flags(data_lists, ck, 2, "--crop-size", "400"), capsys)
     assert "no such data list" in _cli_error(flags(data_lists, ck, 2, "--val-data", "Nope"), capsys)
     # a resume file that is an inference-only checkpoint, and one that does not exist
-    utils.save_checkpoint(utils.inference_checkpoint(models.SRResNet(n_blocks=1, n_channels=8)), tmp_path / "inf.pth")
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(n_blocks=1, n_channels=8)), tmp_path / "inf.pth")
     assert "not a training checkpoint" in _cli_error(flags(data_lists, ck, 2, "--resume", str(tmp_path / "inf.pth")),
                                                      capsys)
     assert "no such file" in _cli_error(flags(data_lists, ck, 2, "--resume", str(tmp_path / "x.pth")), capsys)

@@ -1,0 +1,148 @@
+"""Checkpoint files: atomic saving, weights-only loading, and the one ``load_model``.
+
+A checkpoint is a plain dict of tensors and primitives, so ``torch.load(weights_only=True)`` reads
+it on any machine whatever device saved it (format_version 1)::
+
+    {"format_version": 1,
+     "model": {"arch": "SRResNet" | "Generator", "args": {...}, "state_dict": {...}},
+     "discriminator": {...same keys...},             # SRGAN training checkpoints only
+     "training": {...optimizer, scheduler, RNG...},  # training checkpoints only
+     "info": {...how it was made...}}
+"""
+
+import os
+import pickle
+
+import torch
+
+import models
+from utils import UserError, atomic_write
+
+FORMAT_VERSION = 1
+GENERATOR_ARCHS = ("SRResNet", "Generator")
+
+
+def save_checkpoint(obj, path):
+    """torch.save ``obj`` atomically: a crash while saving leaves any previous file at ``path`` intact."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+
+
+def load_torch_file(path, map_location="cpu"):
+    """torch.load with weights_only=True; a UserError naming the file for anything unreadable."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder, not a checkpoint file")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{path}: permission denied (cannot read the file)")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path}: empty file (0 bytes)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise UserError(f"{path}: permission denied (cannot read the file)") from None
+    except pickle.UnpicklingError as e:
+        reason = _unpickling_reason(e)
+        if "GLOBAL" in reason:
+            raise UserError(f"{path}: refused to load: it holds pickled Python objects, not plain tensors "
+                            f"({reason}); a checkpoint of the classic tutorial is imported with: "
+                            f"python convert_checkpoint.py {path} NEW.pth") from None
+        raise UserError(f"{path}: not a PyTorch checkpoint, or a damaged one ({reason})") from None
+    except Exception:  # noqa: BLE001 - arbitrary bytes make the unpickler fail in arbitrary ways
+        raise UserError(f"{path}: not a PyTorch checkpoint, or a truncated or damaged one") from None
+
+
+def _unpickling_reason(error):
+    """The informative part of torch's long weights-only error message (e.g. 'GLOBAL models.SRResNet')."""
+    text = str(error)
+    for line in text.splitlines():
+        if "GLOBAL" in line:
+            start = line.index("GLOBAL")
+            return line[start:].split(" was not")[0].split(" whose")[0].strip()
+    return "its contents could not be unpickled"
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint of this project onto ``map_location``; UserError if it is not one."""
+    ckpt = load_torch_file(path, map_location)
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise UserError(f"{path}: not a checkpoint of this project (no 'format_version' entry); a classic "
+                        f"tutorial checkpoint is imported with: python convert_checkpoint.py {path} NEW.pth")
+    version = ckpt["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UserError(f"{path}: malformed checkpoint: format_version is {version!r}, not a number")
+    if version > FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {version} is newer than this code ({FORMAT_VERSION}); "
+                        "update the code")
+    return ckpt
+
+
+def build_from_spec(spec, path, what="model", archs=GENERATOR_ARCHS):
+    """The model of a checkpoint entry {'arch', 'args', 'state_dict'}, with its weights loaded.
+
+    Every way the entry can be malformed (not a dict, unknown arch or argument, weights that do not
+    fit) is a UserError that names the file and the problem.
+    """
+    if not isinstance(spec, dict):
+        raise UserError(f"{path}: malformed checkpoint: its '{what}' entry is a {type(spec).__name__}, not a dict")
+    for key in ("arch", "args", "state_dict"):
+        if key not in spec:
+            raise UserError(f"{path}: malformed checkpoint: its '{what}' entry has no '{key}'")
+    arch, args, state = spec["arch"], spec["args"], spec["state_dict"]
+    if arch not in archs:
+        raise UserError(f"{path}: its '{what}' is a {arch!r}, expected one of {', '.join(archs)}")
+    if not isinstance(args, dict) or not isinstance(state, dict):
+        raise UserError(f"{path}: malformed checkpoint: '{what}' args and state_dict must be dicts")
+    try:
+        model = models.build_model(arch, args)
+    except (TypeError, ValueError) as e:  # an unknown or invalid constructor argument
+        raise UserError(f"{path}: malformed checkpoint: cannot build {arch}{args}: {e}") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: the weights do not fit {arch}{args}: {_state_dict_problem(e)}") from None
+    return model
+
+
+def _state_dict_problem(error):
+    """The first concrete problem (a key, a shape) in load_state_dict's long message, in one line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    details = [line for line in lines if not line.startswith("Error(s) in loading")]
+    return " ".join(details or lines or [type(error).__name__])[:400]
+
+
+def load_model(path, device="cpu"):
+    """The super-resolution model (SRResNet or Generator) of any checkpoint of this project.
+
+    Reads inference files and training checkpoints of either script, saved on any device. Returns
+    the model in eval mode on ``device``; a UserError naming the file if it holds no usable model.
+    """
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt:
+        raise UserError(f"{path}: holds no super-resolution model (it has {', '.join(map(str, ckpt))})")
+    return build_from_spec(ckpt["model"], path).to(device).eval()
+
+
+def unwrap_model(model):
+    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def model_spec(model):
+    """The checkpoint entry of a model: {'arch', 'args', 'state_dict'}, tensors on the CPU."""
+    model = unwrap_model(model)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"arch": type(model).__name__, "args": dict(model.args), "state_dict": state}
+
+
+def inference_checkpoint(model, info=None):
+    """A small inference-only checkpoint dict: weights, constructor arguments and an info record."""
+    return {"format_version": FORMAT_VERSION, "model": model_spec(model), "info": dict(info or {})}

@@ -1,0 +1,110 @@
+"""Checkpoint files: atomic saving, weights-only loading, load_model."""
+
+import os
+
+import pytest
+import torch
+
+import checkpoint
+import models
+import utils
+from conftest import TINY
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pth"
+    checkpoint.save_checkpoint({"format_version": 1, "x": torch.arange(3)}, path)
+    before = path.read_bytes()
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        checkpoint.save_checkpoint({"format_version": 1, "x": torch.arange(5)}, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["ck.pth"]  # no temporary file left behind
+    monkeypatch.undo()
+    assert torch.equal(checkpoint.load_checkpoint(path)["x"], torch.arange(3))
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(utils.UserError, match="no such file"):
+        checkpoint.load_checkpoint(tmp_path / "none.pth")
+    (tmp_path / "junk.pth").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(utils.UserError, match="junk.pth: not a PyTorch checkpoint"):
+        checkpoint.load_checkpoint(tmp_path / "junk.pth")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "foreign.pth")
+    with pytest.raises(utils.UserError, match="not a checkpoint of this project"):
+        checkpoint.load_checkpoint(tmp_path / "foreign.pth")
+    good = tmp_path / "good.pth"
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), good)
+    data = good.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(utils.UserError, match="cut.pth"):
+        checkpoint.load_checkpoint(tmp_path / "cut.pth")
+
+
+def test_random_bytes_always_give_a_user_error(tmp_path):
+    """Whatever a corrupt file holds, loading it is a one-line UserError, never another exception."""
+    import random
+
+    for seed in range(40):
+        path = tmp_path / f"r{seed}.pth"
+        rng = random.Random(seed)
+        data = rng.randbytes(rng.randrange(1, 3000))
+        if seed % 2:  # start like a pickle so that the unpickler gets further
+            data = b"\x80\x02" + data
+        path.write_bytes(data)
+        with pytest.raises(utils.UserError, match=f"r{seed}.pth"):
+            checkpoint.load_checkpoint(path)
+
+
+
+@pytest.mark.parametrize("cls", [models.SRResNet, models.Generator])
+def test_load_model_round_trip(tmp_path, cls):
+    torch.manual_seed(0)
+    model = cls(**TINY)
+    with torch.no_grad():  # non-trivial BN statistics so that eval mode matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2)
+    model.eval()
+    path = tmp_path / "m.pth"
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model), path)
+    loaded = checkpoint.load_model(path)
+    assert type(loaded) is cls and not loaded.training
+    x = torch.randn(1, 3, 11, 9)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_load_model_from_a_cuda_saved_file_on_cpu(tmp_path, monkeypatch):
+    """A file whose tensors are tagged 'cuda:0' (as when saved on a GPU) loads on a CPU-only machine."""
+    model = models.SRResNet(**TINY).eval()
+    path = tmp_path / "cuda.pth"
+    if torch.cuda.is_available():
+        checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model.cuda()), path)
+        model.cpu()
+    else:
+        # without a GPU, write the same file by tagging every storage with the CUDA location
+        monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        ckpt = checkpoint.inference_checkpoint(model)
+        torch.save(ckpt, path)
+        monkeypatch.undo()
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)  # what a plain load does on this machine
+    loaded = checkpoint.load_model(path, device="cpu")
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_load_model_refuses_discriminator_only(tmp_path):
+    path = tmp_path / "d.pth"
+    d = models.Discriminator(n_channels=8, fc_size=16)
+    checkpoint.save_checkpoint({"format_version": 1, "discriminator": checkpoint.model_spec(d)}, path)
+    with pytest.raises(utils.UserError, match="holds no super-resolution model"):
+        checkpoint.load_model(path)
+

@@ -1,0 +1,90 @@
+"""Importing classic tutorial checkpoints without running their pickled code."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+import checkpoint
+import convert_checkpoint
+import models
+import utils
+from conftest import TINY
+
+
+def _classic_checkpoint(tmp_path, legacy_format):
+    """A checkpoint as the classic tutorial saved it: whole pickled model (and optimizer) objects."""
+    torch.manual_seed(0)
+    model = models.SRResNet(**TINY)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model(torch.randn(1, 3, 8, 8)).mean().backward()
+    optimizer.step()
+    gen = models.Generator(**TINY)
+    disc = models.Discriminator(n_channels=8, fc_size=16)
+    for m in (model, gen, disc):  # the classic classes had no `args` attribute
+        del m.args
+    path = tmp_path / ("legacy.pth.tar" if legacy_format else "zip.pth.tar")
+    torch.save({"epoch": 7, "model": model, "optimizer": optimizer}, path,
+               _use_new_zipfile_serialization=not legacy_format)
+    gan_path = tmp_path / "gan.pth.tar"
+    torch.save({"epoch": 3, "generator": gen, "discriminator": disc}, gan_path)
+    return model, path, gen, disc, gan_path
+
+
+@pytest.mark.parametrize("legacy_format", [False, True])
+def test_import_classic_checkpoint(tmp_path, legacy_format):
+    model, path, gen, disc, gan_path = _classic_checkpoint(tmp_path, legacy_format)
+    with pytest.raises(utils.UserError, match="python convert_checkpoint.py"):
+        checkpoint.load_model(path)  # plain loading refuses pickled objects and says what to do
+    convert_checkpoint.main([str(path), str(tmp_path / "new.pth")])
+    loaded = checkpoint.load_model(tmp_path / "new.pth")
+    assert loaded.args == TINY
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+    ckpt = convert_checkpoint.main([str(gan_path), str(tmp_path / "gan.pth")])
+    assert ckpt["model"]["arch"] == "Generator" and ckpt["discriminator"]["args"]["fc_size"] == 16
+    assert isinstance(checkpoint.load_model(tmp_path / "gan.pth"), models.Generator)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_import_refuses_malicious_pickle(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"epoch": 1, "model": _Evil(marker)}, path)
+    with pytest.raises(utils.UserError, match="refused"):
+        convert_checkpoint.main([str(path), str(tmp_path / "out.pth")])
+    with pytest.raises(utils.UserError, match="refused"):
+        checkpoint.load_model(path)
+    assert not marker.exists()
+    assert not (tmp_path / "out.pth").exists()
+    # the same with a plain pickle file (no zip container)
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps({"model": _Evil(marker)}))
+    with pytest.raises(utils.UserError):
+        convert_checkpoint.main([str(raw), str(tmp_path / "out.pth")])
+    assert not marker.exists()
+
+
+
+def test_allow_list_holds_only_what_the_tutorial_pickles():
+    allowed = {name for _, name in convert_checkpoint._allowed_globals()}
+    assert "TruncatedVGG19" not in allowed and "ReLU" not in allowed and "MaxPool2d" not in allowed
+    assert {"SRResNet", "Generator", "Discriminator", "Adam"} <= allowed
+
+
+def test_a_project_checkpoint_becomes_an_inference_file_with_info(tmp_path):
+    model = models.SRResNet(**TINY)
+    src = tmp_path / "train.pth"
+    checkpoint.save_checkpoint({**checkpoint.inference_checkpoint(model, {"a": 1}), "training": {"x": 1}}, src)
+    convert_checkpoint.main([str(src), str(tmp_path / "out.pth"), "--info", "b=2.5", "c=text"])
+    out = checkpoint.load_checkpoint(tmp_path / "out.pth")
+    assert "training" not in out and out["info"] == {"a": 1, "b": 2.5, "c": "text"}
