@@ -17,9 +17,9 @@ Every comparison is made in the same run, on the same weights and the same input
 - Tiled inference of a 1024x1024 LR image (``--tile-size``) whole and in tiles: time and peak memory,
   each configuration in a fresh subprocess (peak RSS read from /proc/self/status VmHWM in the child,
   and torch.cuda.max_memory_allocated on CUDA) so that one configuration's peak cannot hide another's.
-- Training: iterations/s of train_srresnet.make_step at batch 16, crop 96, reference (fp32, NCHW,
+- Training: iterations/s of train_srresnet.py's loop at batch 16, crop 96, reference (fp32, NCHW,
   Adam(foreach=False)) against the fast configuration (autocast in the 'auto' precision, channels_last,
-  training.make_optimizer); and the training data loader alone (training.make_train_loader with the
+  training.make_optimizer); and the training data loader alone (training.train_batches with the
   scripts' default --workers) against the samples/s the model consumes.
 
 Prints a Markdown table on stdout (progress goes to stderr) and, with ``--json OUT``, every number.
@@ -27,7 +27,9 @@ Importing this module does no work.
 """
 
 import argparse
+import contextlib
 import copy
+import io
 import json
 import math
 import os
@@ -44,9 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import checkpoint
+import datasets
 import images
-import metrics
 import inference
+import metrics
 import models
 import training
 import train_srresnet
@@ -414,12 +417,12 @@ def bench_tiled(model, device, size, tiles, precision, threads=None, seed=0, log
 
 
 def bench_training(model, device, batch_size, crop_size, warmup, iterations, seed=0, log=_log):
-    """Iterations/s of train_srresnet.make_step: reference vs fast training configuration.
+    """Iterations/s of train_srresnet.py's own loop: reference vs default training configuration.
 
-    Reference: fp32, NCHW, torch.optim.Adam(foreach=False). Fast: autocast in the 'auto' precision
-    (bf16 on CPUs with native bf16 and on recent GPUs), channels_last, training.make_optimizer
-    (fused / foreach Adam). Both start from copies of ``model`` (train mode) and get the same
-    synthetic batch, already on the device (so this is compute only; see :func:`bench_loader`).
+    The script's main() runs from ``model`` (--init) on one synthetic batch that is already made
+    (so this is compute only; see :func:`bench_loader`), and the time between batch requests is
+    taken. Reference: --precision fp32 --no-channels-last with torch.optim.Adam(foreach=False).
+    Default: the script's defaults ('auto' precision, channels_last, training.make_optimizer).
 
     Returns:
         dict: batch_size, crop_size, flops_per_iteration (about 3x the forward convolutions),
@@ -435,27 +438,42 @@ def bench_training(model, device, batch_size, crop_size, warmup, iterations, see
     flops = 3 * conv_flops(model, crop_size // scale, crop_size // scale, batch_size)
     fast_precision = utils.resolve_precision("auto", device)
     configs = [("reference", "reference: fp32, NCHW, Adam(foreach=False)", "fp32", False),
-               ("default", f"fast: {fast_precision} autocast, channels_last, training.make_optimizer",
-                fast_precision, True)]
+               ("default", f"train_srresnet.py defaults: {fast_precision} autocast, channels_last, "
+                           "training.make_optimizer", fast_precision, True)]
     if device.type == "cuda" and fast_precision != "fp16":
         configs.append(("fp16", "fp16 autocast + GradScaler, channels_last, training.make_optimizer", "fp16", True))
     rows = []
-    for key, label, precision, fast in configs:
-        log(f"training batch {batch_size} crop {crop_size}: {label}")
-        net = copy.deepcopy(checkpoint.unwrap_model(model)).to(device).train().requires_grad_(True)
-        net = net.to(memory_format=torch.channels_last if fast else torch.contiguous_format)
-        ctx = training.Context(device, precision, channels_last=fast)
-        if fast:
-            optimizer = training.make_optimizer(net.parameters(), 1e-4)
-        else:
-            optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, foreach=False)
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        step = train_srresnet.make_step(net, optimizer, scaler, ctx)
-        lr_batch, hr_batch = ctx.to_device(lr_imgs), ctx.to_device(hr_imgs)
-        times = time_runs(lambda: float(step(lr_batch, hr_batch)["loss"]), device, warmup, iterations)
-        seconds = statistics.median(times)
-        rows.append({"key": key, "label": label, "precision": precision, "seconds": seconds, "times": times,
-                     "its_per_s": 1 / seconds, "samples_per_s": batch_size / seconds, "gflops": flops / seconds / 1e9})
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        init = os.path.join(tmp, "init.pth")
+        checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model), init)
+        for key, label, precision, fast in configs:
+            log(f"training batch {batch_size} crop {crop_size}: {label}")
+            stamps = []
+
+            def batches(args, ctx, start, scale):
+                while True:
+                    _sync(device)
+                    stamps.append(time.perf_counter())
+                    yield lr_imgs, hr_imgs
+            argv = ["--init", init, "--data-folder", tmp, "--val-data", "", "--checkpoint-dir", os.path.join(tmp, key),
+                    "--iterations", str(warmup + iterations + 1), "--batch-size", str(batch_size),
+                    "--crop-size", str(crop_size), "--workers", "0", "--device", str(device),
+                    "--log-every", str(warmup + iterations + 1), "--precision", precision,
+                    "--channels-last" if fast else "--no-channels-last"]
+            real_batches, real_optimizer = training.train_batches, training.make_optimizer
+            training.train_batches = batches
+            if not fast:
+                training.make_optimizer = lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=False)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    train_srresnet.main(argv)
+            finally:
+                training.train_batches, training.make_optimizer = real_batches, real_optimizer
+            times = [b - a for a, b in zip(stamps, stamps[1:])][warmup:]  # iteration k: request k -> k + 1
+            seconds = statistics.median(times)
+            rows.append({"key": key, "label": label, "precision": precision, "seconds": seconds, "times": times,
+                         "its_per_s": 1 / seconds, "samples_per_s": batch_size / seconds,
+                         "gflops": flops / seconds / 1e9})
     for r in rows:
         r["speedup"] = rows[0]["seconds"] / r["seconds"]
     return {"batch_size": batch_size, "crop_size": crop_size, "flops_per_iteration": flops, "rows": rows}
@@ -473,7 +491,7 @@ def _synthetic_image_folder(folder, count=40, size=160):
 
 def bench_loader(device, batch_size, crop_size, scaling_factor, batches, warmup_batches=None, images=None,
                  workers=None, log=_log):
-    """Samples/s of the training data loader alone (training.make_train_loader with the training
+    """Samples/s of the training data loader alone (training.train_batches with the training
     scripts' defaults, e.g. --workers), on a list made by create_data_lists.
 
     Args:
@@ -500,15 +518,14 @@ def bench_loader(device, batch_size, crop_size, scaling_factor, batches, warmup_
             flags += ["--workers", str(workers)]
         args = train_srresnet.build_parser().parse_args(flags)
         ctx = training.Context(device, "fp32", False)
-        loader = training.make_train_loader(args, ctx, 0)
-        n_images = len(loader.dataset)
+        batch_iter = training.train_batches(args, ctx, 0, scaling_factor)
+        n_images = len(datasets.read_image_list(os.path.join(lists, "train_images.json")))
         if warmup_batches is None:
-            # enough for every worker to start and for the batches prefetched meanwhile to be used
-            # up, so that the timed batches come at the loader's steady rate
-            warmup_batches = (loader.prefetch_factor or 1) * max(args.workers, 1) + 2
+            # enough for every worker to start and for the batches prefetched meanwhile (4 per
+            # worker) to be used up, so that the timed batches come at the loader's steady rate
+            warmup_batches = 4 * max(args.workers, 1) + 2
         log(f"data loader: {n_images} images from {source}, {args.workers} workers, batch {batch_size}, "
             f"crop {crop_size}: {warmup_batches} warm-up + {batches} timed batches")
-        batch_iter = iter(loader)
         try:
             for _ in range(warmup_batches):
                 next(batch_iter)

@@ -1,80 +1,143 @@
-"""Train SRResNet with the MSE loss (the first phase of Ledig et al., CVPR 2017).
+"""Train SRResNet with a pixel loss (MSE: the first phase of Ledig et al., CVPR 2017).
 
-    python train_srresnet.py --data-folder data_lists                       # the paper's settings
-    python train_srresnet.py --precision bf16 --channels-last --lr-schedule cosine --iterations 20000
-    torchrun --nproc_per_node=4 train_srresnet.py --device cuda --precision bf16   # several GPUs
+    python train_srresnet.py --data-folder data_lists                        # the paper's settings
+    python train_srresnet.py --lr-schedule cosine --iterations 20000 --val-every 500
+    python train_srresnet.py --resume checkpoints/srresnet_latest.pth         # continue that run
+    python train_srresnet.py --init checkpoints/srresnet_x4.pth --lr 1e-5     # fine-tune a model
+    torchrun --nproc_per_node=4 train_srresnet.py --device cuda               # several GPUs
 
-Writes <checkpoint-dir>/srresnet_latest.pth (everything needed to --resume), srresnet_best.pth
-(the best model by validation PSNR, for test.py / eval.py / train_srgan.py) and srresnet_log.csv.
-See `python train_srresnet.py --help` for every flag.
+Writes <checkpoint-dir>/srresnet_latest.pth (everything needed to --resume), srresnet_best.pth (the
+best model by validation PSNR, for test.py / eval.py / train_srgan.py) and srresnet_log.csv.
 """
 
-import argparse
+import math
+import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 import models
 import training
 import utils
 
+# --pixel-loss: MSE is the paper's; L1 is what EDSR (Lim et al., 2017) found better for PSNR
+PIXEL_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
+
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Train SRResNet with the MSE loss (Ledig et al., CVPR 2017).")
-    training.add_common_arguments(parser, iterations=1_000_000, lr=1e-4, save_every=1000)
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine", "step"), default="constant",
-                        help="constant (the paper), cosine decay to 0 (better for short runs) or step "
-                             "(x0.1 at half-way) (default: constant)")
+    parser = training.ArgumentParser(description="Train SRResNet with a pixel loss (Ledig et al., CVPR 2017).")
+    training.add_common_arguments(parser, iterations=1_000_000, lr=1e-4, lr_schedule="constant")
+    parser.add_argument("--pixel-loss", choices=sorted(PIXEL_LOSSES), default="mse",
+                        help="mse (the paper) or l1 (default: mse)")
+    parser.add_argument("--init", metavar="PATH", default=None,
+                        help="start a new run from the weights of this checkpoint (its size is used)")
     return parser
 
 
-def make_step(model, optimizer, scaler, ctx, grad_clip=None):
-    """One MSE training step: returns a function (lr_imgs, hr_imgs) -> {'loss': tensor}.
-
-    lr_imgs are ImageNet-normalised, hr_imgs in [-1, 1] (the generator's output range).
-    """
-    def step(lr_imgs, hr_imgs):
-        with ctx.autocast():
-            sr_imgs = model(lr_imgs)  # (N, 3, H, W) in [-1, 1]
-        loss = F.mse_loss(sr_imgs.float(), hr_imgs)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        return {"loss": loss.detach()}
-    return step
-
-
 def main(argv=None):
-    """Parse flags and train; returns the result dict of training.train."""
-    args = training.parse_or_exit(build_parser(), argv)
-    with training.distributed_context(args) as ctx:
-        resume = training.load_resume(args.resume, "srresnet") if args.resume else None
+    """Parse flags and train; returns {'iteration', 'best_psnr', 'losses'}."""
+    args, resume = training.parse_args(build_parser(), argv, "srresnet")
+    latest_path, best_path, log_path = training.run_files(args, "srresnet")
+    with training.distributed(args) as ctx:
+        # --- the model: from the run being resumed, from --init, or new
         training.seed_everything(args.seed)
-        model_args = resume["model"]["args"] if resume else training.model_args_from_flags(args)
-        if resume and model_args["scaling_factor"] != args.scaling_factor:
-            raise utils.UserError(f"{args.resume}: trained for x{model_args['scaling_factor']}, "
-                                  f"but --scaling-factor is {args.scaling_factor}")
-        model = models.SRResNet(**model_args).to(ctx.device)
-        if ctx.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        init = training.load_init_model(args)
+        model_args = resume["model"]["args"] if resume else training.model_args(args, init)
+        training.record_sizes(args, model_args)
+        scale = model_args["scaling_factor"]
+        if args.crop_size % scale:
+            raise utils.UserError(f"--crop-size {args.crop_size} is not a multiple of the scale x{scale}")
+        model = models.SRResNet(**model_args)
+        if init is not None:
+            model.load_state_dict((init.net if isinstance(init, models.Generator) else init).state_dict())
+        model = ctx.prepare(model)
         optimizer = training.make_optimizer(model.parameters(), args.lr)
         scheduler = training.make_scheduler(optimizer, args.lr_schedule, args.iterations)
         scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.precision == "fp16")
+        state = dict(models_={"model": model}, optimizers={"optimizer": optimizer},
+                     schedulers={"scheduler": scheduler}, scaler=scaler)
+        start, best_psnr = 0, float("-inf")
+        if resume:
+            start, best_psnr = training.restore(resume, args.resume, **state)
+            best_psnr = training.best_psnr_so_far(best_path, best_psnr)
+            if args.lr != resume["training"]["args"].get("lr"):
+                training.set_base_lr(optimizer, scheduler, args.lr)
         net = DistributedDataParallel(model) if ctx.world_size > 1 else model
-        run = training.Run("srresnet", {"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler},
-                           make_step(net, optimizer, scaler, ctx, args.grad_clip), scaler)
-        start, best = training.restore(run, resume) if resume else (0, float("-inf"))
+        pixel_loss = PIXEL_LOSSES[args.pixel_loss]
+
+        # --- everything that can fail on a bad file fails now, before the first iteration
         if ctx.is_main:
-            n_params = sum(p.numel() for p in model.parameters())
-            print(f"SRResNet {model_args} ({n_params:,} parameters) on {ctx.device} x{ctx.world_size}, "
-                  f"{ctx.precision}{', channels_last' if ctx.channels_last else ''}; "
-                  f"iterations {start} -> {args.iterations}")
-        return training.train(run, args, ctx, start, best)
+            training.check_new_run(args, "srresnet")
+        val_set = training.load_validation_set(args, scale) if ctx.is_main else []
+        batches = training.train_batches(args, ctx, start, scale)
+        log = training.CsvLog(log_path, ["iteration", "loss", "lr", "val_psnr", "val_ssim", "seconds"],
+                              resume_iteration=start if resume else None) if ctx.is_main else None
+        writer = training.tensorboard_writer(args) if ctx.is_main else None
+        if ctx.is_main:
+            training.announce_resume(args, start)
+            print(f"SRResNet {model_args} ({sum(p.numel() for p in model.parameters()):,} parameters), "
+                  f"{args.pixel_loss} loss, on {ctx.device} x{ctx.world_size}, {ctx.precision}"
+                  f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}")
+
+        stop = training.StopSignal()
+        bar = tqdm(total=args.iterations, initial=start, unit="it", desc="srresnet", disable=not ctx.is_main)
+        finite = torch.ones((), dtype=torch.bool, device=ctx.device)  # every loss finite so far
+        last_good, started = None, time.time()
+        try:
+            for iteration in range(start + 1, args.iterations + 1):
+                lr_imgs, hr_imgs = next(batches)  # (N, 3, c/s, c/s) ImageNet-normalised, (N, 3, c, c) in [-1, 1]
+                lr_imgs, hr_imgs = ctx.to_device(lr_imgs), ctx.to_device(hr_imgs)
+
+                with ctx.autocast():
+                    sr_imgs = net(lr_imgs)  # (N, 3, c, c) in [-1, 1]
+                loss = pixel_loss(sr_imgs.float(), hr_imgs)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if args.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_value_(model.parameters(), args.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                finite &= torch.isfinite(loss)  # stays on the device: no sync at every step
+                bar.update(1)
+
+                # every few iterations: NaN check, checkpoint, validation, log (rank 0 writes the files)
+                if not training.check_due(iteration, args, ctx, stop):
+                    continue
+                last = iteration == args.iterations
+                save = training.due(iteration, args.save_every) or last or stop.requested
+                # never let a broken model replace the last good checkpoint (bool() is a sync point)
+                good = bool(finite) and not (save and ctx.is_main and not training.is_good(model, lr_imgs, ctx))
+                stopping = training.stop_if_bad(ctx, good, stop, iteration, last_good)
+                if (save or stopping) and ctx.is_main:
+                    training.save_training_checkpoint(latest_path, "srresnet", iteration, best_psnr, args, **state)
+                    last_good = f"{latest_path} (iteration {iteration})"
+                val = None
+                if ctx.is_main and val_set and (training.due(iteration, args.val_every) or last):
+                    val, best_psnr = training.validate_and_keep_best(
+                        model, val_set, ctx, scale, iteration, best_psnr, best_path,
+                        {"script": "train_srresnet.py", "val_data": args.val_data, "precision": ctx.precision}, bar)
+                if ctx.is_main and (training.due(iteration, args.log_every) or val is not None or last):
+                    training.log_row(log, writer, bar, {
+                        "iteration": iteration, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                        "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "",
+                        "seconds": round(time.time() - started, 1)})
+                if stopping:
+                    bar.write(f"interrupted: saved {latest_path} at iteration {iteration}; "
+                              f"continue with: python train_srresnet.py --resume {latest_path}")
+                    raise KeyboardInterrupt  # exit code 130, as after any Ctrl-C
+        finally:
+            stop.restore()
+            bar.close()
+            if log is not None:
+                log.close()
+            if writer is not None:
+                writer.close()
+        return {"iteration": args.iterations, "best_psnr": best_psnr if math.isfinite(best_psnr) else None,
+                "loss": loss.item()}
 
 
 if __name__ == "__main__":

@@ -1,95 +1,224 @@
-"""The training loop shared by train_srresnet.py and train_srgan.py.
+"""Helpers that train_srresnet.py and train_srgan.py call from their loops (the loops are in the scripts).
 
-What it does for both scripts: flags common to both, device / precision / torchrun set-up, a data
-order that is a pure function of (seed, iteration) so that a resumed run continues exactly where it
-stopped, learning-rate schedules, validation (Y-PSNR / SSIM as in utils), atomic checkpoints of
-everything needed to resume (models, optimizers, schedulers, grad scaler, RNG states), a CSV log,
-optional TensorBoard, a tqdm progress bar, Ctrl-C handling and NaN detection.
-
-Each script supplies its models, optimizers and a ``step(lr_imgs, hr_imgs) -> {name: loss}``.
+Flags and the resume rules, processes and devices, a data order that is a pure function of (seed,
+iteration) so that a resumed run continues exactly, optimisers and schedules, checkpoints, validation,
+the CSV log and Ctrl-C. Plain functions and small records; no training logic hides here.
 """
 
 import argparse
 import contextlib
 import csv
+import io
 import math
 import os
 import random
 import signal
-import time
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
-from tqdm import tqdm
 
 import checkpoint
+import datasets
 import images
 import metrics
-import datasets
+import models
 import utils
+from utils import UserError
 
-DEFAULT_VAL_DATA = "Set5"
+# What a flag given with --resume may change. Everything else a run records (data, crop, batch,
+# model, losses, schedule, seed, precision...) would make it a different run, so it is refused.
+# The one list both scripts use.
+ADJUSTABLE_ON_RESUME = ("iterations", "lr", "val_every", "save_every", "log_every", "workers", "device",
+                        "channels_last", "cache_images", "tensorboard", "checkpoint_dir")
+# flags that say how to start, not what the run is
+NOT_RECORDED = ("resume", "init", "resume_notes")
+# size flags that default to "the checkpoint's": on resume they are compared with the stored model
+SIZE_FLAGS = {"large_kernel_size": ("model", "large_kernel_size"), "small_kernel_size": ("model", "small_kernel_size"),
+              "n_channels": ("model", "n_channels"), "n_blocks": ("model", "n_blocks"),
+              "scaling_factor": ("model", "scaling_factor"), "d_kernel_size": ("discriminator", "kernel_size"),
+              "d_n_channels": ("discriminator", "n_channels"), "d_n_blocks": ("discriminator", "n_blocks"),
+              "fc_size": ("discriminator", "fc_size")}
 
 
-class TrainingStopped(utils.UserError):
-    """Raised when a run stops early (NaN loss); the message says what happened."""
+class TrainingStopped(UserError):
+    """The run stopped early (a non-finite loss); the message names the last good checkpoint."""
 
 
-def add_common_arguments(parser, iterations, lr, save_every, model_from=None):
-    """Flags shared by both training scripts (defaults are the paper's settings).
+# ----------------------------------------------------------------------------------------------
+# flags
 
-    model_from: None, or a phrase naming the checkpoint the model size comes from (train_srgan.py);
-    then the model-size flags default to None (= take the checkpoint's value) and say so in --help.
-    """
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with errors as one 'error:' line (exit code 2) like every other failure."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
+def at_least(minimum, kind=int):
+    """argparse type: a number >= minimum."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+    return parse
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def add_common_arguments(parser, iterations, lr, lr_schedule):
+    """Flags of both training scripts (defaults: the paper's settings)."""
     g = parser.add_argument_group("data")
-    g.add_argument("--data-folder", default="data_lists",
-                   help="folder with the JSON lists written by create_data_lists.py (default: data_lists)")
-    g.add_argument("--crop-size", type=int, default=96, help="HR crop size (default: 96, as in the paper)")
-    g.add_argument("--scaling-factor", type=int, default=4, choices=(2, 4, 8), help="up-scaling factor (default: 4)")
-    g.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default: 2)")
+    g.add_argument("--data-folder", default="data_lists", help="folder of create_data_lists.py's JSON lists (default: data_lists)")
+    g.add_argument("--crop-size", type=at_least(1), default=96, help="HR crop size (default: 96, the paper)")
+    g.add_argument("--scaling-factor", type=int, default=None, choices=models.SCALES,
+                   help="up-scaling factor (default: the --init file's, else 4)")
+    g.add_argument("--workers", type=at_least(0), default=2, help="data-loading processes (default: 2)")
     g.add_argument("--augment", action="store_true", help="random flips and 90-degree rotations (not in the paper)")
     g.add_argument("--cache-images", choices=("auto", "on", "off"), default="auto",
-                   help="keep decoded training images in memory; 'auto' = on for lists of up to 2000 images")
-    g = parser.add_argument_group("model")
-    for flag, default, what in (("--large-kernel-size", 9, "first and last convolution kernel"),
-                                ("--small-kernel-size", 3, "other convolution kernels"),
-                                ("--n-channels", 64, "feature channels"), ("--n-blocks", 16, "residual blocks")):
-        g.add_argument(flag, type=int, default=None if model_from else default,
-                       help=f"{what} (default: {'as in ' + model_from if model_from else default})")
+                   help="keep decoded training images in memory; auto = on for up to 2000 images (default: auto)")
+    g = parser.add_argument_group("model (default: the --init file's size, else the paper's)")
+    g.add_argument("--large-kernel-size", type=at_least(1), default=None, help="first and last kernel (paper: 9)")
+    g.add_argument("--small-kernel-size", type=at_least(1), default=None, help="other kernels (paper: 3)")
+    g.add_argument("--n-channels", type=at_least(1), default=None, help="feature channels (paper: 64)")
+    g.add_argument("--n-blocks", type=at_least(1), default=None, help="residual blocks (paper: 16)")
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=16, help="batch size per process (default: 16)")
-    g.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default: {lr:g})")
-    g.add_argument("--iterations", type=int, default=iterations, help=f"training iterations (default: {iterations})")
-    g.add_argument("--grad-clip", type=float, default=None, help="clip gradient values to [-x, x] (default: off)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (model init, data order, crops; default: 0)")
+    g.add_argument("--batch-size", type=at_least(1), default=16, help="batch size per process (default: 16)")
+    g.add_argument("--lr", type=positive_float, default=lr, help=f"Adam learning rate (default: {lr:g})")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine", "step"), default=lr_schedule,
+                   help=f"constant, cosine decay to 0, or step (x0.1 at half-way) (default: {lr_schedule})")
+    g.add_argument("--iterations", type=at_least(1), default=iterations, help=f"training iterations (default: {iterations})")
+    g.add_argument("--grad-clip", type=positive_float, default=None, help="clip gradient values to [-x, x] (default: off)")
+    g.add_argument("--seed", type=at_least(0), default=0, help="seed of the initialisation, data order and crops (default: 0)")
     g = parser.add_argument_group("hardware")
-    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default: auto)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="auto = bf16 on CPUs with native bf16 (AVX-512 BF16 / AMX) and on GPUs that support "
-                        "it, fp16 on older GPUs, fp32 on other CPUs; bf16 / fp16 are autocast (fp16 with a "
-                        "grad scaler, CUDA only) (default: auto)")
+                   help="autocast precision; auto = bf16 where the hardware is fast at it, else fp32 (fp16: CUDA only)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on with bf16 / fp16, where it is faster)")
-    g = parser.add_argument_group("checkpoints and logs")
-    g.add_argument("--checkpoint-dir", default="checkpoints", help="where checkpoints and logs go (default: checkpoints)")
-    g.add_argument("--resume", default=None, metavar="PATH", help="continue a run from its latest checkpoint")
-    g.add_argument("--save-every", type=int, default=save_every,
-                   help=f"save the latest checkpoint every N iterations (default: {save_every})")
-    g.add_argument("--val-every", type=int, default=0,
-                   help="validate every N iterations and keep the best model by PSNR (default: 0 = only at the end)")
-    g.add_argument("--val-data", default=DEFAULT_VAL_DATA,
-                   help=f"name of the test list used for validation (default: {DEFAULT_VAL_DATA}); '' to skip")
-    g.add_argument("--log-every", type=int, default=10, help="write a CSV log line every N iterations (default: 10)")
-    g.add_argument("--tensorboard", action="store_true", help="also log scalars and sample images to TensorBoard")
+                   help="channels_last memory format (default: on with bf16 / fp16)")
+    g = parser.add_argument_group("start, checkpoints and logs")
+    g.add_argument("--resume", default=None, metavar="PATH", help="continue the run of this training checkpoint")
+    g.add_argument("--checkpoint-dir", default="checkpoints", help="where checkpoints and the log go (default: checkpoints)")
+    g.add_argument("--save-every", type=at_least(1), default=1000, help="save the latest checkpoint every N iterations (default: 1000)")
+    g.add_argument("--val-every", type=at_least(0), default=0,
+                   help="validate every N iterations and keep the best model (default: 0 = at the end only)")
+    g.add_argument("--val-data", default="Set5", help="name of the test list used for validation; '' for none (default: Set5)")
+    g.add_argument("--log-every", type=at_least(1), default=10, help="write a log row every N iterations (default: 10)")
+    g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (<checkpoint-dir>/tensorboard)")
 
 
-def model_args_from_flags(args):
-    """Generator / SRResNet constructor arguments from the common flags."""
-    return dict(large_kernel_size=args.large_kernel_size, small_kernel_size=args.small_kernel_size,
-                n_channels=args.n_channels, n_blocks=args.n_blocks, scaling_factor=args.scaling_factor)
+def explicit_flags(parser, argv):
+    """The destinations of the flags given on the command line (not left at their defaults)."""
+    defaults = {action.dest: action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action in parser._actions:
+            action.default = defaults[action.dest]
+
+
+def parse_args(parser, argv, script):
+    """Parse the flags of a training script; with --resume, merge in the run's recorded settings.
+
+    Returns (args, resume checkpoint or None). With --resume, a flag not given takes the run's value;
+    a flag given is applied and announced if it is in ADJUSTABLE_ON_RESUME, else refused (UserError).
+    """
+    args = parser.parse_args(argv)
+    args.resume_notes = []
+    if args.resume and args.init:
+        raise UserError("--resume continues a run and --init starts a new one: give one of them")
+    resume = None
+    if args.resume:
+        resume = load_training_checkpoint(args.resume, script)
+        given = explicit_flags(parser, argv)
+        notes = args.resume_notes
+        for key, stored in resume["training"]["args"].items():
+            if key in NOT_RECORDED or not hasattr(args, key):
+                continue
+            value = getattr(args, key)
+            if key not in given:
+                setattr(args, key, stored)
+                continue
+            if stored is None and key in SIZE_FLAGS:  # "the checkpoint's size": compare with it
+                entry, name = SIZE_FLAGS[key]
+                stored = resume[entry]["args"].get(name) if isinstance(resume[entry].get("args"), dict) else None
+            if value != stored and key in ADJUSTABLE_ON_RESUME:
+                notes.append((key, stored, value))
+            elif value != stored:
+                raise UserError(f"--{key.replace('_', '-')} {value}: the run in {args.resume} has "
+                                f"{stored}; changing it would make another run (start one with --init "
+                                f"{args.resume}, or drop the flag)")
+        iteration = resume["training"]["iteration"]
+        if args.iterations <= iteration:
+            raise UserError(f"--iterations {args.iterations}: the run in {args.resume} is already at "
+                            f"iteration {iteration}; give a larger --iterations to train further")
+    if args.scaling_factor is not None and args.crop_size % args.scaling_factor:
+        raise UserError(f"--crop-size {args.crop_size} is not a multiple of --scaling-factor {args.scaling_factor}")
+    return args, resume
+
+
+def announce_resume(args, iteration):
+    """One line per flag that changes the resumed run."""
+    for key, old, new in args.resume_notes:
+        flag = f"--{key.replace('_', '-')}"
+        if key == "iterations":
+            what = (f"the run now ends at iteration {new} instead of {old}; the {args.lr_schedule} schedule "
+                    f"is recomputed for {new} iterations from iteration {iteration} on")
+        elif key == "lr":
+            what = f"the base learning rate changes from {old:g} to {new:g} from iteration {iteration} on"
+        else:
+            what = f"{old} -> {new}"
+        print(f"resume: {flag} {new}: {what}", file=sys.stderr)
+
+
+def model_args(args, init_model=None):
+    """SRResNet constructor arguments: the --init model's (size flags must agree), else the flags
+    with the paper's defaults."""
+    flags = ("large_kernel_size", "small_kernel_size", "n_channels", "n_blocks", "scaling_factor")
+    paper = dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=4)
+    if init_model is None:
+        return {k: paper[k] if getattr(args, k) is None else getattr(args, k) for k in flags}
+    stored = init_model.args
+    for k in flags:
+        if getattr(args, k) is not None and getattr(args, k) != stored[k]:
+            raise UserError(f"--{k.replace('_', '-')} {getattr(args, k)}: the --init model {args.init} has "
+                            f"{k}={stored[k]}; drop the flag to use its size")
+    return dict(stored)
+
+
+def record_sizes(args, model_args):
+    """Write the model's real size into the flags, so that the checkpoint records what was built."""
+    for key, value in model_args.items():
+        setattr(args, key, value)
+
+
+def load_init_model(args):
+    """The generator weights named by --init (any checkpoint load_model reads), or None."""
+    if not args.init:
+        return None
+    model = checkpoint.load_model(args.init)
+    if args.crop_size % model.scaling_factor:
+        raise UserError(f"--crop-size {args.crop_size} is not a multiple of the x{model.scaling_factor} of {args.init}")
+    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,17 +242,23 @@ class Context:
         return utils.autocast(self.device, self.precision)
 
     def to_device(self, x):
-        """Move a batch tensor to the device (non-blocking from pinned memory; channels_last if asked)."""
+        """A batch on the device (non-blocking from pinned memory; channels_last if asked)."""
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def prepare(self, model):
+        """A model on the device, in channels_last if asked."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
-def setup(args):
-    """Set up devices and, under torchrun, the process group. Returns a Context."""
+
+@contextlib.contextmanager
+def distributed(args):
+    """Set up the device and, under torchrun, the process group; yields a Context."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = utils.resolve_device(args.device)
-    precision = utils.resolve_precision(args.precision, device)  # fp16 on a CPU fails here, before any work
+    precision = utils.resolve_precision(args.precision, device)  # fp16 on a CPU fails here
     channels_last = precision != "fp32" if args.channels_last is None else args.channels_last
     if world_size > 1:
         if device.type == "cuda":
@@ -132,17 +267,23 @@ def setup(args):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return Context(device, precision, channels_last, rank, world_size)
+    try:
+        yield Context(device, precision, channels_last, rank, world_size)
+    finally:
+        if world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def cleanup(ctx):
-    """Tear down the process group, if any."""
-    if ctx.world_size > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+def any_rank(ctx, *flags):
+    """Each flag OR-ed over all processes, so that every rank takes the same decision (a sync point)."""
+    if ctx.world_size == 1:
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(x) for x in t.tolist())
 
 
 def seed_everything(seed):
-    """Seed torch, numpy and random."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -174,11 +315,11 @@ def set_rng_state(state):
 
 
 class ResumableSampler(Sampler):
-    """An endless sampler whose order depends only on (seed, position), so a run can resume exactly.
+    """An endless sampler whose order depends only on (seed, position), so a run resumes exactly.
 
     Each epoch is a fresh permutation (seeded by seed and epoch) split between the processes of a
     torchrun job; incomplete batches are dropped. Yields ``epoch * n + index`` so that SRDataset
-    draws the crop of that epoch (see SRDataset.__getitem__). Starts at ``start_batch``.
+    draws that epoch's crop. Starts at batch ``start_batch``.
     """
 
     def __init__(self, n, batch_size, seed, rank=0, world_size=1, start_batch=0):
@@ -186,8 +327,8 @@ class ResumableSampler(Sampler):
         self.rank, self.world_size = rank, world_size
         self.batches_per_epoch = (n // world_size) // batch_size
         if self.batches_per_epoch == 0:
-            raise utils.UserError(f"the training list has {n} usable images, fewer than one batch of "
-                                  f"{batch_size} per process ({world_size} processes); lower --batch-size")
+            raise UserError(f"the training list has {n} usable images, fewer than one batch of "
+                            f"{batch_size} per process ({world_size} processes); lower --batch-size")
         self.start_batch = start_batch
 
     def __iter__(self):
@@ -202,291 +343,44 @@ class ResumableSampler(Sampler):
 
 
 def _worker_init(_):
-    # each worker decodes and crops on one thread: several threads per worker only fight for cores
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # one thread per loader process: more only fight for the cores
 
 
-def make_train_loader(args, ctx, start_iteration, lr_img_type="imagenet-norm", hr_img_type="[-1, 1]"):
-    """An endless DataLoader of (LR, HR) training batches starting at iteration ``start_iteration``."""
-    cache = args.cache_images == "on"
-    dataset = datasets.SRDataset(args.data_folder, "train", args.crop_size, args.scaling_factor,
-                                 lr_img_type, hr_img_type, augment=args.augment, seed=args.seed)
-    if args.cache_images == "auto":
-        cache = len(dataset) <= 2000
-    if cache:
+def train_batches(args, ctx, start_iteration, scale):
+    """Endless iterator of (LR ImageNet-normalised, HR in [-1, 1]) batches from iteration ``start_iteration`` on."""
+    dataset = datasets.SRDataset(args.data_folder, "train", args.crop_size, scale, "imagenet-norm", "[-1, 1]",
+                                 augment=args.augment, seed=args.seed)
+    if args.cache_images == "on" or (args.cache_images == "auto" and len(dataset) <= 2000):
         dataset.cache = {}
     sampler = ResumableSampler(len(dataset), args.batch_size, args.seed, ctx.rank, ctx.world_size, start_iteration)
-    return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                      pin_memory=ctx.device.type == "cuda", drop_last=True, worker_init_fn=_worker_init,
-                      persistent_workers=False, prefetch_factor=4 if args.workers > 0 else None)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        pin_memory=ctx.device.type == "cuda", drop_last=True, worker_init_fn=_worker_init,
+                        prefetch_factor=4 if args.workers > 0 else None)
+    # the DataLoader draws its workers' seeds from torch's RNG: fork it, so that the RNG state that
+    # --resume restores is the one the uninterrupted run has at that iteration
+    with torch.random.fork_rng(devices=[]):
+        return iter(loader)
 
 
-# ----------------------------------------------------------------------------------------------
-# schedules, validation
-
-
-def make_scheduler(optimizer, schedule, iterations):
-    """LambdaLR for 'constant', 'cosine' (to 0 at the end) or 'step' (x0.1 at half-way, the SRGAN schedule)."""
-    def factor(it):
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(it, iterations) / iterations))
-        if schedule == "step":
-            return 0.1 if it >= iterations // 2 else 1.0
-        return 1.0
-    if schedule not in ("constant", "cosine", "step"):
-        raise utils.UserError(f"unknown --lr-schedule {schedule!r}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-@torch.no_grad()
-def validate(model, dataset, ctx, crop_border):
-    """Mean Y-PSNR and SSIM of the model on a test SRDataset (LR 'imagenet-norm', HR 'pil')."""
-    model = checkpoint.unwrap_model(model)
-    was_training = model.training
-    model.eval()
-    psnrs, ssims = [], []
-    for i in range(len(dataset)):
-        lr, hr = dataset[i]
-        with ctx.autocast():
-            sr = model(ctx.to_device(lr[None]))
-        sr = images.convert_image(sr[0].float(), "[-1, 1]", "pil")
-        psnrs.append(metrics.calc_psnr(sr, hr, crop_border))
-        ssims.append(metrics.calc_ssim(sr, hr, crop_border))
-    model.train(was_training)
-    return float(np.mean(psnrs)), float(np.mean(ssims))
-
-
-def make_val_dataset(args):
-    """The validation data set (None when --val-data is empty)."""
+def load_validation_set(args, scale):
+    """The validation images as [(path, LR tensor, HR PIL image)], all decoded and checked now, so
+    that a bad file stops the run before training rather than after it. [] without --val-data."""
     if not args.val_data:
-        return None
-    return datasets.SRDataset(args.data_folder, "test", args.crop_size, args.scaling_factor,
-                              "imagenet-norm", "pil", test_data_name=args.val_data)
+        return []
+    list_file = datasets.list_path(args.data_folder, "test", args.val_data)
+    pairs = []
+    for path in datasets.read_image_list(list_file):
+        hr = images.crop_to_multiple(images.open_image(path), scale)
+        if min(hr.size) < 2 * scale + 11:  # SSIM's 11x11 window must fit after the border crop
+            raise UserError(f"{path}: too small to validate x{scale} (needs {2 * scale + 11} pixels on each side); "
+                            f"remove it from {list_file}")
+        lr = images.bicubic_resize(hr, (hr.width // scale, hr.height // scale))
+        pairs.append((path, images.convert_image(lr, "pil", "imagenet-norm"), hr))
+    return pairs
 
 
 # ----------------------------------------------------------------------------------------------
-# the loop
-
-
-@dataclass
-class Run:
-    """Everything one training run needs.
-
-    script: 'srresnet' or 'srgan' (stored in checkpoints; a resume file of the other script is refused).
-    models: {'model': generator, 'discriminator': ...} as checkpoint entries.
-    optimizers, schedulers: {name: object}, saved under those names.
-    step: function (lr_imgs, hr_imgs) -> {loss name: tensor}; the first entry is shown in the bar.
-    scaler: a torch.amp.GradScaler (disabled unless fp16).
-    """
-    script: str
-    models: dict
-    optimizers: dict
-    schedulers: dict
-    step: callable
-    scaler: torch.amp.GradScaler
-
-
-def checkpoint_paths(args, script):
-    """(latest training checkpoint, best inference checkpoint, CSV log) paths."""
-    d = args.checkpoint_dir
-    return (os.path.join(d, f"{script}_latest.pth"), os.path.join(d, f"{script}_best.pth"),
-            os.path.join(d, f"{script}_log.csv"))
-
-
-def training_state(run, args, iteration, best_psnr):
-    """The checkpoint dict of a run at ``iteration``."""
-    ckpt = {"format_version": checkpoint.FORMAT_VERSION}
-    for name, model in run.models.items():
-        ckpt[name] = checkpoint.model_spec(model)
-    ckpt["training"] = {
-        "script": run.script, "iteration": iteration, "best_psnr": best_psnr,
-        "optimizers": {k: v.state_dict() for k, v in run.optimizers.items()},
-        "schedulers": {k: v.state_dict() for k, v in run.schedulers.items()},
-        "scaler": run.scaler.state_dict(), "rng": rng_state(),
-        "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))},
-    }
-    return ckpt
-
-
-def load_resume(path, script):
-    """Read a training checkpoint to resume, checking that it comes from the same script."""
-    ckpt = checkpoint.load_checkpoint(path)
-    training = ckpt.get("training")
-    if training is None:
-        raise utils.UserError(f"{path}: an inference-only checkpoint, not a training checkpoint to resume")
-    if training["script"] != script:
-        raise utils.UserError(f"{path}: a checkpoint of train_{training['script']}.py; "
-                              f"it cannot resume train_{script}.py")
-    return ckpt
-
-
-def restore(run, ckpt):
-    """Load models, optimizers, schedulers, scaler and RNG states from a training checkpoint.
-    Returns (iteration, best_psnr)."""
-    training = ckpt["training"]
-    for name, model in run.models.items():
-        checkpoint.unwrap_model(model).load_state_dict(ckpt[name]["state_dict"])
-    for name, opt in run.optimizers.items():
-        opt.load_state_dict(training["optimizers"][name])
-    for name, sched in run.schedulers.items():
-        sched.load_state_dict(training["schedulers"][name])
-    run.scaler.load_state_dict(training["scaler"])
-    set_rng_state(training["rng"])
-    return training["iteration"], training["best_psnr"]
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM so that the loop saves a checkpoint and exits between iterations."""
-
-    def __init__(self):
-        self.signal = None
-
-    def __call__(self, signum, frame):
-        if self.signal is not None:  # second Ctrl-C: stop now (the latest checkpoint is intact)
-            raise KeyboardInterrupt
-        self.signal = signum
-
-
-def train(run, args, ctx, start_iteration=0, best_psnr=float("-inf")):
-    """Run the loop from ``start_iteration`` to ``args.iterations``.
-
-    Saves the latest training checkpoint every ``args.save_every`` iterations, at the end and on
-    Ctrl-C; validates every ``args.val_every`` iterations and at the end, writing the best model by
-    PSNR. Stops with TrainingStopped on a NaN/inf loss, leaving the last good checkpoint in place,
-    and with KeyboardInterrupt after saving on SIGINT/SIGTERM.
-    Returns a dict with the final iteration, best PSNR and last losses.
-    """
-    latest_path, best_path, log_path = checkpoint_paths(args, run.script)
-    generator = run.models["model"]
-    val_dataset = make_val_dataset(args) if ctx.is_main else None
-    loader = make_train_loader(args, ctx, start_iteration)
-    writer = _tensorboard_writer(args) if ctx.is_main else None
-    log_file, log = _open_log(log_path, start_iteration > 0) if ctx.is_main else (None, None)
-
-    stop = _StopFlag()
-    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    bar = tqdm(total=args.iterations, initial=start_iteration, desc=run.script, unit="it",
-               disable=not ctx.is_main, dynamic_ncols=True)
-    iteration, losses, started = start_iteration, {}, time.time()
-    last_good = None
-    try:
-        # the DataLoader draws its workers' base seed from torch's RNG; fork it so that the RNG state
-        # restored by --resume is the one the uninterrupted run has at that iteration
-        with torch.random.fork_rng(devices=[]):
-            batches = iter(loader)
-        while iteration < args.iterations:
-            lr_imgs, hr_imgs = next(batches)
-            losses = run.step(ctx.to_device(lr_imgs), ctx.to_device(hr_imgs))
-            for sched in run.schedulers.values():
-                sched.step()
-            iteration += 1
-            losses = {k: float(v) for k, v in losses.items()}
-            status = _agree(ctx, 2 if not all(map(math.isfinite, losses.values())) else (1 if stop.signal else 0))
-            if status == 2:
-                raise TrainingStopped(f"loss became {losses} at iteration {iteration}; stopped. "
-                                      f"The last good checkpoint is {last_good or 'not written yet'}; "
-                                      "try a lower --lr, --grad-clip or --precision fp32")
-            bar.update(1)
-            first = next(iter(losses))
-            bar.set_postfix({first: f"{losses[first]:.4g}"})
-
-            is_last = iteration == args.iterations
-            val = None
-            if args.val_every and iteration % args.val_every == 0 or is_last:
-                if ctx.is_main and val_dataset is not None:
-                    val = validate(generator, val_dataset, ctx, args.scaling_factor)
-                    if val[0] > best_psnr:
-                        best_psnr = val[0]
-                        checkpoint.save_checkpoint(_best_checkpoint(run, args, ctx, iteration, val), best_path)
-                    bar.write(f"iteration {iteration}: {args.val_data} PSNR {val[0]:.3f} dB, SSIM {val[1]:.4f} "
-                              f"(best {best_psnr:.3f})")
-            if ctx.is_main and (iteration % args.log_every == 0 or val is not None or is_last):
-                lr_now = next(iter(run.optimizers.values())).param_groups[0]["lr"]
-                row = {"iteration": iteration, **losses, "lr": lr_now,
-                       "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "",
-                       "time": round(time.time() - started, 2)}
-                log(row)
-                if writer is not None:
-                    _tensorboard_log(writer, row, generator, val_dataset, ctx)
-            if iteration % args.save_every == 0 or is_last or status == 1:
-                if ctx.is_main:
-                    checkpoint.save_checkpoint(training_state(run, args, iteration, best_psnr), latest_path)
-                last_good = latest_path
-            if status == 1:
-                bar.write(f"interrupted: saved {latest_path} at iteration {iteration}; "
-                          f"continue with --resume {latest_path}")
-                raise KeyboardInterrupt  # scripts exit with code 130, as after any Ctrl-C
-    finally:
-        bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        if log_file is not None:
-            log_file.close()
-        if writer is not None:
-            writer.close()
-    return {"iteration": iteration, "best_psnr": best_psnr, "losses": losses, "seconds": time.time() - started}
-
-
-def _agree(ctx, status):
-    """The largest status over all processes (so that every rank stops at the same iteration)."""
-    if ctx.world_size == 1:
-        return status
-    t = torch.tensor([status], device=ctx.device if ctx.device.type == "cuda" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
-def _best_checkpoint(run, args, ctx, iteration, val):
-    """Inference checkpoint of the generator with a record of how it was trained."""
-    info = {"script": f"train_{run.script}.py", "iteration": iteration, "val_data": args.val_data,
-            "val_psnr": val[0], "val_ssim": val[1], "precision": ctx.precision,
-            "data_folder": args.data_folder, "batch_size": args.batch_size, "lr": args.lr}
-    return checkpoint.inference_checkpoint(run.models["model"], info)
-
-
-def _open_log(path, append):
-    """A CSV logger writing one row per call; the header comes from the first row."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    exists = append and os.path.isfile(path) and os.path.getsize(path) > 0
-    f = open(path, "a" if exists else "w", newline="")
-    state = {"writer": None}
-
-    def log(row):
-        if state["writer"] is None:
-            state["writer"] = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
-            if not exists:
-                state["writer"].writeheader()
-        state["writer"].writerow(row)
-        f.flush()
-    return f, log
-
-
-def _tensorboard_writer(args):
-    """A SummaryWriter under <checkpoint-dir>/tensorboard, or None; UserError if not installed."""
-    if not args.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise utils.UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(os.path.join(args.checkpoint_dir, "tensorboard"))
-
-
-def _tensorboard_log(writer, row, generator, val_dataset, ctx):
-    """Scalars of a log row, plus a sample super-resolved image when the row has validation results."""
-    it = row["iteration"]
-    for k, v in row.items():
-        if k != "iteration" and isinstance(v, float):
-            writer.add_scalar(k, v, it)
-    if row["val_psnr"] != "" and val_dataset is not None:
-        lr, _ = val_dataset[0]
-        model = checkpoint.unwrap_model(generator)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), ctx.autocast():
-            sr = model(ctx.to_device(lr[None]))
-        model.train(was_training)
-        writer.add_image("sample", images.convert_image(sr[0].float().cpu(), "[-1, 1]", "[0, 1]").clamp(0, 1), it)
+# optimisation
 
 
 def make_optimizer(params, lr):
@@ -497,22 +391,276 @@ def make_optimizer(params, lr):
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
-def parse_or_exit(parser, argv):
-    """parse_args plus the checks both scripts share (errors exit 2 with the usage line)."""
-    args = parser.parse_args(argv)
-    if args.crop_size % args.scaling_factor:
-        parser.error(f"--crop-size {args.crop_size} is not a multiple of --scaling-factor {args.scaling_factor}")
-    for name in ("iterations", "batch_size", "save_every", "log_every"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    return args
+def make_scheduler(optimizer, schedule, iterations):
+    """LambdaLR: 'constant', 'cosine' (to 0 at the end) or 'step' (x0.1 at half-way, the SRGAN schedule)."""
+    def factor(it):
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(it, iterations) / iterations))
+        if schedule == "step":
+            return 0.1 if it >= iterations // 2 else 1.0
+        return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@contextlib.contextmanager
-def distributed_context(args):
-    """setup() ... cleanup() as a context manager."""
-    ctx = setup(args)
+def set_base_lr(optimizer, scheduler, lr):
+    """Change the base learning rate of a resumed run: the schedule goes on from the new base."""
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+        group["lr"] = lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def run_files(args, script):
+    """(latest training checkpoint, best model, CSV log) of a run."""
+    d = args.checkpoint_dir
+    return (os.path.join(d, f"{script}_latest.pth"), os.path.join(d, f"{script}_best.pth"),
+            os.path.join(d, f"{script}_log.csv"))
+
+
+def check_new_run(args, script):
+    """A new run must not overwrite another run's checkpoint; leftovers of killed saves are removed."""
+    latest, best, log = run_files(args, script)
+    if not args.resume and os.path.exists(latest):
+        raise UserError(f"{latest}: a run is already there; continue it with --resume {latest}, "
+                        "or give another --checkpoint-dir")
+    utils.check_writable(latest)
+    for path in (latest, best):
+        utils.remove_stale_temporaries(path)
+
+
+def load_training_checkpoint(path, script):
+    """A training checkpoint of ``script`` ('srresnet' or 'srgan'), checked for every entry resume needs."""
+    ckpt = checkpoint.load_checkpoint(path)
+    training = ckpt.get("training")
+    if training is None:
+        raise UserError(f"{path}: an inference-only checkpoint, not a training checkpoint to --resume "
+                        f"(to start a new run from its weights, use --init {path})")
+    if not isinstance(training, dict) or training.get("script") not in ("srresnet", "srgan"):
+        raise UserError(f"{path}: malformed training checkpoint ('training' entry)")
+    if training["script"] != script:
+        raise UserError(f"{path}: a checkpoint of train_{training['script']}.py; it cannot resume train_{script}.py")
+    needed = {"iteration": int, "optimizers": dict, "schedulers": dict, "scaler": dict, "rng": dict, "args": dict}
+    for key, kind in needed.items():
+        if not isinstance(training.get(key), kind) or isinstance(training.get(key), bool):
+            raise UserError(f"{path}: malformed training checkpoint: '{key}' is missing or not a {kind.__name__}")
+    for name, arch in (("model", "Generator"), ("discriminator", "Discriminator")) if script == "srgan" \
+            else (("model", "SRResNet"),):
+        if name not in ckpt:
+            raise UserError(f"{path}: malformed training checkpoint: no '{name}' entry")
+        checkpoint.build_from_spec(ckpt[name], path, name, archs=(arch,))  # every way it can be broken
+    return ckpt
+
+
+def restore(ckpt, path, models_, optimizers, schedulers, scaler):
+    """Load weights, optimizer, scheduler, scaler and RNG states from a training checkpoint.
+
+    ``models_`` etc. are {name: object} with the names used when saving. Returns (iteration, best_psnr).
+    """
+    training = ckpt["training"]
+    for name, model in models_.items():
+        built = checkpoint.build_from_spec(ckpt[name], path, name, archs=(type(model).__name__,))
+        model.load_state_dict(built.state_dict())
     try:
-        yield ctx
+        for name, opt in optimizers.items():
+            opt.load_state_dict(training["optimizers"][name])
+        for name, sched in schedulers.items():
+            sched.load_state_dict(training["schedulers"][name])
+        scaler.load_state_dict(training["scaler"])
+        set_rng_state(training["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise UserError(f"{path}: malformed training checkpoint: cannot restore its state "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    best = training.get("best_psnr", float("-inf"))
+    return training["iteration"], float(best) if isinstance(best, (int, float)) else float("-inf")
+
+
+def save_training_checkpoint(path, script, iteration, best_psnr, args, models_, optimizers, schedulers, scaler):
+    """Write everything needed to resume (atomically: a crash never destroys the previous file)."""
+    ckpt = {"format_version": checkpoint.FORMAT_VERSION}
+    for name, model in models_.items():
+        ckpt[name] = checkpoint.model_spec(model)
+    ckpt["training"] = {
+        "script": script, "iteration": iteration, "best_psnr": best_psnr,
+        "optimizers": {k: v.state_dict() for k, v in optimizers.items()},
+        "schedulers": {k: v.state_dict() for k, v in schedulers.items()},
+        "scaler": scaler.state_dict(), "rng": rng_state(),
+        "args": {k: v for k, v in vars(args).items()
+                 if k not in NOT_RECORDED and isinstance(v, (int, float, str, bool, type(None)))},
+    }
+    checkpoint.save_checkpoint(ckpt, path)
+
+
+def save_best(path, model, info):
+    """The small inference checkpoint of the best model so far."""
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model, info), path)
+
+
+@torch.no_grad()
+def is_good(model, lr_imgs, ctx):
+    """True if every weight and buffer is finite and the model (eval mode) gives a finite output on
+    one training input: what a checkpoint must satisfy before it replaces a good one."""
+    model = checkpoint.unwrap_model(model)
+    if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+        return False
+    was_training = model.training
+    model.eval()
+    with ctx.autocast():
+        out = model(lr_imgs[:1])
+    model.train(was_training)
+    return bool(torch.isfinite(out).all())
+
+
+# ----------------------------------------------------------------------------------------------
+# validation and logs
+
+
+@torch.no_grad()
+def validate(model, val_set, ctx, scale):
+    """Mean Y-PSNR and SSIM (border = scale) of the model on the validation set."""
+    model = checkpoint.unwrap_model(model)
+    was_training = model.training
+    model.eval()
+    psnrs, ssims = [], []
+    try:
+        for path, lr, hr in val_set:
+            with ctx.autocast():
+                sr = model(ctx.to_device(lr[None]))  # (1, 3, H, W) in [-1, 1]
+            sr = images.convert_image(sr[0].float(), "[-1, 1]", "pil")
+            psnrs.append(metrics.calc_psnr(sr, hr, scale))
+            ssims.append(metrics.calc_ssim(sr, hr, scale))
     finally:
-        cleanup(ctx)
+        model.train(was_training)
+    return float(np.mean(psnrs)), float(np.mean(ssims))
+
+
+class CsvLog:
+    """The run's CSV log: created at the first row (no empty logs); on resume, rows past the resumed
+    iteration (written after its checkpoint) are dropped first."""
+
+    def __init__(self, path, fields, resume_iteration=None):
+        self.path, self.fields, self.file = path, fields, None
+        if resume_iteration is not None and os.path.isfile(path):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if _row_iteration(r) <= resume_iteration]
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            with utils.atomic_write(path) as f:
+                f.write(text.getvalue().encode())
+            self.file = open(path, "a", newline="")
+        elif os.path.exists(path):
+            os.unlink(path)  # a new run in this folder (check_new_run allowed it)
+
+    def write(self, row):
+        if self.file is None:
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                self.file = open(self.path, "w", newline="")
+            except OSError as e:
+                raise UserError(f"{self.path}: cannot write the log ({e.strerror or e})") from None
+            csv.DictWriter(self.file, fieldnames=self.fields, lineterminator="\n").writeheader()
+        csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore", lineterminator="\n").writerow(row)
+        self.file.flush()
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+
+
+def _row_iteration(row):
+    try:
+        return int(row.get("iteration") or 0)
+    except ValueError:
+        return 0
+
+
+def tensorboard_writer(args):
+    """A SummaryWriter under <checkpoint-dir>/tensorboard, or None."""
+    if not args.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(os.path.join(args.checkpoint_dir, "tensorboard"))
+
+
+class StopSignal:
+    """SIGINT / SIGTERM set ``requested``; the loop then saves and exits between iterations.
+    A second Ctrl-C stops at once (the latest checkpoint on disk is intact)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def due(iteration, every):
+    """True every ``every`` iterations (never for 0)."""
+    return every > 0 and iteration % every == 0
+
+
+def check_due(iteration, args, ctx, stop):
+    """Whether this iteration checks, saves, validates or logs. The same on every rank (a Ctrl-C is
+    acted on at once by a single process, at the next log step by a torchrun job)."""
+    return (iteration == args.iterations or due(iteration, args.log_every) or due(iteration, args.save_every)
+            or due(iteration, args.val_every) or (ctx.world_size == 1 and stop.requested))
+
+
+def stop_if_bad(ctx, good, stop, iteration, last_good):
+    """Agree over all ranks; raise TrainingStopped if any saw a non-finite loss or model.
+    Returns True if a rank was asked to stop (Ctrl-C / SIGTERM)."""
+    bad, stopping = any_rank(ctx, not good, stop.requested)
+    if bad:
+        raise TrainingStopped(f"the loss or the weights became NaN or infinite by iteration {iteration}; stopped. "
+                              f"The last good checkpoint is {last_good or 'not written yet'}; try a lower --lr, "
+                              "--grad-clip or --precision fp32")
+    return stopping
+
+
+def best_psnr_so_far(best_path, stored):
+    """The best validation PSNR of a resumed run: its checkpoint's, or its best file's if higher (that
+    file can be newer: the checkpoint is saved before the validation of its iteration)."""
+    try:
+        info = checkpoint.load_checkpoint(best_path).get("info", {})
+        return max(stored, float(info.get("val_psnr", float("-inf"))))
+    except (UserError, TypeError, ValueError, AttributeError):
+        return stored
+
+
+def validate_and_keep_best(model, val_set, ctx, scale, iteration, best_psnr, best_path, info, bar):
+    """Validate; save the model as the best if it is; report. A failure is a warning, not the end
+    of the run. Returns ((psnr, ssim) or None, best_psnr)."""
+    try:
+        val = validate(model, val_set, ctx, scale)
+    except Exception as e:  # noqa: BLE001 - a failed validation must not end a long run
+        bar.write(f"warning: validation at iteration {iteration} failed ({type(e).__name__}: {e}); training goes on")
+        return None, best_psnr
+    if val[0] > best_psnr:
+        best_psnr = val[0]
+        save_best(best_path, model, {**info, "iteration": iteration, "val_psnr": val[0], "val_ssim": val[1]})
+    bar.write(f"iteration {iteration}: validation PSNR {val[0]:.3f} dB, SSIM {val[1]:.4f} (best {best_psnr:.3f})")
+    return val, best_psnr
+
+
+def log_row(log, writer, bar, row):
+    """One row to the CSV log, TensorBoard and the progress bar."""
+    log.write(row)
+    bar.set_postfix({k: f"{v:.4g}" for k, v in list(row.items())[1:3] if isinstance(v, float)})
+    if writer is not None:
+        for key, value in row.items():
+            if key != "iteration" and isinstance(value, float):
+                writer.add_scalar(key, value, row["iteration"])

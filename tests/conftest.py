@@ -79,3 +79,70 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), path)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# training scripts
+
+
+def read_log(path):
+    """Rows of a training CSV log, without the wall-clock column (the one thing a resume changes)."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def assert_identical(a, b, where="checkpoint"):
+    """Recursively: tensors torch.equal (same dtype and shape), everything else ==."""
+    import math
+
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"{where}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), f"{where}: {a!r} != {b!r}"
+
+
+def sigint_at(monkeypatch, iteration):
+    """Make training send itself a real SIGINT while it loads the batch of ``iteration`` (1-based)."""
+    import os
+    import signal
+
+    import training
+
+    real = training.train_batches
+
+    def batches(args, ctx, start, scale):
+        source = real(args, ctx, start, scale)
+
+        def gen():
+            for k, batch in enumerate(source, start=start + 1):
+                if k == iteration:
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield batch
+        return gen()
+    monkeypatch.setattr(training, "train_batches", batches)
+
+
+def cli_error(main, argv, capsys):
+    """Run a script's main as the command line does; return its one 'error:' line (exit code 2)."""
+    import utils
+
+    with pytest.raises(SystemExit) as exc:
+        utils.run_cli(main, [str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2, err
+    assert err and err[-1].startswith("error: ") and sum(line.startswith("error:") for line in err) == 1, err
+    assert not any(line.startswith("Traceback") for line in err), err
+    return err[-1]

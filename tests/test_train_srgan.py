@@ -6,11 +6,9 @@ so the file needs no shared data and takes seconds.
 """
 
 import contextlib
-import copy
 import csv
 import io
 import math
-import shutil
 
 import pytest
 import torch
@@ -24,7 +22,7 @@ import train_srgan
 import train_srresnet
 import training
 import utils
-from conftest import random_image
+from conftest import assert_identical, cli_error, random_image, read_log, sigint_at
 
 TINY_G = dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1, scaling_factor=4)
 
@@ -69,38 +67,6 @@ def run_quietly(main, argv):
     return result, out.getvalue(), err.getvalue()
 
 
-def cli_error(main, argv, capsys):
-    """Run a script as the command line does and return its one-line error (it must exit with 2)."""
-    with pytest.raises(SystemExit) as exc:
-        utils.run_cli(main, argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    last = err.splitlines()[-1]
-    assert last.startswith("error: ")  # the whole message on one line
-    return last
-
-
-def assert_identical(a, b, where="checkpoint"):
-    """Recursively: tensors torch.equal (same dtype and shape), everything else ==."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
-        for k in a:
-            assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), f"{where}: {a!r} != {b!r}"
-
-
-# ----------------------------------------------------------------------------------------------
-# the losses
-
-
 def test_gram_matrix():
     torch.manual_seed(0)
     f = torch.randn(2, 3, 4, 5)
@@ -110,105 +76,6 @@ def test_gram_matrix():
         flat = f[n].reshape(3, 20)
         assert torch.allclose(g[n], flat @ flat.T / (3 * 4 * 5), atol=1e-6)
     assert torch.allclose(train_srgan.gram_matrix(torch.ones(1, 2, 2, 2)), torch.full((1, 2, 2), 0.5))
-
-
-def _tiny_step_setup(seed=0):
-    torch.manual_seed(seed)
-    g = models.Generator(**TINY_G)
-    d = models.Discriminator(n_channels=8, fc_size=16)
-    vgg = models.TruncatedVGG19(2, 2, weights=None)
-    opt_g = torch.optim.Adam(g.parameters(), lr=1e-3)
-    opt_d = torch.optim.Adam(d.parameters(), lr=1e-3)
-    return g, d, vgg, opt_g, opt_d
-
-
-def test_make_step_losses_and_updates():
-    """One iteration updates both networks (not the VGG), and every loss term is what its flag says."""
-    ctx = training.Context(torch.device("cpu"), "fp32", False)
-    torch.manual_seed(1)
-    lr_imgs = torch.randn(2, 3, 8, 8)
-    hr_imgs = torch.rand(2, 3, 32, 32) * 2 - 1
-    results = {}
-    for cs in (1.0, 0.5):
-        g, d, vgg, opt_g, opt_d = _tiny_step_setup()
-        before = [copy.deepcopy(m.state_dict()) for m in (g, d, vgg)]
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        step = train_srgan.make_step(g, d, vgg, opt_g, opt_d, scaler, ctx, beta=1e-3, content_scale=cs,
-                                     pixel_weight=0.5, texture_weight=2.0)
-        losses = step(lr_imgs, hr_imgs)
-        results[cs] = losses
-        assert list(losses) == ["perceptual", "content", "adversarial", "pixel", "texture",
-                                "discriminator", "d_real", "d_fake"]
-        assert all(torch.isfinite(v) and not v.requires_grad for v in losses.values())
-        expected = losses["content"] + 1e-3 * losses["adversarial"] + 0.5 * losses["pixel"] + 2.0 * losses["texture"]
-        assert torch.allclose(losses["perceptual"], expected)
-        for model, old, changed in zip((g, d, vgg), before, (True, True, False)):
-            new = model.state_dict()
-            assert any(not torch.equal(old[k], new[k]) for k in old) == changed
-        assert all(p.grad is None for p in vgg.parameters())
-    # the content loss is the MSE of the feature maps multiplied by content_scale (same models, same data)
-    assert torch.allclose(results[0.5]["content"], 0.25 * results[1.0]["content"])
-    assert torch.equal(results[0.5]["adversarial"], results[1.0]["adversarial"])
-
-
-def test_optional_terms_off_by_default_and_paper_content_scale():
-    args = train_srgan.build_parser().parse_args(["--srresnet-checkpoint", "x.pth"])
-    assert args.content_scale == pytest.approx(1 / 12.75)
-    assert (args.beta, args.pixel_weight, args.texture_weight) == (1e-3, 0.0, 0.0)
-    assert (args.vgg_i, args.vgg_j, args.vgg_weights) == (5, 4, "imagenet")
-    assert (args.iterations, args.lr, args.lr_schedule) == (200_000, 1e-4, "step")
-    assert train_srgan.build_parser().parse_args(["--content-scale", "1/12.75"]).content_scale == 1 / 12.75
-    g, d, vgg, opt_g, opt_d = _tiny_step_setup()
-    step = train_srgan.make_step(g, d, vgg, opt_g, opt_d, torch.amp.GradScaler("cpu", enabled=False),
-                                 training.Context(torch.device("cpu"), "fp32", False))
-    losses = step(torch.randn(2, 3, 8, 8), torch.rand(2, 3, 32, 32) * 2 - 1)
-    assert "pixel" not in losses and "texture" not in losses
-
-
-# ----------------------------------------------------------------------------------------------
-# set-up
-
-
-def test_generator_starts_from_the_srresnet_with_its_size(data, monkeypatch):
-    """The generator gets the SRResNet's size (no size flags needed) and weights; D the flags' size."""
-    captured = {}
-
-    def fake_train(run, args, ctx, start, best):
-        captured.update(run=run, start=start)
-        return {}
-    monkeypatch.setattr(training, "train", fake_train)
-    run_quietly(train_srgan.main, gan_argv(data, data["root"] / "unused", "--d-n-blocks", "4"))
-    run = captured["run"]
-    srresnet = checkpoint.load_model(data["srresnet"])
-    assert isinstance(run.models["model"], models.Generator)
-    assert run.models["model"].args == srresnet.args == TINY_G
-    assert_identical(run.models["model"].net.state_dict(), srresnet.state_dict())
-    assert run.models["discriminator"].args == dict(kernel_size=3, n_channels=8, n_blocks=4, fc_size=16)
-    assert captured["start"] == 0
-    assert not (data["root"] / "unused").exists()
-
-
-@pytest.mark.parametrize("extra, match", [
-    (["--n-blocks", "2"], "n_blocks=1, but --n-blocks is 2"),
-    (["--n-channels", "16"], "n_channels=8, but --n-channels is 16"),
-    (["--scaling-factor", "2"], "trained for x4, but --scaling-factor is 2"),
-])
-def test_srresnet_checkpoint_of_another_size_or_scale(data, tmp_path, capsys, extra, match):
-    """A one-line error before any training: nothing is written."""
-    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", *extra, "--iterations", "2"), capsys)
-    assert match in line and str(data["srresnet"]) in line
-    assert not (tmp_path / "ck").exists()
-
-
-def test_missing_or_bad_srresnet_checkpoint(data, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:  # argparse error: exit 2 with the usage line
-        train_srgan.main(gan_argv(data, tmp_path / "ck", init=False))
-    assert exc.value.code == 2
-    assert "--srresnet-checkpoint PATH is required" in capsys.readouterr().err
-    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", init=False) +
-                     ["--srresnet-checkpoint", str(tmp_path / "nope.pth")], capsys)
-    assert "no such file" in line
-    assert not (tmp_path / "ck").exists()
 
 
 def test_vgg_weights_errors_are_one_line(data, tmp_path, capsys, monkeypatch):
@@ -227,10 +94,6 @@ def test_vgg_weights_errors_are_one_line(data, tmp_path, capsys, monkeypatch):
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "vgg19.pth")
     assert "not a torchvision VGG19 state dict" in cli_error(train_srgan.main, argv, capsys)
     assert not (tmp_path / "ck").exists()
-
-
-# ----------------------------------------------------------------------------------------------
-# training, checkpoints, resume
 
 
 @pytest.fixture(scope="module")
@@ -293,38 +156,6 @@ def test_load_model_on_srgan_checkpoints(trained):
     assert set(latest["training"]["schedulers"]) == {"scheduler_g", "scheduler_d"}
 
 
-def test_exact_resume(data, tmp_path, monkeypatch):
-    """6 iterations straight == 3, then --resume for 3 more: bit-identical G, D, optimizers, schedulers,
-    scaler and RNG. The lr step (x0.1) falls at iteration 3, exactly at the resume point."""
-    saved = {}
-    save = checkpoint.save_checkpoint
-
-    def keep_copies(obj, path):  # keep the training checkpoint of every save, by iteration
-        save(obj, path)
-        if "training" in obj:
-            copy_path = tmp_path / f"iteration{obj['training']['iteration']}.pth"
-            shutil.copyfile(path, copy_path)
-            saved[obj["training"]["iteration"]] = copy_path
-    monkeypatch.setattr(checkpoint, "save_checkpoint", keep_copies)
-    extra = ["--iterations", "6", "--save-every", "3", "--pixel-weight", "0.1", "--texture-weight", "1"]
-    run_quietly(train_srgan.main, gan_argv(data, tmp_path / "straight", *extra))
-    assert sorted(saved) == [3, 6]
-    straight = checkpoint.load_checkpoint(tmp_path / "straight" / "srgan_latest.pth")
-    _, out, _ = run_quietly(train_srgan.main, gan_argv(data, tmp_path / "resumed", *extra, "--resume", saved[3],
-                                                       init=False))
-    assert "iterations 3 -> 6" in out
-    resumed = checkpoint.load_checkpoint(tmp_path / "resumed" / "srgan_latest.pth")
-    assert resumed["training"]["iteration"] == straight["training"]["iteration"] == 6
-    for ckpt in (straight, resumed):
-        del ckpt["training"]["args"]  # differs by design (--checkpoint-dir, --resume)
-    assert straight["training"]["schedulers"]["scheduler_g"]["_last_lr"] == [pytest.approx(1e-5)]
-    assert_identical(straight, resumed)
-    # and the resumed run did train: its weights differ from those it resumed from
-    start = checkpoint.load_checkpoint(saved[3])
-    assert not torch.equal(start["model"]["state_dict"]["net.conv_block1.conv_block.0.weight"],
-                           resumed["model"]["state_dict"]["net.conv_block1.conv_block.0.weight"])
-
-
 def test_resume_refuses_the_other_scripts_checkpoint(data, trained, tmp_path, capsys):
     line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "a", "--iterations", "50", "--resume",
                                                 data["srresnet_latest"], init=False), capsys)
@@ -336,45 +167,113 @@ def test_resume_refuses_the_other_scripts_checkpoint(data, trained, tmp_path, ca
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_resume_keeps_the_checkpoint_sizes(data, trained, tmp_path, capsys):
-    """On --resume the sizes come from the file; a size flag that disagrees is a one-line error."""
-    resume = ["--resume", trained["dir"] / "srgan_latest.pth", "--iterations", "50"]
-    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "a", *resume, "--d-n-channels", "16",
-                                                init=False), capsys)
-    assert "n_channels=8, but --d-n-channels is 16" in line
-    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "a", *resume, "--scaling-factor", "2",
-                                                init=False), capsys)
-    assert "trained for x4" in line
-    assert not (tmp_path / "a").exists()
+
+def test_the_generator_starts_from_the_srresnet_with_its_size(data, tmp_path):
+    """No size flags: the generator takes the SRResNet's size and weights; D the flags' size."""
+    run_quietly(train_srgan.main, gan_argv(data, tmp_path / "ck", "--iterations", "1", "--lr", "1e-12",
+                                           "--d-n-blocks", "4", "--val-data", "", "--precision", "fp32"))
+    ckpt = checkpoint.load_checkpoint(tmp_path / "ck" / "srgan_latest.pth")
+    srresnet = checkpoint.load_model(data["srresnet"])
+    assert ckpt["model"]["args"] == srresnet.args == TINY_G
+    for k, v in srresnet.named_parameters():
+        assert torch.allclose(ckpt["model"]["state_dict"][f"net.{k}"], v, atol=1e-6), k
+    assert ckpt["discriminator"]["args"] == dict(kernel_size=3, n_channels=8, n_blocks=4, fc_size=16)
+    assert ckpt["training"]["args"]["n_blocks"] == 1 and ckpt["training"]["args"]["d_n_blocks"] == 4
 
 
-def test_one_grad_scaler_serves_both_optimizers():
-    """With an enabled scaler (fp16's set-up) and gradient clipping, each step scales both losses,
-    unscales and steps each optimizer once, and updates the scaler once."""
-    g, d, vgg, opt_g, opt_d = _tiny_step_setup()
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
-    ctx = training.Context(torch.device("cpu"), "fp32", False)
-    step = train_srgan.make_step(g, d, vgg, opt_g, opt_d, scaler, ctx, grad_clip=1e-3)
-    before = [copy.deepcopy(m.state_dict()) for m in (g, d)]
-    for _ in range(2):
-        losses = step(torch.randn(2, 3, 8, 8), torch.rand(2, 3, 32, 32) * 2 - 1)
-        assert all(torch.isfinite(v) for v in losses.values())
-    assert scaler.get_scale() == 2.0**11  # 2 finite steps with growth_interval 2: one update per iteration
-    for model, old in zip((g, d), before):
-        assert any(not torch.equal(old[k], v) for k, v in model.state_dict().items())
-        # the gradients were unscaled before clipping: every one lies within [-1e-3, 1e-3]
-        assert all(p.grad.abs().max() <= 1e-3 for p in model.parameters() if p.grad is not None)
+@pytest.mark.parametrize("extra, match", [
+    (["--n-blocks", "2"], "--n-blocks 2: the --init model"),
+    (["--n-channels", "16"], "--n-channels 16: the --init model"),
+    (["--scaling-factor", "2"], "--scaling-factor 2: the --init model"),
+])
+def test_init_of_another_size_or_scale(data, tmp_path, capsys, extra, match):
+    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", *extra, "--iterations", "2"), capsys)
+    assert match in line and str(data["srresnet"]) in line
+    assert not (tmp_path / "ck").exists()
 
 
-def test_resume_takes_sizes_from_the_file_and_notes_changed_settings(data, trained, monkeypatch):
-    captured = {}
-    monkeypatch.setattr(training, "train", lambda run, args, ctx, start, best: captured.update(run=run, start=start))
-    argv = ["--data-folder", str(data["lists"]), "--crop-size", "32", "--batch-size", "2", "--workers", "0",
-            "--vgg-weights", "random", "--vgg-i", "2", "--vgg-j", "2", "--checkpoint-dir", str(trained["dir"]),
-            "--resume", str(trained["dir"] / "srgan_latest.pth"), "--iterations", "60", "--beta", "0.01"]
-    _, _, err = run_quietly(train_srgan.main, argv)  # no size flags at all
-    run = captured["run"]
-    assert captured["start"] == 40
-    assert run.models["model"].args == TINY_G
-    assert run.models["discriminator"].args == dict(kernel_size=3, n_channels=8, n_blocks=8, fc_size=16)
-    assert "--beta 0.001 -> 0.01" in err and "--iterations 40 -> 60" in err
+def test_missing_or_bad_init(data, tmp_path, capsys):
+    assert "--init PATH is required" in cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", init=False), capsys)
+    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", init=False) + ["--init", str(tmp_path / "nope.pth")],
+                     capsys)
+    assert "nope.pth: no such file" in line
+    assert not (tmp_path / "ck").exists()
+
+
+def test_the_generator_loss_is_the_weighted_sum_of_its_terms(data, tmp_path):
+    run_quietly(train_srgan.main, gan_argv(data, tmp_path / "a", "--iterations", "2", "--log-every", "1",
+                                           "--pixel-weight", "0.5", "--texture-weight", "2", "--val-data", ""))
+    rows = read_log(tmp_path / "a" / "srgan_log.csv")
+    assert list(rows[0]) == ["iteration", "perceptual", "content", "adversarial", "pixel", "texture",
+                             "discriminator", "d_real", "d_fake", "lr", "val_psnr", "val_ssim"]
+    for r in rows:
+        expected = (float(r["content"]) + 1e-3 * float(r["adversarial"]) + 0.5 * float(r["pixel"])
+                    + 2 * float(r["texture"]))
+        assert float(r["perceptual"]) == pytest.approx(expected, rel=1e-5)
+    # terms whose weight is 0 are not computed or logged
+    run_quietly(train_srgan.main, gan_argv(data, tmp_path / "b", "--iterations", "1", "--log-every", "1",
+                                           "--val-data", ""))
+    assert "pixel" not in read_log(tmp_path / "b" / "srgan_log.csv")[0]
+
+
+def test_content_scale_scales_the_content_loss_by_its_square(data, tmp_path):
+    """Same seed, same first batch, same weights: the first content loss scales by content_scale**2."""
+    first = {}
+    for cs in ("1", "1/2"):
+        run_quietly(train_srgan.main, gan_argv(data, tmp_path / cs.replace("/", "_"), "--iterations", "1",
+                                               "--content-scale", cs, "--val-data", "", "--precision", "fp32"))
+        first[cs] = float(read_log(tmp_path / cs.replace("/", "_") / "srgan_log.csv")[0]["content"])
+    assert first["1/2"] == pytest.approx(first["1"] / 4, rel=1e-5)
+
+
+def test_paper_defaults():
+    args = train_srgan.build_parser().parse_args(["--init", "x.pth"])
+    assert args.content_scale == pytest.approx(1 / 12.75)
+    assert (args.beta, args.pixel_weight, args.texture_weight) == (1e-3, 0.0, 0.0)
+    assert (args.vgg_i, args.vgg_j, args.vgg_weights) == (5, 4, "imagenet")
+    assert (args.iterations, args.lr, args.lr_schedule) == (200_000, 1e-4, "step")
+    assert train_srgan.build_parser().parse_args(["--srresnet-checkpoint", "y.pth"]).init == "y.pth"
+
+
+def test_readme_resume_command_continues_an_interrupted_run_exactly(data, tmp_path, monkeypatch):
+    """Non-default settings (cosine, --lr, crop 32, batch 2, extra loss terms), SIGINT at iteration 5, then
+    `--resume PATH` alone: G, D, both optimizers, schedulers, scaler, RNG and log equal the straight run's."""
+    extra = ["--iterations", "9", "--save-every", "4", "--log-every", "1", "--val-every", "3", "--lr", "3e-4",
+             "--lr-schedule", "cosine", "--pixel-weight", "0.1", "--texture-weight", "1", "--seed", "2"]
+    run_quietly(train_srgan.main, gan_argv(data, tmp_path / "straight", *extra))
+    with monkeypatch.context() as m:
+        sigint_at(m, 5)
+        with pytest.raises(KeyboardInterrupt):
+            run_quietly(train_srgan.main, gan_argv(data, tmp_path / "split", *extra))
+    latest = tmp_path / "split" / "srgan_latest.pth"
+    assert checkpoint.load_checkpoint(latest)["training"]["iteration"] == 5
+    _, out, _ = run_quietly(train_srgan.main, ["--resume", str(latest)])
+    assert "iterations 5 -> 9" in out
+    a = checkpoint.load_checkpoint(tmp_path / "straight" / "srgan_latest.pth")
+    b = checkpoint.load_checkpoint(latest)
+    for ckpt in (a, b):
+        assert ckpt["training"]["args"].pop("checkpoint_dir")
+    assert_identical(a, b)
+    assert read_log(tmp_path / "straight" / "srgan_log.csv") == read_log(tmp_path / "split" / "srgan_log.csv")
+
+
+@pytest.mark.parametrize("flag", [["--beta", "0.01"], ["--content-scale", "1"], ["--d-n-channels", "16"],
+                                  ["--vgg-j", "1"], ["--vgg-weights", "imagenet"], ["--texture-weight", "1"],
+                                  ["--scaling-factor", "2"], ["--crop-size", "64"]])
+def test_a_flag_that_would_make_another_run_is_refused_on_resume(trained, flag, capsys):
+    latest = trained["dir"] / "srgan_latest.pth"
+    before = latest.read_bytes()
+    line = cli_error(train_srgan.main, ["--resume", latest, "--iterations", "50", *flag], capsys)
+    assert line.startswith(f"error: {flag[0]} ") and "another run" in line
+    assert latest.read_bytes() == before
+
+
+def test_lr_given_with_resume_is_applied_to_both_networks(data, tmp_path, capsys):
+    ck = tmp_path / "ck"
+    run_quietly(train_srgan.main, gan_argv(data, ck, "--iterations", "2", "--lr-schedule", "constant", "--val-data", ""))
+    run_quietly(train_srgan.main, ["--resume", str(ck / "srgan_latest.pth"), "--iterations", "4", "--lr", "2e-5",
+                                   "--log-every", "1"])
+    ckpt = checkpoint.load_checkpoint(ck / "srgan_latest.pth")
+    for name in ("optimizer_g", "optimizer_d"):
+        assert ckpt["training"]["optimizers"][name]["param_groups"][0]["lr"] == 2e-5
+    assert [float(r["lr"]) for r in read_log(ck / "srgan_log.csv")][-2:] == [2e-5, 2e-5]

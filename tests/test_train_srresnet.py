@@ -1,7 +1,6 @@
-"""train_srresnet.py and the shared loop in training.py: learning, exact resume, torchrun, Ctrl-C,
-NaN losses and bad input."""
+"""train_srresnet.py and training.py: learning, exact resume, what a resume keeps, NaN, kill -9,
+torchrun, and one-line errors for every bad flag or checkpoint."""
 
-import csv
 import json
 import math
 import os
@@ -19,19 +18,14 @@ import models
 import train_srresnet
 import training
 import utils
-from conftest import ROOT, need_shared
+from conftest import ROOT, TINY, assert_identical, cli_error, need_shared, random_image, read_log, sigint_at
 
 TINY_FLAGS = ["--n-blocks", "1", "--n-channels", "8", "--crop-size", "24", "--batch-size", "2", "--workers", "0"]
 
 
 def flags(data_lists, ckpt_dir, iterations, *extra):
     return ["--data-folder", str(data_lists), "--checkpoint-dir", str(ckpt_dir), "--iterations", str(iterations),
-            "--val-data", "Val", *TINY_FLAGS, *extra]
-
-
-def read_log(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
+            "--val-data", "Val", *TINY_FLAGS, *[str(x) for x in extra]]
 
 
 def test_loss_goes_down_on_real_images(tmp_path):
@@ -51,6 +45,7 @@ def test_loss_goes_down_on_real_images(tmp_path):
     assert last < 0.5 * first, (first, last)
 
 
+
 def test_outputs_and_best_checkpoint(tmp_path, data_lists):
     ck = tmp_path / "ck"
     result = train_srresnet.main(flags(data_lists, ck, 6, "--val-every", "3", "--log-every", "2"))
@@ -63,112 +58,325 @@ def test_outputs_and_best_checkpoint(tmp_path, data_lists):
     assert best["info"]["val_psnr"] == pytest.approx(result["best_psnr"])
     model = checkpoint.load_model(ck / "srresnet_latest.pth")
     assert isinstance(model, models.SRResNet) and model.args["n_channels"] == 8
+    assert sorted(os.listdir(ck)) == ["srresnet_best.pth", "srresnet_latest.pth", "srresnet_log.csv"]
 
 
-def _assert_same_state(a, b):
-    """Every tensor of two nested checkpoint structures is equal (bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert set(a) == set(b)
-        for k in a:
-            _assert_same_state(a[k], b[k])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _assert_same_state(x, y)
-    else:
-        assert a == b
+# ----------------------------------------------------------------------------------------------
+# resume
 
 
-@pytest.mark.parametrize("extra", [["--precision", "fp32", "--no-channels-last"],
-                                   ["--lr-schedule", "cosine", "--augment", "--precision", "bf16", "--channels-last"]])
-def test_resume_is_exact(tmp_path, data_lists, extra):
-    """8 iterations straight == 4 iterations, stop (as on Ctrl-C), --resume, 4 more: bit for bit."""
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    train_srresnet.main(flags(data_lists, straight, 8, "--seed", "5", "--val-data", "", *extra))
-    _train_until(flags(data_lists, split, 8, "--seed", "5", "--val-data", "", *extra), 4)
-    assert checkpoint.load_checkpoint(split / "srresnet_latest.pth")["training"]["iteration"] == 4
-    train_srresnet.main(flags(data_lists, split, 8, "--seed", "5", "--val-data", "",
-                              "--resume", str(split / "srresnet_latest.pth"), *extra))
-    a = checkpoint.load_checkpoint(straight / "srresnet_latest.pth")
-    b = checkpoint.load_checkpoint(split / "srresnet_latest.pth")
-    assert b["training"]["iteration"] == 8
-    _assert_same_state(a["model"], b["model"])
-    for key in ("optimizers", "schedulers", "scaler", "rng"):
-        _assert_same_state(a["training"][key], b["training"][key])
+RUN = [24, "--lr-schedule", "cosine", "--lr", "3e-4", "--log-every", "1", "--save-every", "5",
+       "--val-every", "8", "--seed", "3", "--precision", "bf16"]
 
 
-def _train_until(argv, stop_at):
-    """Run train_srresnet.main but deliver a SIGINT-like stop after ``stop_at`` iterations."""
-    original = training._agree
-    calls = {"n": 0}
-
-    def agree(ctx, status):
-        calls["n"] += 1
-        return 1 if calls["n"] == stop_at else original(ctx, status)
-    training._agree = agree
-    try:
+def test_readme_resume_command_continues_an_interrupted_run_exactly(tmp_path, data_lists, monkeypatch):
+    """A run with non-default settings, SIGINT at iteration 11, then `--resume PATH` alone (the README's
+    command): weights, optimizer, schedule, scaler, RNG and log equal the uninterrupted run's, bit for bit."""
+    train_srresnet.main(flags(data_lists, tmp_path / "straight", *RUN))
+    with monkeypatch.context() as m:
+        sigint_at(m, 11)
         with pytest.raises(KeyboardInterrupt):
-            train_srresnet.main(argv)
-    finally:
-        training._agree = original
+            train_srresnet.main(flags(data_lists, tmp_path / "split", *RUN))
+    latest = tmp_path / "split" / "srresnet_latest.pth"
+    assert checkpoint.load_checkpoint(latest)["training"]["iteration"] == 11
+    train_srresnet.main(["--resume", str(latest)])
+    a = checkpoint.load_checkpoint(tmp_path / "straight" / "srresnet_latest.pth")
+    b = checkpoint.load_checkpoint(latest)
+    assert b["training"]["iteration"] == 24
+    for ckpt in (a, b):
+        assert ckpt["training"]["args"].pop("checkpoint_dir")  # the one setting that differs
+    assert b["training"]["args"]["lr_schedule"] == "cosine" and b["training"]["args"]["crop_size"] == 24
+    assert_identical(a, b)
+    assert read_log(tmp_path / "straight" / "srresnet_log.csv") == read_log(tmp_path / "split" / "srresnet_log.csv")
+    assert len(read_log(tmp_path / "split" / "srresnet_log.csv")) == 24
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_lists, monkeypatch):
+@pytest.fixture
+def finished_run(tmp_path, data_lists):
+    """A 6-iteration run (constant lr 2e-4) to resume."""
+    ck = tmp_path / "run"
+    train_srresnet.main(flags(data_lists, ck, 6, "--lr", "2e-4", "--log-every", "1", "--val-data", ""))
+    return ck / "srresnet_latest.pth"
+
+
+@pytest.mark.parametrize("flag", [["--crop-size", "32"], ["--batch-size", "3"], ["--seed", "7"], ["--n-blocks", "2"],
+                                  ["--n-channels", "16"], ["--scaling-factor", "2"], ["--lr-schedule", "cosine"],
+                                  ["--pixel-loss", "l1"], ["--precision", "fp32"], ["--augment"],
+                                  ["--val-data", "Val"], ["--data-folder", "elsewhere"], ["--grad-clip", "1"]])
+def test_a_flag_that_would_make_another_run_is_refused_on_resume(finished_run, flag, capsys):
+    before = finished_run.read_bytes()
+    line = cli_error(train_srresnet.main, ["--resume", finished_run, "--iterations", "8", *flag], capsys)
+    assert line.startswith(f"error: {flag[0]} ") and "another run" in line
+    assert finished_run.read_bytes() == before
+
+
+def test_flags_given_with_resume_apply_and_are_announced(finished_run, capsys):
+    before = read_log(finished_run.parent / "srresnet_log.csv")
+    train_srresnet.main(["--resume", str(finished_run), "--iterations", "9", "--lr", "5e-5", "--log-every", "1",
+                         "--save-every", "2", "--n-blocks", "1", "--crop-size", "24"])  # the same values pass
+    err = capsys.readouterr().err
+    assert "resume: --lr 5e-05: the base learning rate changes from 0.0002 to 5e-05" in err
+    assert "resume: --iterations 9: the run now ends at iteration 9 instead of 6" in err
+    assert "resume: --save-every 2" in err
+    rows = read_log(finished_run.parent / "srresnet_log.csv")
+    assert rows[:6] == before
+    assert [float(r["lr"]) for r in rows] == [2e-4] * 6 + [5e-5] * 3  # really applied to the optimizer
+    ckpt = checkpoint.load_checkpoint(finished_run)
+    assert ckpt["training"]["iteration"] == 9 and ckpt["training"]["args"]["lr"] == 5e-5
+    assert ckpt["training"]["optimizers"]["optimizer"]["param_groups"][0]["lr"] == 5e-5
+
+
+def test_resume_to_a_finished_iteration_is_an_error(finished_run, capsys):
+    assert "already at iteration 6" in cli_error(train_srresnet.main, ["--resume", finished_run], capsys)
+
+
+def test_init_starts_a_new_run_from_any_checkpoint(tmp_path, data_lists):
+    torch.manual_seed(5)
+    source = models.SRResNet(**{**TINY, "n_blocks": 2, "n_channels": 12})
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(source, {"note": "shipped-like"}), tmp_path / "m.pth")
     ck = tmp_path / "ck"
-    real_mse = torch.nn.functional.mse_loss
+    train_srresnet.main(["--data-folder", str(data_lists), "--checkpoint-dir", str(ck), "--iterations", "2",
+                         "--crop-size", "24", "--batch-size", "2", "--workers", "0", "--val-data", "",
+                         "--init", str(tmp_path / "m.pth"), "--lr", "1e-12", "--precision", "fp32"])
+    ckpt = checkpoint.load_checkpoint(ck / "srresnet_latest.pth")
+    assert ckpt["model"]["args"] == source.args  # the size came from the file
+    assert ckpt["training"]["iteration"] == 2  # a new run: iteration and optimizer start afresh
+    assert int(ckpt["training"]["optimizers"]["optimizer"]["state"][0]["step"]) == 2
+    for k, v in source.named_parameters():  # (BatchNorm statistics move with any lr)
+        assert torch.allclose(ckpt["model"]["state_dict"][k], v, atol=1e-6), k
+
+
+def test_pixel_loss_choice(tmp_path, data_lists, monkeypatch):
+    calls = []
+    monkeypatch.setitem(train_srresnet.PIXEL_LOSSES, "l1", lambda a, b: calls.append(1) or torch.nn.functional.l1_loss(a, b))
+    train_srresnet.main(flags(data_lists, tmp_path / "ck", 2, "--pixel-loss", "l1", "--val-data", ""))
+    assert len(calls) == 2
+    assert checkpoint.load_checkpoint(tmp_path / "ck" / "srresnet_latest.pth")["training"]["args"]["pixel_loss"] == "l1"
+
+
+# ----------------------------------------------------------------------------------------------
+# nothing lost
+
+
+def test_a_truncated_validation_image_is_refused_before_training(tmp_path, data_lists, capsys):
+    val = json.loads((data_lists / "Val_test_images.json").read_text())
+    data = open(val[0], "rb").read()
+    with open(val[0], "wb") as f:
+        f.write(data[: len(data) // 2])
+    line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 4), capsys)
+    assert os.path.basename(val[0]) in line
+    assert not (tmp_path / "ck").exists()
+    tiny = tmp_path / "tiny.png"
+    random_image((10, 10)).save(tiny)
+    (data_lists / "Val_test_images.json").write_text(json.dumps([str(tiny)]))
+    line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 4), capsys)
+    assert "tiny.png: too small" in line and not (tmp_path / "ck").exists()
+
+
+def test_nan_stops_and_the_named_checkpoint_is_good(tmp_path, data_lists, capsys):
+    """NaN injected through the model (a forward hook, training mode, from the 4th call): the run stops
+    with a message naming a checkpoint whose model gives finite outputs."""
     calls = {"n": 0}
 
-    def mse_then_nan(a, b):
-        calls["n"] += 1
-        loss = real_mse(a, b)
-        return loss * float("nan") if calls["n"] >= 5 else loss
-    monkeypatch.setattr(train_srresnet.F, "mse_loss", mse_then_nan)
-    with pytest.raises(training.TrainingStopped, match="loss became .*nan.* at iteration 5") as e:
-        train_srresnet.main(flags(data_lists, ck, 10, "--save-every", "2", "--val-data", ""))
-    assert "srresnet_latest.pth" in str(e.value)
-    ckpt = checkpoint.load_checkpoint(ck / "srresnet_latest.pth")
-    assert ckpt["training"]["iteration"] == 4
-    assert all(torch.isfinite(v).all() for v in ckpt["model"]["state_dict"].values())
+    def poison(module, inputs, output):
+        if isinstance(module, models.SRResNet) and module.training:
+            calls["n"] += 1
+            if calls["n"] >= 4:
+                return output * float("nan")
+    handle = torch.nn.modules.module.register_module_forward_hook(poison)
+    try:
+        line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 10, "--save-every", "1",
+                                                    "--val-data", ""), capsys)
+    finally:
+        handle.remove()
+    assert "NaN or infinite by iteration 4" in line and "last good checkpoint is" in line
+    named = line.split("last good checkpoint is ")[1].split(" (iteration")[0]
+    assert named == str(tmp_path / "ck" / "srresnet_latest.pth") and "(iteration 3)" in line
+    model = checkpoint.load_model(named)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 12, 12))).all()
 
 
-def test_sigint_saves_a_loadable_checkpoint(tmp_path, data_lists):
-    ck = tmp_path / "ck"
-    argv = [sys.executable, "train_srresnet.py", *flags(data_lists, ck, 100000, "--val-data", "", "--save-every",
-                                                          "100000", "--log-every", "1")]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = ck / "srresnet_log.csv"
-    deadline = time.time() + 600  # generous: starting Python + torch on a loaded 2-core machine is slow
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 4):
+def test_huge_lr_never_writes_a_broken_checkpoint(tmp_path, data_lists, capsys):
+    line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 20, "--lr", "1e30", "--save-every", "1",
+                                                "--val-data", "", "--precision", "fp32"), capsys)
+    assert "NaN or infinite" in line
+    latest = tmp_path / "ck" / "srresnet_latest.pth"
+    if "not written yet" in line:
+        assert not latest.exists()
+    else:
+        model = checkpoint.load_model(latest)
+        with torch.no_grad():
+            assert torch.isfinite(model(torch.randn(1, 3, 12, 12))).all()
+
+
+def _start(argv, log, rows):
+    """Start train_srresnet.py in a subprocess and wait until its log has ``rows`` rows."""
+    proc = subprocess.Popen([sys.executable, "train_srresnet.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300  # starting Python + torch on a loaded 2-core machine can be slow
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < rows + 1):
         assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.2)
-    assert log.exists(), "training did not start within 600 s"
+        time.sleep(0.1)
+    assert log.exists(), "training did not start in time"
+    return proc
+
+
+def test_sigint_saves_and_says_how_to_resume(tmp_path, data_lists):
+    ck = tmp_path / "ck"
+    proc = _start(flags(data_lists, ck, 100000, "--val-data", "", "--save-every", "100000", "--log-every", "1"),
+                  ck / "srresnet_log.csv", 3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "interrupted: saved" in out + err
-    ckpt = checkpoint.load_checkpoint(ck / "srresnet_latest.pth")
-    assert ckpt["training"]["iteration"] >= 3
-    assert isinstance(checkpoint.load_model(ck / "srresnet_latest.pth"), models.SRResNet)
+    assert f"continue with: python train_srresnet.py --resume {ck / 'srresnet_latest.pth'}" in out + err
+    assert checkpoint.load_checkpoint(ck / "srresnet_latest.pth")["training"]["iteration"] >= 3
     assert not [p for p in os.listdir(ck) if p.endswith(".tmp")]
+
+
+def test_kill_9_then_resume_leaves_no_temporary_and_no_repeated_row(tmp_path, data_lists):
+    ck = tmp_path / "ck"
+    proc = _start(flags(data_lists, ck, 100000, "--val-data", "", "--save-every", "3", "--log-every", "1"),
+                  ck / "srresnet_log.csv", 7)
+    proc.kill()
+    proc.communicate()
+    (ck / ".srresnet_latest.pth.abc123.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves
+    saved = checkpoint.load_checkpoint(ck / "srresnet_latest.pth")["training"]["iteration"]
+    logged = [int(r["iteration"]) for r in read_log(ck / "srresnet_log.csv")]
+    assert max(logged) >= saved  # rows past the checkpoint exist before the resume
+    train_srresnet.main(["--resume", str(ck / "srresnet_latest.pth"), "--iterations", str(saved + 4)])
+    assert not [p for p in os.listdir(ck) if p.endswith(".tmp")]
+    iterations = [int(r["iteration"]) for r in read_log(ck / "srresnet_log.csv")]
+    assert iterations == list(range(1, saved + 5))
+
+
+# ----------------------------------------------------------------------------------------------
+# bad flags and checkpoints: one 'error:' line, exit code 2, nothing written
+
+
+def _bad_checkpoints(tmp_path, data_lists):
+    """{name: path} of checkpoints that cannot be resumed."""
+    paths = {}
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), tmp_path / "inference.pth")
+    paths["inference-only"] = tmp_path / "inference.pth"
+    good_dir = tmp_path / "good"
+    train_srresnet.main(flags(data_lists, good_dir, 2, "--val-data", ""))
+    good = good_dir / "srresnet_latest.pth"
+    data = good.read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 3])
+    paths["truncated"] = tmp_path / "truncated.pth"
+    for name, change in {"no optimizers": lambda c: c["training"].pop("optimizers"),
+                         "format_version text": lambda c: c.update(format_version="one"),
+                         "training not a dict": lambda c: c.update(training=[1, 2]),
+                         "model not a dict": lambda c: c.update(model=3),
+                         "args missing": lambda c: c["training"].pop("args"),
+                         "srgan": lambda c: c["training"].update(script="srgan"),
+                         "optimizer of another model": lambda c: c["training"]["optimizers"].update(
+                             optimizer={"state": {}, "param_groups": []})}.items():
+        ckpt = checkpoint.load_checkpoint(good)
+        change(ckpt)
+        path = tmp_path / f"{name.replace(' ', '_')}.pth"
+        torch.save(ckpt, path)
+        paths[name] = path
+    return paths
+
+
+def test_bad_resume_checkpoints(tmp_path, data_lists, capsys):
+    for name, path in _bad_checkpoints(tmp_path, data_lists).items():
+        line = cli_error(train_srresnet.main, ["--resume", path, "--iterations", "5",
+                                               "--checkpoint-dir", tmp_path / "out"], capsys)
+        assert str(path) in line, (name, line)
+        assert not (tmp_path / "out").exists(), name
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "-1"], "--workers: must be at least 0"),
+    (["--lr", "0"], "--lr: must be a positive number"),
+    (["--lr", "-1"], "--lr: must be a positive number"),
+    (["--lr", "nan"], "--lr: must be a positive number"),
+    (["--crop-size", "0"], "--crop-size: must be at least 1"),
+    (["--crop-size", "30"], "--crop-size 30 is not a multiple"),
+    (["--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["--n-blocks", "0"], "--n-blocks: must be at least 1"),
+    (["--iterations", "0"], "--iterations: must be at least 1"),
+    (["--iterations", "-3"], "--iterations: must be at least 1"),
+    (["--device", "gpu"], "--device gpu: unknown device"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+    (["--scaling-factor", "3"], "--scaling-factor: invalid choice"),
+    (["--pixel-loss", "l3"], "--pixel-loss: invalid choice"),
+    (["--save-every", "0"], "--save-every: must be at least 1"),
+    (["--batch-size", "7"], "fewer than one batch"),
+    (["--val-data", "Nope"], "Nope_test_images.json: no such data list"),
+])
+def test_bad_flags(tmp_path, data_lists, capsys, extra, message):
+    line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 2, *extra), capsys)
+    assert message in line, line
+    assert not (tmp_path / "ck").exists()
+
+
+def test_device_cuda_without_a_gpu(tmp_path, data_lists, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert "no CUDA GPU" in cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 2, "--device", "cuda"), capsys)
+
+
+def test_bad_init_files(tmp_path, data_lists, capsys):
+    disc = tmp_path / "disc.pth"
+    checkpoint.save_checkpoint({"format_version": 1, "discriminator": checkpoint.model_spec(
+        models.Discriminator(n_channels=8, fc_size=16))}, disc)
+    x2 = tmp_path / "x2.pth"
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**{**TINY, "scaling_factor": 2})), x2)
+    base = ["--data-folder", data_lists, "--checkpoint-dir", tmp_path / "ck", "--iterations", "2", "--workers", "0",
+            "--crop-size", "24", "--batch-size", "2"]
+    assert "holds no super-resolution model" in cli_error(train_srresnet.main, [*base, "--init", disc], capsys)
+    line = cli_error(train_srresnet.main, [*base, "--init", x2, "--scaling-factor", "4"], capsys)
+    assert "--scaling-factor 4" in line and str(x2) in line
+    assert "no such file" in cli_error(train_srresnet.main, [*base, "--init", tmp_path / "none.pth"], capsys)
+    assert "give one of them" in cli_error(train_srresnet.main, [*base, "--init", x2, "--resume", x2], capsys)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_a_new_run_never_overwrites_another(tmp_path, data_lists, capsys):
+    ck = tmp_path / "ck"
+    train_srresnet.main(flags(data_lists, ck, 2, "--val-data", ""))
+    before = (ck / "srresnet_latest.pth").read_bytes()
+    assert "a run is already there" in cli_error(train_srresnet.main, flags(data_lists, ck, 2), capsys)
+    assert (ck / "srresnet_latest.pth").read_bytes() == before
+
+
+def test_errors_in_a_real_process_have_no_traceback(tmp_path, data_lists):
+    for extra in (["--workers", "-1"], ["--device", "gpu"]):
+        done = subprocess.run([sys.executable, "train_srresnet.py", *flags(data_lists, tmp_path / "ck", 2, *extra)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
+
+
+def test_the_scales_come_from_models():
+    parser = train_srresnet.build_parser()
+    (action,) = [a for a in parser._actions if a.dest == "scaling_factor"]
+    assert tuple(action.choices) == models.SCALES
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun
 
 
 TORCHRUN_SCRIPT = """
 import os, sys, torch
 sys.path.insert(0, {root!r})
-import train_srresnet, training
-seen = {{}}
-original = training.train
-def train(run, args, ctx, *a, **k):
-    result = original(run, args, ctx, *a, **k)
-    # parameters only: DDP broadcasts rank 0's BatchNorm running statistics at every forward, and
-    # rank 0 writes the checkpoints, so the other ranks' last local statistics update is never used
-    params = {{k: v.detach() for k, v in run.models["model"].named_parameters()}}
-    torch.save(params, os.path.join({out!r}, f"rank{{ctx.rank}}.pt"))
-    return result
-training.train = train
+import train_srresnet
+from torch.nn.parallel import DistributedDataParallel
+wrapped = []
+def ddp(model):
+    wrapped.append(model)
+    return DistributedDataParallel(model)
+train_srresnet.DistributedDataParallel = ddp
 train_srresnet.main(sys.argv[1:])
+# parameters only: DDP broadcasts rank 0's BatchNorm running statistics at every forward, and
+# rank 0 writes the checkpoints, so the other ranks' last local statistics update is never used
+params = {{k: v.detach() for k, v in wrapped[0].named_parameters()}}
+torch.save(params, os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
 """
 
 
@@ -187,7 +395,7 @@ def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path, data_lists)
     script = tmp_path / "ddp.py"
     script.write_text(TORCHRUN_SCRIPT.format(root=str(ROOT), out=str(tmp_path)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           *flags(data_lists, tmp_path / "ck", 4, "--device", "cpu", "--val-data", "")]
+           *flags(data_lists, tmp_path / "ck", 4, "--device", "cpu", "--val-data", "", "--log-every", "1")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     _torchrun(cmd, env)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
@@ -198,39 +406,10 @@ def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path, data_lists)
     assert all(torch.equal(ckpt["model"]["state_dict"][k], a[k]) for k in a)
     fresh = models.SRResNet(**ckpt["model"]["args"]).state_dict()
     assert any(not torch.equal(fresh[k], a[k]) for k in a)  # it trained
-    # resume under torchrun too
-    cmd_resume = cmd + ["--iterations", "6", "--resume", str(tmp_path / "ck" / "srresnet_latest.pth")]
-    _torchrun(cmd_resume, env)
+    # resume under torchrun too, with the README's flags only
+    _torchrun([*cmd[:6], "--resume", str(tmp_path / "ck" / "srresnet_latest.pth"), "--iterations", "6"], env)
     assert checkpoint.load_checkpoint(tmp_path / "ck" / "srresnet_latest.pth")["training"]["iteration"] == 6
-
-
-def _cli_error(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        utils.run_cli(train_srresnet.main, argv)
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and err.startswith("error:") and len(err.splitlines()) == 1, err
-    return err
-
-
-def test_bad_inputs_are_one_line_errors(tmp_path, data_lists, capsys):
-    ck = tmp_path / "ck"
-    assert "no such data list" in _cli_error(flags(tmp_path / "nowhere", ck, 2), capsys)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "train_images.json").write_text("[]")
-    assert "empty" in _cli_error(flags(empty, ck, 2), capsys)
-    gone = tmp_path / "gone"
-    gone.mkdir()
-    (gone / "train_images.json").write_text(json.dumps([str(tmp_path / "deleted.png")]))
-    assert "gone" in _cli_error(flags(gone, ck, 2), capsys)
-    assert "no image is at least 400" in _cli_error(flags(data_lists, ck, 2, "--crop-size", "400"), capsys)
-    assert "no such data list" in _cli_error(flags(data_lists, ck, 2, "--val-data", "Nope"), capsys)
-    # a resume file that is an inference-only checkpoint, and one that does not exist
-    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(n_blocks=1, n_channels=8)), tmp_path / "inf.pth")
-    assert "not a training checkpoint" in _cli_error(flags(data_lists, ck, 2, "--resume", str(tmp_path / "inf.pth")),
-                                                     capsys)
-    assert "no such file" in _cli_error(flags(data_lists, ck, 2, "--resume", str(tmp_path / "x.pth")), capsys)
-    assert not ck.exists()  # nothing was written by any of these
+    assert [int(r["iteration"]) for r in read_log(tmp_path / "ck" / "srresnet_log.csv")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_scheduler_shapes():
@@ -261,3 +440,5 @@ def test_sampler_resumes_mid_epoch_and_splits_ranks():
     r1 = iter(training.ResumableSampler(10, 2, seed=1, rank=1, world_size=2))
     a, b = {next(r0) for _ in range(4)}, {next(r1) for _ in range(4)}
     assert not a & b
+
+
