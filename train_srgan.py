@@ -60,17 +60,6 @@ def _scale(text):
     return value
 
 
-def _weight(text):
-    """argparse type for a loss weight: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def build_parser():
     parser = training.ArgumentParser(
         description="Adversarial fine-tuning of an SRResNet into an SRGAN generator (Ledig et al., CVPR 2017).")
@@ -78,12 +67,12 @@ def build_parser():
     g = parser.add_argument_group("SRGAN")
     g.add_argument("--init", "--srresnet-checkpoint", dest="init", metavar="PATH", default=None,
                    help="trained SRResNet (or generator) to start from; its size is used (required unless --resume)")
-    g.add_argument("--beta", type=_weight, default=1e-3, help="weight of the adversarial loss (default: 1e-3, the paper)")
+    g.add_argument("--beta", type=training.at_least(0.0, float), default=1e-3, help="weight of the adversarial loss (default: 1e-3, the paper)")
     g.add_argument("--content-scale", type=_scale, default=PAPER_CONTENT_SCALE, metavar="S",
                    help="scale of the VGG feature maps before the content MSE, a number or fraction "
                         "(default: 1/12.75, the paper; the classic tutorial uses 1)")
-    g.add_argument("--pixel-weight", type=_weight, default=0.0, help="weight of an extra pixel MSE (default: 0, not in the paper)")
-    g.add_argument("--texture-weight", type=_weight, default=0.0,
+    g.add_argument("--pixel-weight", type=training.at_least(0.0, float), default=0.0, help="weight of an extra pixel MSE (default: 0, not in the paper)")
+    g.add_argument("--texture-weight", type=training.at_least(0.0, float), default=0.0,
                    help="weight of a Gram-matrix texture loss on the VGG features (default: 0 = off)")
     g.add_argument("--vgg-i", type=training.at_least(1), default=5, help="VGG19 features before max-pool i (default: 5)")
     g.add_argument("--vgg-j", type=training.at_least(1), default=4,
@@ -196,8 +185,8 @@ def main(argv=None):
         # --- everything that can fail on a bad file fails now, before the first iteration
         if ctx.is_main:
             training.check_new_run(args, "srgan")
-        val_set = training.load_validation_set(args, scale) if ctx.is_main else []
         batches = training.train_batches(args, ctx, start, scale)
+        val_set = training.load_validation_set(args, scale) if ctx.is_main else []
         log = training.CsvLog(log_path, ["iteration", "perceptual", *log_terms, "discriminator", "d_real", "d_fake",
                                          "lr", "val_psnr", "val_ssim", "seconds"],
                               resume_iteration=start if resume else None) if ctx.is_main else None

@@ -70,8 +70,8 @@ def main(argv=None):
         # --- everything that can fail on a bad file fails now, before the first iteration
         if ctx.is_main:
             training.check_new_run(args, "srresnet")
-        val_set = training.load_validation_set(args, scale) if ctx.is_main else []
         batches = training.train_batches(args, ctx, start, scale)
+        val_set = training.load_validation_set(args, scale) if ctx.is_main else []
         log = training.CsvLog(log_path, ["iteration", "loss", "lr", "val_psnr", "val_ssim", "seconds"],
                               resume_iteration=start if resume else None) if ctx.is_main else None
         writer = training.tensorboard_writer(args) if ctx.is_main else None

@@ -60,14 +60,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def at_least(minimum, kind=int):
-    """argparse type: a number >= minimum."""
+    """argparse type: a finite number >= minimum."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value >= minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        if not (value >= minimum and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be a number >= {minimum}, got {text}")
         return value
     return parse
 
@@ -368,6 +368,9 @@ def load_validation_set(args, scale):
     if not args.val_data:
         return []
     list_file = datasets.list_path(args.data_folder, "test", args.val_data)
+    if not os.path.isfile(list_file):
+        raise UserError(f"{list_file}: no such validation list (make it with create_data_lists.py --test-folders "
+                        f"datasets/{args.val_data}, or train without validation: --val-data '')")
     pairs = []
     for path in datasets.read_image_list(list_file):
         hr = images.crop_to_multiple(images.open_image(path), scale)
@@ -424,8 +427,8 @@ def run_files(args, script):
 def check_new_run(args, script):
     """A new run must not overwrite another run's checkpoint; leftovers of killed saves are removed."""
     latest, best, log = run_files(args, script)
-    if not args.resume and os.path.exists(latest):
-        raise UserError(f"{latest}: a run is already there; continue it with --resume {latest}, "
+    if os.path.exists(latest) and not (args.resume and os.path.samefile(latest, args.resume)):
+        raise UserError(f"{latest}: another run is already there; continue it with --resume {latest}, "
                         "or give another --checkpoint-dir")
     utils.check_writable(latest)
     for path in (latest, best):

@@ -290,23 +290,23 @@ def test_bad_resume_checkpoints(tmp_path, data_lists, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--workers", "-1"], "--workers: must be at least 0"),
+    (["--workers", "-1"], "--workers: must be a number >= 0"),
     (["--lr", "0"], "--lr: must be a positive number"),
     (["--lr", "-1"], "--lr: must be a positive number"),
     (["--lr", "nan"], "--lr: must be a positive number"),
-    (["--crop-size", "0"], "--crop-size: must be at least 1"),
+    (["--crop-size", "0"], "--crop-size: must be a number >= 1"),
     (["--crop-size", "30"], "--crop-size 30 is not a multiple"),
-    (["--batch-size", "0"], "--batch-size: must be at least 1"),
-    (["--n-blocks", "0"], "--n-blocks: must be at least 1"),
-    (["--iterations", "0"], "--iterations: must be at least 1"),
-    (["--iterations", "-3"], "--iterations: must be at least 1"),
+    (["--batch-size", "0"], "--batch-size: must be a number >= 1"),
+    (["--n-blocks", "0"], "--n-blocks: must be a number >= 1"),
+    (["--iterations", "0"], "--iterations: must be a number >= 1"),
+    (["--iterations", "-3"], "--iterations: must be a number >= 1"),
     (["--device", "gpu"], "--device gpu: unknown device"),
     (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
     (["--scaling-factor", "3"], "--scaling-factor: invalid choice"),
     (["--pixel-loss", "l3"], "--pixel-loss: invalid choice"),
-    (["--save-every", "0"], "--save-every: must be at least 1"),
+    (["--save-every", "0"], "--save-every: must be a number >= 1"),
     (["--batch-size", "7"], "fewer than one batch"),
-    (["--val-data", "Nope"], "Nope_test_images.json: no such data list"),
+    (["--val-data", "Nope"], "Nope_test_images.json: no such validation list"),
 ])
 def test_bad_flags(tmp_path, data_lists, capsys, extra, message):
     line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 2, *extra), capsys)
@@ -340,7 +340,7 @@ def test_a_new_run_never_overwrites_another(tmp_path, data_lists, capsys):
     ck = tmp_path / "ck"
     train_srresnet.main(flags(data_lists, ck, 2, "--val-data", ""))
     before = (ck / "srresnet_latest.pth").read_bytes()
-    assert "a run is already there" in cli_error(train_srresnet.main, flags(data_lists, ck, 2), capsys)
+    assert "another run is already there" in cli_error(train_srresnet.main, flags(data_lists, ck, 2), capsys)
     assert (ck / "srresnet_latest.pth").read_bytes() == before
 
 
