@@ -9,6 +9,7 @@ PyTorch on a random odd-sized input before it is written.
 """
 
 import argparse
+import inspect
 import io
 import logging
 import warnings
@@ -41,6 +42,9 @@ def export(model, opset=18, exporter="dynamo"):
     example = torch.randn(1, 3, 24, 24)  # (N, 3, h, w); any size: the axes are dynamic
     buffer = io.BytesIO()
     if exporter == "dynamo":
+        if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+            raise utils.UserError(f"the dynamo exporter needs torch >= 2.5 (this is {torch.__version__}); "
+                                  "use --exporter torchscript")
         if opset < 18:
             raise utils.UserError(f"--opset {opset}: the dynamo exporter writes opset 18 or newer; "
                                   "use --exporter torchscript for older opsets")
