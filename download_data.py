@@ -9,6 +9,7 @@ already present and correct are skipped, so an interrupted run is finished by ru
 """
 
 import argparse
+import contextlib
 import csv
 import glob
 import hashlib
@@ -134,17 +135,29 @@ def main(argv=None):
         print(f"{present} file(s) already present and correct: skipped")
     previous_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(TIMEOUT)
+    created = []  # folders this run made: removed again if a failure leaves them empty
     try:
         with tqdm(total=sum(job[2] for job in jobs), unit="B", unit_scale=True, unit_divisor=1024,
                   desc="downloading", disable=not jobs) as bar:
             for url, dest, size, sha256 in jobs:
+                folder = os.path.dirname(dest)
+                missing = []
+                parent = os.path.abspath(folder)
+                while not os.path.exists(parent):
+                    missing.append(parent)  # deepest first
+                    parent = os.path.dirname(parent)
                 try:
-                    os.makedirs(os.path.dirname(dest), exist_ok=True)
+                    os.makedirs(folder, exist_ok=True)
                 except OSError as e:
-                    raise utils.UserError(f"{os.path.dirname(dest)}: cannot create the folder "
-                                          f"({e.strerror or e})") from None
+                    raise utils.UserError(f"{folder}: cannot create the folder ({e.strerror or e})") from None
+                created.extend(missing)
                 download(url, dest, sha256)
                 bar.update(size)
+    except BaseException:
+        for folder in created:  # deepest first; rmdir refuses folders that are not empty
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
     finally:
         socket.setdefaulttimeout(previous_timeout)
     folders = [os.path.join(args.output_dir, name) for name in sets]

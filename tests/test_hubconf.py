@@ -1,5 +1,6 @@
 """hubconf.py: torch.hub.load of a clone gives the shipped model, fresh paper models, clear errors."""
 
+import inspect
 import sys
 import types
 
@@ -74,3 +75,24 @@ def test_loads_where_other_modules_named_models_and_utils_are_imported(monkeypat
     model = hub_load("srresnet", pretrained=True)
     assert type(model).__name__ == "SRResNet" and not model.training
     assert sys.modules["models"] is foreign_models and sys.modules["utils"] is foreign_utils
+
+
+def test_a_copy_elsewhere_loads_its_own_weights_whatever_the_working_directory(tmp_path, monkeypatch):
+    # what torch.hub does with a GitHub repository: it unpacks a copy and loads that copy locally
+    import shutil
+
+    copy = tmp_path / "owner_repo_main"
+    (copy / "checkpoints").mkdir(parents=True)
+    for name in ("hubconf.py", "models.py", "checkpoint.py", "utils.py"):
+        shutil.copy(ROOT / name, copy / name)
+    shutil.copy(ROOT / "checkpoints" / "srresnet_x4.pth", copy / "checkpoints" / "srresnet_x4.pth")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model = torch.hub.load(str(copy), "srresnet", source="local", pretrained=True)
+    assert inspect.getfile(type(model)) == str(copy / "models.py") and not model.training
+    assert sys.modules["models"].__file__ == str(ROOT / "models.py")  # the tests' own modules are left alone
+    # the copy's weights, not the clone's: a copy without them fails, naming the file
+    (copy / "checkpoints" / "srresnet_x4.pth").unlink()
+    with pytest.raises(Exception, match="srresnet_x4.pth: no such file"):
+        torch.hub.load(str(copy), "srresnet", source="local", pretrained=True)
