@@ -40,7 +40,6 @@ def export(model, opset=18, exporter="dynamo"):
     scale = model.scaling_factor
     net = inference.prepare_model(model, "cpu", "fp32", channels_last=False)
     example = torch.randn(1, 3, 24, 24)  # (N, 3, h, w); any size: the axes are dynamic
-    buffer = io.BytesIO()
     if exporter == "dynamo":
         if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
             raise utils.UserError(f"the dynamo exporter needs torch >= 2.5 (this is {torch.__version__}); "
@@ -60,19 +59,21 @@ def export(model, opset=18, exporter="dynamo"):
         for logger in loggers:  # opset conversion notices: the result is checked below, with a clearer message
             logger.setLevel(logging.CRITICAL)
         try:
-            torch.onnx.export(net, (example,), buffer, input_names=["lr"], output_names=["sr"],
-                              opset_version=opset, dynamo=True, dynamic_shapes=shapes, verbose=False)
+            program = torch.onnx.export(net, (example,), input_names=["lr"], output_names=["sr"],
+                                        opset_version=opset, dynamo=True, dynamic_shapes=shapes, verbose=False)
         finally:
             for logger, level in zip(loggers, levels):
                 logger.setLevel(level)
+        proto = program.model_proto
     else:
         axes = {"lr": {0: "batch", 2: "height", 3: "width"},
                 "sr": {0: "batch", 2: f"height_x{scale}", 3: f"width_x{scale}"}}
+        buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # chosen on purpose: no need to say it is old
             torch.onnx.export(net, (example,), buffer, input_names=["lr"], output_names=["sr"],
                               opset_version=opset, dynamo=False, dynamic_axes=axes)
-    proto = onnx.load_from_string(buffer.getvalue())
+        proto = onnx.load_from_string(buffer.getvalue())
     made = {entry.domain: entry.version for entry in proto.opset_import}.get("", opset)
     if made != opset:  # the dynamo exporter falls back to its own opset when it cannot convert
         raise utils.UserError(f"the {exporter} exporter cannot write opset {opset} for this model (it made "

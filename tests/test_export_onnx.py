@@ -67,6 +67,7 @@ def test_max_difference_sees_a_wrong_graph(tmp_path):
     assert export_onnx.max_difference(export_onnx.export(b), a) > 1e-2
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the old exporter's notes about opset 1
 def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, tiny_checkpoint):
     disc = tmp_path / "disc.pth"
     checkpoint.save_checkpoint({"format_version": 1, "discriminator": checkpoint.model_spec(models.Discriminator())},
