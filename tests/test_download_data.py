@@ -1,0 +1,226 @@
+"""download_data.py against a local HTTP server serving files the tests make (no machine of ours
+reaches the internet): checksums, skipping, resuming, and one error line for every failure."""
+
+import hashlib
+import http.server
+import threading
+
+import pytest
+
+import download_data
+import utils
+from conftest import ROOT
+
+COMMIT = "8f6dd8c1d20cb7e8792a7177b4f6fd677633f598"
+
+
+def make_file(i, size=3000):
+    return bytes((i * 7 + k * 13) % 256 for k in range(size))
+
+
+class Server:
+    """An HTTP server on 127.0.0.1 serving ``files`` ({url path: bytes}); paths in ``truncate`` get
+    their full Content-Length but only half their bytes before the connection closes."""
+
+    def __init__(self):
+        self.files, self.truncate, self.requests = {}, set(), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.path in server.truncate:
+                    self.wfile.write(body[:len(body) // 2])
+                    self.close_connection = True
+                else:
+                    self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/mirror/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A server with two sets (Set5: 3 files, Set14: 2 files) and a manifest of their checksums."""
+    srv = Server()
+    rows = ["set\tpath\tbytes\tsha256"]
+    for name, count in (("Set5", 3), ("Set14", 2)):
+        for i in range(count):
+            path = f"data/{name}/image_SRF_4/img_{i + 1:03d}_SRF_4_HR.png"
+            body = make_file(i + 10 * len(name))
+            srv.files["/mirror/" + path] = body
+            rows.append(f"{name}\t{path}\t{len(body)}\t{hashlib.sha256(body).hexdigest()}")
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(download_data, "MANIFEST", str(manifest))
+    monkeypatch.setattr(download_data, "SETS", ("Set5", "Set14"))
+    yield srv
+    srv.close()
+
+
+def run(argv):
+    try:
+        utils.run_cli(download_data.main, [str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def error_line(capsys):
+    """The one line of a user error (what comes before it on stderr is the progress bar)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and sum("error" in line for line in lines) == 1, err
+    return lines[-1]
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.rglob("*") if p.is_file() and not p.name.endswith("_HR.png"))
+
+
+def test_downloads_checked_files_and_prints_the_next_command(server, tmp_path, capsys):
+    out = tmp_path / "datasets"
+    assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 0
+    assert sorted(p.name for p in (out / "Set5").iterdir()) == [f"img_00{i}_SRF_4_HR.png" for i in (1, 2, 3)]
+    for i in range(3):
+        path = "/mirror/data/Set5/image_SRF_4/img_00%d_SRF_4_HR.png" % (i + 1)
+        assert (out / "Set5" / path.rsplit("/", 1)[1]).read_bytes() == server.files[path]
+    assert not (out / "Set14").exists()
+    stdout = capsys.readouterr().out
+    assert f"python eval.py --checkpoint checkpoints/srresnet_x4.pth --bicubic --test-folders {out / 'Set5'}" in stdout
+    # a second run downloads nothing
+    server.requests.clear()
+    assert run(["set5", "--output-dir", out, "--base-url", server.url]) == 0
+    assert server.requests == []
+    assert "3 file(s) already present and correct" in capsys.readouterr().out
+
+
+def test_all_downloads_every_set(server, tmp_path):
+    out = tmp_path / "datasets"
+    assert run(["all", "--output-dir", out, "--base-url", server.url]) == 0
+    assert len(list((out / "Set5").iterdir())) == 3 and len(list((out / "Set14").iterdir())) == 2
+
+
+def test_a_corrupted_file_is_an_error_and_not_kept(server, tmp_path, capsys):
+    path = "/mirror/data/Set5/image_SRF_4/img_002_SRF_4_HR.png"
+    server.files[path] = b"X" + server.files[path][1:]  # same size, different bytes
+    out = tmp_path / "datasets"
+    assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 2
+    err = error_line(capsys)
+    assert "SHA-256" in err and "img_002" in err
+    assert not (out / "Set5" / "img_002_SRF_4_HR.png").exists()
+    assert (out / "Set5" / "img_001_SRF_4_HR.png").exists()
+    assert leftovers(out) == []
+
+
+def test_a_missing_file_is_an_error(server, tmp_path, capsys):
+    del server.files["/mirror/data/Set14/image_SRF_4/img_001_SRF_4_HR.png"]
+    out = tmp_path / "datasets"
+    assert run(["Set14", "--output-dir", out, "--base-url", server.url]) == 2
+    err = error_line(capsys)
+    assert "404" in err and "img_001_SRF_4_HR.png" in err
+    assert leftovers(out) == [] and not (out / "Set14" / "img_001_SRF_4_HR.png").exists()
+
+
+def test_an_interrupted_download_is_finished_by_running_again(server, tmp_path, capsys):
+    broken = "/mirror/data/Set5/image_SRF_4/img_002_SRF_4_HR.png"
+    server.truncate.add(broken)
+    out = tmp_path / "datasets"
+    assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 2
+    assert "img_002" in error_line(capsys)
+    assert sorted(p.name for p in (out / "Set5").iterdir()) == ["img_001_SRF_4_HR.png"]  # no partial file
+    # a partial file left by a run that was killed is cleaned up too
+    (out / "Set5" / "img_002_SRF_4_HR.png.0123abcd.partial").write_bytes(b"half")
+    server.truncate.clear()
+    server.requests.clear()
+    assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 0
+    assert sorted(server.requests) == [broken, broken.replace("002", "003")]  # the first file is not fetched again
+    assert leftovers(out) == []
+    for name in ("img_001", "img_002", "img_003"):
+        path = f"/mirror/data/Set5/image_SRF_4/{name}_SRF_4_HR.png"
+        assert (out / "Set5" / f"{name}_SRF_4_HR.png").read_bytes() == server.files[path]
+
+
+def test_a_wrong_file_already_present_is_replaced(server, tmp_path):
+    out = tmp_path / "datasets"
+    (out / "Set14").mkdir(parents=True)
+    (out / "Set14" / "img_001_SRF_4_HR.png").write_bytes(b"not the image")
+    assert run(["Set14", "--output-dir", out, "--base-url", server.url]) == 0
+    assert (out / "Set14" / "img_001_SRF_4_HR.png").read_bytes() == \
+        server.files["/mirror/data/Set14/image_SRF_4/img_001_SRF_4_HR.png"]
+
+
+def test_a_local_copy_of_the_repository_works_as_base_url(server, tmp_path):
+    mirror = tmp_path / "SelfExSR"
+    for path, body in server.files.items():
+        target = mirror / path[len("/mirror/"):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(body)
+    out = tmp_path / "datasets"
+    assert run(["Set14", "--output-dir", out, "--base-url", mirror]) == 0
+    assert len(list((out / "Set14").iterdir())) == 2
+
+
+@pytest.mark.parametrize("problem", ["unknown set", "unreachable", "bad url", "no such folder", "file in the way"])
+def test_user_errors_are_one_line(server, tmp_path, capsys, problem):
+    out = tmp_path / "datasets"
+    argv = ["Set5", "--output-dir", out, "--base-url", server.url]
+    if problem == "unknown set":
+        argv[0] = "Set6"
+    elif problem == "unreachable":
+        server.close()  # nothing listens on that port any more
+    elif problem == "bad url":
+        argv[-1] = "nowhere://example/"
+    elif problem == "no such folder":
+        argv[-1] = str(tmp_path / "no-such-mirror")
+    else:
+        out.mkdir()
+        (out / "Set5").write_text("a file")
+    assert run(argv) == 2
+    error_line(capsys)
+    if problem == "file in the way":
+        assert sorted(p.name for p in out.iterdir()) == ["Set5"]
+    else:
+        assert not out.exists()  # no empty folders left behind either
+
+
+def test_default_source_is_the_pinned_repository():
+    assert download_data.DEFAULT_BASE_URL == f"https://raw.githubusercontent.com/jbhuang0604/SelfExSR/{COMMIT}/"
+    assert download_data.file_url(download_data.DEFAULT_BASE_URL, "data/Set5/a.png").endswith(f"{COMMIT}/data/Set5/a.png")
+
+
+def test_the_manifest_lists_the_four_sets():
+    manifest = download_data.read_manifest()
+    assert {name: len(files) for name, files in manifest.items()} == {"Set5": 5, "Set14": 14, "BSD100": 100,
+                                                                      "Urban100": 100}
+    for files in manifest.values():
+        names = [path.rsplit("/", 1)[1] for path, _, _ in files]
+        assert len(set(names)) == len(names)
+        for path, size, sha256 in files:
+            assert path.startswith("data/") and "/image_SRF_4/" in path and path.endswith("_HR.png")
+            assert size > 0 and len(sha256) == 64 and int(sha256, 16) >= 0
+
+
+def test_the_manifest_matches_the_published_facts():
+    shared = ROOT.parent / "shared" / "benchmarks" / "manifest.tsv"
+    if not shared.is_file():
+        pytest.skip(f"{shared} is absent")
+    assert download_data.read_manifest() == download_data.read_manifest(str(shared))
+

@@ -1,0 +1,87 @@
+"""export_onnx.py: the ONNX graph computes what PyTorch fp32 computes, at any size and batch."""
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import models
+import utils
+from conftest import TINY, load_script
+
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+export_onnx = load_script("export_onnx")
+
+
+def run(argv):
+    try:
+        utils.run_cli(export_onnx.main, [str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def tiny_file(tmp_path, arch, scale):
+    torch.manual_seed(scale)
+    model = models.build_model(arch, dict(TINY, scaling_factor=scale))
+    # BatchNorm statistics that are not the identity, so that folding them is tested too
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    path = tmp_path / f"{arch}_x{scale}.pth"
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model), path)
+    return path
+
+
+@pytest.mark.parametrize("arch, scale, exporter", [("SRResNet", 4, "dynamo"), ("Generator", 2, "dynamo"),
+                                                   ("SRResNet", 2, "torchscript")])
+def test_onnx_matches_pytorch_on_odd_sizes_and_batches(tmp_path, capsys, arch, scale, exporter):
+    ckpt = tiny_file(tmp_path, arch, scale)
+    out = tmp_path / "model.onnx"
+    assert run([ckpt, out, "--exporter", exporter]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+    model = checkpoint.load_model(ckpt)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 13, 21), (2, 3, 9, 5)]:  # neither the export's size nor square, batch of 2
+        x = torch.randn(shape)
+        got = session.run(["sr"], {"lr": x.numpy()})[0]
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert got.shape == (shape[0], 3, shape[2] * scale, shape[3] * scale)
+        diff = np.abs(got - expected).max()
+        print(f"{arch} x{scale} {exporter} {shape}: max abs diff {diff:.2g}")
+        assert diff <= 1e-4
+    meta = {p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
+    assert meta["scale"] == str(scale) and meta["arch"] == arch
+
+
+def test_max_difference_sees_a_wrong_graph(tmp_path):
+    # the built-in check is not vacuous: a graph of other weights fails it
+    a = models.SRResNet(**TINY).eval()
+    b = models.SRResNet(**TINY).eval()
+    assert export_onnx.max_difference(export_onnx.export(a), a) <= 1e-4
+    assert export_onnx.max_difference(export_onnx.export(b), a) > 1e-2
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the old exporter's notes about opset 1
+def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, tiny_checkpoint):
+    disc = tmp_path / "disc.pth"
+    checkpoint.save_checkpoint({"format_version": 1, "discriminator": checkpoint.model_spec(models.Discriminator())},
+                               disc)
+    (tmp_path / "folder.onnx").mkdir()
+    cases = [([tmp_path / "missing.pth", tmp_path / "a.onnx"], "no such file"),
+             ([tmp_path, tmp_path / "a.onnx"], "is a folder"),
+             ([disc, tmp_path / "a.onnx"], "holds no super-resolution model"),
+             ([tiny_checkpoint, tmp_path / "folder.onnx"], "folder is in the way"),
+             ([tiny_checkpoint, tmp_path / "a.onnx", "--opset", "13"], "opset 18 or newer"),
+             ([tiny_checkpoint, tmp_path / "a.onnx", "--opset", "1", "--exporter", "torchscript"], "export failed")]
+    for argv, message in cases:
+        assert run(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "a.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disc.pth", "folder.onnx"]

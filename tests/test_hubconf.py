@@ -1,0 +1,97 @@
+"""hubconf.py: torch.hub.load of a clone gives the shipped model, fresh paper models, clear errors."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+import checkpoint
+import models
+from conftest import ROOT, load_script
+
+
+def hub_load(entry, **kwargs):
+    return torch.hub.load(str(ROOT), entry, source="local", **kwargs)
+
+
+def test_pretrained_srresnet_is_the_shipped_model_in_eval_mode():
+    model = hub_load("srresnet", pretrained=True)
+    assert isinstance(model, models.SRResNet)  # the project's class, not a second copy of it
+    assert not model.training
+    shipped = checkpoint.load_checkpoint(ROOT / "checkpoints" / "srresnet_x4.pth")["model"]["state_dict"]
+    state = model.state_dict()
+    assert state.keys() == shipped.keys()
+    assert all(torch.equal(state[k], shipped[k]) for k in shipped)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 7, 9))
+    assert out.shape == (1, 3, 28, 36)
+
+
+def test_fresh_models_have_the_papers_defaults():
+    srresnet = hub_load("srresnet", pretrained=False)
+    assert sum(p.numel() for p in srresnet.parameters()) == 1_549_462
+    assert srresnet.args["scaling_factor"] == 4
+    # a fresh model is not the shipped one
+    shipped = checkpoint.load_model(ROOT / "checkpoints" / "srresnet_x4.pth")
+    assert not torch.equal(srresnet.conv_block1.conv_block[0].weight, shipped.conv_block1.conv_block[0].weight)
+    generator = hub_load("generator")
+    assert isinstance(generator, models.Generator)
+    assert sum(p.numel() for p in generator.parameters()) == 1_549_462
+    discriminator = hub_load("discriminator")
+    assert isinstance(discriminator, models.Discriminator)
+    assert sum(p.numel() for p in discriminator.parameters()) == 23_565_505
+    assert hub_load("srresnet", scaling_factor=2, n_blocks=1).args["scaling_factor"] == 2
+
+
+@pytest.mark.parametrize("entry", ["generator", "discriminator"])
+def test_no_shipped_weights_is_a_clear_error(entry):
+    with pytest.raises(ValueError, match="no pretrained .* weights are shipped"):
+        hub_load(entry, pretrained=True)
+
+
+def test_pretrained_with_other_arguments_is_refused():
+    with pytest.raises(ValueError, match="pretrained=False"):
+        hub_load("srresnet", pretrained=True, scaling_factor=2)
+
+
+def test_entry_points_and_docstrings():
+    # what torch.hub.list and torch.hub.help show (they read GitHub repositories only)
+    hubconf = load_script("hubconf")
+    entries = {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")}
+    assert entries == {"srresnet", "generator", "discriminator"}
+    assert hubconf.dependencies == ["torch", "torchvision"]
+    assert "shipped x4" in hubconf.srresnet.__doc__
+    assert all(getattr(hubconf, name).__doc__ for name in entries)
+
+
+def test_loads_where_other_modules_named_models_and_utils_are_imported(monkeypatch):
+    # a user's own project often has its own 'models' and 'utils' modules
+    foreign_models, foreign_utils = types.ModuleType("models"), types.ModuleType("utils")
+    monkeypatch.setitem(sys.modules, "models", foreign_models)
+    monkeypatch.setitem(sys.modules, "utils", foreign_utils)
+    monkeypatch.delitem(sys.modules, "checkpoint")
+    model = hub_load("srresnet", pretrained=True)
+    assert type(model).__name__ == "SRResNet" and not model.training
+    assert sys.modules["models"] is foreign_models and sys.modules["utils"] is foreign_utils
+
+
+def test_a_copy_elsewhere_loads_its_own_weights_whatever_the_working_directory(tmp_path, monkeypatch):
+    # what torch.hub does with a GitHub repository: it unpacks a copy and loads that copy locally
+    import shutil
+
+    copy = tmp_path / "owner_repo_main"
+    (copy / "checkpoints").mkdir(parents=True)
+    for name in ("hubconf.py", "models.py", "checkpoint.py", "utils.py"):
+        shutil.copy(ROOT / name, copy / name)
+    shutil.copy(ROOT / "checkpoints" / "srresnet_x4.pth", copy / "checkpoints" / "srresnet_x4.pth")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model = torch.hub.load(str(copy), "srresnet", source="local", pretrained=True)
+    assert type(model).forward.__code__.co_filename == str(copy / "models.py") and not model.training
+    assert sys.modules["models"].__file__ == str(ROOT / "models.py")  # the tests' own modules are left alone
+    # the copy's weights, not the clone's: a copy without them fails, naming the file
+    (copy / "checkpoints" / "srresnet_x4.pth").unlink()
+    with pytest.raises(Exception, match="srresnet_x4.pth: no such file"):
+        torch.hub.load(str(copy), "srresnet", source="local", pretrained=True)
