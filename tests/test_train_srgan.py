@@ -277,3 +277,43 @@ def test_lr_given_with_resume_is_applied_to_both_networks(data, tmp_path, capsys
     for name in ("optimizer_g", "optimizer_d"):
         assert ckpt["training"]["optimizers"][name]["param_groups"][0]["lr"] == 2e-5
     assert [float(r["lr"]) for r in read_log(ck / "srgan_log.csv")][-2:] == [2e-5, 2e-5]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--vgg-i", "0"], "--vgg-i: must be a number >= 1"),
+    (["--vgg-i", "6"], "VGG19 has no convolution"),
+    (["--beta", "-1"], "--beta: must be a number >= 0.0"),
+    (["--pixel-weight", "nan"], "--pixel-weight: must be a number >= 0.0"),
+    (["--content-scale", "0"], "--content-scale: must be positive"),
+    (["--content-scale", "1/0"], "--content-scale: not a number or fraction"),
+    (["--fc-size", "0"], "--fc-size: must be a number >= 1"),
+    (["--d-n-blocks", "0"], "--d-n-blocks: must be a number >= 1"),
+    (["--lr=-1e-4"], "--lr: must be a positive number"),
+    (["--workers", "-2"], "--workers: must be a number >= 0"),
+])
+def test_bad_flags(data, tmp_path, capsys, extra, message):
+    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", "--iterations", "2", *extra), capsys)
+    assert message in line, line
+    assert not (tmp_path / "ck").exists()
+
+
+def test_nan_stops_and_the_named_checkpoint_is_good(data, tmp_path, capsys):
+    """NaN injected through the generator in training mode from its 3rd call: the run stops and names
+    a checkpoint whose generator gives finite outputs."""
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        if isinstance(module, models.Generator) and module.training:
+            calls["n"] += 1
+            if calls["n"] >= 3:
+                return output * float("nan")
+    handle = torch.nn.modules.module.register_module_forward_hook(poison)
+    try:
+        line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", "--iterations", "6", "--save-every", "1",
+                                                    "--val-data", ""), capsys)
+    finally:
+        handle.remove()
+    assert "NaN or infinite by iteration 3" in line and "(iteration 2)" in line
+    model = checkpoint.load_model(tmp_path / "ck" / "srgan_latest.pth")
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 12, 12))).all()
