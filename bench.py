@@ -654,7 +654,7 @@ def format_table(results):
     loader = results.get("loader")
     if loader:
         ratio = loader.get("consumption_ratio")
-        add(f"data loader crop {loader['crop_size']}", f"training.make_train_loader, {loader['workers']} workers, "
+        add(f"data loader crop {loader['crop_size']}", f"training.train_batches, {loader['workers']} workers, "
             f"{loader['images']} images", "", f"{_fmt(loader['samples_per_s'])} samples/s", "", "",
             f"{ratio:.2f}x consumption" if ratio else "", "", "; ".join(targets.get(("loader", "loader"), [])))
     notes = results.get("notes", [])
