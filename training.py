@@ -85,6 +85,9 @@ def positive_float(text):
 
 def add_common_arguments(parser, iterations, lr, lr_schedule):
     """Flags of both training scripts (defaults: the paper's settings)."""
+    parser.epilog = ("--resume PATH alone continues that run with all its settings. Given with it, "
+                     + ", ".join(f"--{k.replace('_', '-')}" for k in ADJUSTABLE_ON_RESUME)
+                     + " apply; any other flag that changes a setting is refused (use --init PATH for a new run).")
     g = parser.add_argument_group("data")
     g.add_argument("--data-folder", default="data_lists", help="folder of create_data_lists.py's JSON lists (default: data_lists)")
     g.add_argument("--crop-size", type=at_least(1), default=96, help="HR crop size (default: 96, the paper)")
