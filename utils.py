@@ -1,6 +1,7 @@
 """Plumbing shared by the scripts: one-line user errors, atomic file writes, device and precision."""
 
 import contextlib
+import errno
 import os
 import sys
 import tempfile
@@ -37,6 +38,7 @@ def atomic_write_all(paths):
                 if os.path.isdir(current):
                     raise IsADirectoryError(21, "a folder is in the way")
                 folder = os.path.dirname(os.path.abspath(current))
+                _check_folder_path(folder)
                 os.makedirs(folder, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(current), suffix=".tmp")
                 temporaries.append(tmp)
@@ -70,23 +72,42 @@ def check_writable(path):
     if os.path.isdir(path):
         raise UserError(f"{path}: cannot write: a folder is in the way")
     folder = os.path.dirname(os.path.abspath(path))
+    created = []
+    try:
+        existing = _check_folder_path(folder)
+        while folder != existing:  # create the missing folders to try (removed again below)
+            created.insert(0, folder)
+            folder = os.path.dirname(folder)
+        for folder in created:
+            os.mkdir(folder)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path), suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+        name_max = os.pathconf(folder, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+        if len(os.fsencode(os.path.basename(path))) > name_max:  # (the temporary's name is shortened)
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _check_folder_path(folder):
+    """The deepest existing folder of ``folder``'s path; NotADirectoryError if that is a file."""
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
-        raise UserError(f"{path}: cannot write: {folder} is a file, not a folder")
-    try:
-        if folder == os.path.dirname(os.path.abspath(path)):
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path), suffix=".tmp")
-            os.close(fd)
-            os.unlink(tmp)
-        elif not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise NotADirectoryError(20, f"{folder} is a file, not a folder")
+    return folder
 
 
 def _temporary_prefix(path):
-    return "." + os.path.basename(path) + "."
+    # at most 200 bytes of the name, so that the temporary's name is not too long where the file's is not
+    name = os.fsencode(os.path.basename(path))[:200]
+    return "." + name.decode(errors="ignore") + "."
 
 
 def remove_stale_temporaries(path):
