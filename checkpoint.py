@@ -26,7 +26,12 @@ GENERATOR_ARCHS = ("SRResNet", "Generator")
 def save_checkpoint(obj, path):
     """torch.save ``obj`` atomically: a crash while saving leaves any previous file at ``path`` intact."""
     with atomic_write(path) as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch.save reports a failed write (a full disk...) as a RuntimeError
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def load_torch_file(path, map_location="cpu"):

@@ -30,7 +30,7 @@ def atomic_write_all(paths):
     """atomic_write for files that must appear together: yields one binary file per path, and
     only when every one is written in full do they replace their paths (else none does)."""
     paths = [os.fspath(p) for p in paths]
-    temporaries, replaced, current = [], [], paths[0]
+    temporaries, replaced, created, current = [], [], [], paths[0]
     try:
         with contextlib.ExitStack() as stack:
             files = []
@@ -38,8 +38,10 @@ def atomic_write_all(paths):
                 if os.path.isdir(current):
                     raise IsADirectoryError(21, "a folder is in the way")
                 folder = os.path.dirname(os.path.abspath(current))
-                _check_folder_path(folder)
-                os.makedirs(folder, exist_ok=True)
+                for new in _missing_folders(folder):  # a failure removes the folders it made
+                    with contextlib.suppress(FileExistsError):  # (made by another process meanwhile)
+                        os.mkdir(new)
+                        created.append(new)
                 fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(current), suffix=".tmp")
                 temporaries.append(tmp)
                 files.append(stack.enter_context(os.fdopen(fd, "wb")))
@@ -60,6 +62,9 @@ def atomic_write_all(paths):
         for path in replaced:  # all or nothing
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        for folder in reversed(created):  # and no empty folder left behind
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
         if isinstance(e, OSError):
             raise UserError(f"{current}: cannot write ({e.strerror or e})") from None
         raise
@@ -74,13 +79,9 @@ def check_writable(path):
     folder = os.path.dirname(os.path.abspath(path))
     created = []
     try:
-        existing = _check_folder_path(folder)
-        while folder != existing:  # create the missing folders to try (removed again below)
-            created.insert(0, folder)
-            folder = os.path.dirname(folder)
-        for folder in created:
-            os.mkdir(folder)
-        folder = os.path.dirname(os.path.abspath(path))
+        for new in _missing_folders(folder):  # made to try, removed below
+            os.mkdir(new)
+            created.append(new)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path), suffix=".tmp")
         os.close(fd)
         os.unlink(tmp)
@@ -95,13 +96,16 @@ def check_writable(path):
                 os.rmdir(folder)
 
 
-def _check_folder_path(folder):
-    """The deepest existing folder of ``folder``'s path; NotADirectoryError if that is a file."""
+def _missing_folders(folder):
+    """The folders of ``folder``'s path that do not exist yet, outermost first; NotADirectoryError
+    if the deepest existing one is a file."""
+    missing = []
     while not os.path.exists(folder):
+        missing.insert(0, folder)
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
         raise NotADirectoryError(20, f"{folder} is a file, not a folder")
-    return folder
+    return missing
 
 
 def _temporary_prefix(path):
