@@ -120,7 +120,8 @@ def convert_tutorial(path, info=None):
         new_model = models.build_model(type(gen).__name__, _srresnet_args(net_sd))
         new_model.load_state_dict(sd)
     except (KeyError, AttributeError, RuntimeError, ValueError, TypeError) as e:
-        raise UserError(f"{path}: the pickled {type(gen).__name__} is incomplete or damaged ({type(e).__name__})") from None
+        raise UserError(f"{path}: the pickled {type(gen).__name__} is incomplete or damaged "
+                        f"({type(e).__name__}: {str(e)[:200]})") from None
     epoch = old.get("epoch")
     ckpt = checkpoint.inference_checkpoint(new_model, {"imported_from": os.path.basename(path),
                                                        "epoch": epoch if isinstance(epoch, int) else None,
@@ -131,7 +132,8 @@ def convert_tutorial(path, info=None):
             new_disc = models.Discriminator(**_discriminator_args(disc.state_dict()))
             new_disc.load_state_dict(disc.state_dict())
         except (KeyError, AttributeError, RuntimeError, ValueError, TypeError) as e:
-            raise UserError(f"{path}: the pickled Discriminator is incomplete or damaged ({type(e).__name__})") from None
+            raise UserError(f"{path}: the pickled Discriminator is incomplete or damaged "
+                            f"({type(e).__name__}: {str(e)[:200]})") from None
         ckpt["discriminator"] = checkpoint.model_spec(new_disc)
     return ckpt
 

@@ -141,10 +141,12 @@ def test_a_full_disk_while_saving_is_a_user_error(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("version, ok", [(1, True), (1.0, True), (1.5, False), ("1", False), (None, False), (True, False)])
+@pytest.mark.parametrize("version, ok", [(1, True), (1.0, True), (1.5, False), ("1", False), (None, False),
+                                         (True, False)])
 def test_format_version_must_be_a_whole_number(tmp_path, version, ok):
     path = tmp_path / "c.pth"
-    checkpoint.save_checkpoint(dict(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), format_version=version), path)
+    ckpt = checkpoint.inference_checkpoint(models.SRResNet(**TINY))
+    checkpoint.save_checkpoint(dict(ckpt, format_version=version), path)
     if ok:
         assert isinstance(checkpoint.load_model(path), models.SRResNet)
     else:
@@ -164,5 +166,6 @@ def test_malformed_model_entries_are_named(tmp_path):
             checkpoint.load_model(tmp_path / "c.pth")
     state = {k: v for k, v in good["model"]["state_dict"].items() if not k.startswith("residual_blocks.1.")}
     checkpoint.save_checkpoint(dict(good, model=dict(good["model"], state_dict=state)), tmp_path / "c.pth")
-    with pytest.raises(utils.UserError, match=r'Missing key\(s\) in state_dict: "residual_blocks.1.conv_block1.*, \.\.\.$'):
+    with pytest.raises(utils.UserError, match=r'c.pth: the weights do not fit SRResNet.*Missing key\(s\) in state_dict: '
+                                              r'"residual_blocks.1.conv_block1.*, \.\.\.$'):
         checkpoint.load_model(tmp_path / "c.pth")

@@ -107,7 +107,8 @@ def test_a_crafted_pickle_cannot_download_or_read_files_through_the_allow_list(t
         # the VGG loss network downloads ImageNet weights when built: not a class the tutorial pickles
         "vgg": _pickle_calling("models", "TruncatedVGG19", 5, 4),
         # protocol 4 resolves dotted names: this maps /etc/passwd into a storage
-        "from_file": _pickle_calling("torch.storage", "UntypedStorage.from_file", "/etc/passwd", False, 100, protocol=4),
+        "from_file": _pickle_calling("torch.storage", "UntypedStorage.from_file", "/etc/passwd", False, 100,
+                                     protocol=4),
         "hub": _pickle_calling("torch.hub", "load_state_dict_from_url", "http://example.invalid/x.pth"),
         "getattr": _pickle_calling("builtins", "getattr", "x", "y"),
     }
