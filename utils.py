@@ -75,7 +75,7 @@ def check_writable(path):
     exist yet counts if it can be created). Leaves nothing behind."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise UserError(f"{path}: cannot write: a folder is in the way")
+        raise UserError(f"{path}: cannot write (a folder is in the way)")
     folder = os.path.dirname(os.path.abspath(path))
     created = []
     try:
