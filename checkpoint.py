@@ -12,6 +12,7 @@ it on any machine whatever device saved it (format_version 1)::
 
 import os
 import pickle
+import warnings
 
 import torch
 
@@ -25,7 +26,12 @@ GENERATOR_ARCHS = ("SRResNet", "Generator")
 def save_checkpoint(obj, path):
     """torch.save ``obj`` atomically: a crash while saving leaves any previous file at ``path`` intact."""
     with atomic_write(path) as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch.save reports a failed write (a full disk...) as a RuntimeError
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def load_torch_file(path, map_location="cpu"):
@@ -40,7 +46,9 @@ def load_torch_file(path, map_location="cpu"):
     if os.path.getsize(path) == 0:
         raise UserError(f"{path}: empty file (0 bytes)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # its advice to "file an issue" about a pickle protocol is noise here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError:
         raise UserError(f"{path}: permission denied (cannot read the file)") from None
     except pickle.UnpicklingError as e:
@@ -71,8 +79,11 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"{path}: not a checkpoint of this project (no 'format_version' entry); a classic "
                         f"tutorial checkpoint is imported with: python convert_checkpoint.py {path} NEW.pth")
     version = ckpt["format_version"]
+    if isinstance(version, float) and version.is_integer():
+        version = int(version)
     if isinstance(version, bool) or not isinstance(version, int):
-        raise UserError(f"{path}: malformed checkpoint: format_version is {version!r}, not a number")
+        raise UserError(f"{path}: malformed checkpoint: format_version is {version!r}, not a version number "
+                        f"(a whole number such as {FORMAT_VERSION})")
     if version > FORMAT_VERSION:
         raise UserError(f"{path}: checkpoint format {version} is newer than this code ({FORMAT_VERSION}); "
                         "update the code")
@@ -97,8 +108,10 @@ def build_from_spec(spec, path, what="model", archs=GENERATOR_ARCHS):
         raise UserError(f"{path}: malformed checkpoint: '{what}' args and state_dict must be dicts")
     try:
         model = models.build_model(arch, args)
-    except (TypeError, ValueError) as e:  # an unknown or invalid constructor argument
-        raise UserError(f"{path}: malformed checkpoint: cannot build {arch}{args}: {e}") from None
+    except (TypeError, ValueError, RuntimeError) as e:  # an unknown or invalid constructor argument
+        not_int = [f"{k}={v!r}" for k, v in args.items() if isinstance(v, bool) or not isinstance(v, int)]
+        problem = f"{', '.join(not_int)} is not a whole number" if not_int else str(e)
+        raise UserError(f"{path}: malformed checkpoint: cannot build {arch}{args}: {problem}") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -110,7 +123,8 @@ def _state_dict_problem(error):
     """The first concrete problem (a key, a shape) in load_state_dict's long message, in one line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     details = [line for line in lines if not line.startswith("Error(s) in loading")]
-    return " ".join(details or lines or [type(error).__name__])[:400]
+    text = " ".join(details or lines or [type(error).__name__])
+    return text if len(text) <= 400 else text[:400].rsplit(",", 1)[0] + ", ..."
 
 
 def load_model(path, device="cpu"):

@@ -21,6 +21,7 @@ from torch import nn
 
 import checkpoint
 import models
+import utils
 from utils import UserError, run_cli
 
 
@@ -99,8 +100,9 @@ def read_tutorial_checkpoint(path):
     except pickle.UnpicklingError as e:
         raise UserError(f"{path}: refused: {str(e).splitlines()[0]}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError, AttributeError,
-            KeyError, IndexError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a readable PyTorch file ({type(e).__name__})") from None
+            KeyError, IndexError, UnicodeDecodeError, MemoryError) as e:
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise UserError(f"{path}: not a readable PyTorch file, or a damaged one ({detail})") from None
     if not isinstance(old, dict):
         raise UserError(f"{path}: a {type(old).__name__}, not a tutorial checkpoint (a dict with 'model' or 'generator')")
     return old
@@ -118,7 +120,8 @@ def convert_tutorial(path, info=None):
         new_model = models.build_model(type(gen).__name__, _srresnet_args(net_sd))
         new_model.load_state_dict(sd)
     except (KeyError, AttributeError, RuntimeError, ValueError, TypeError) as e:
-        raise UserError(f"{path}: the pickled {type(gen).__name__} is incomplete or damaged ({type(e).__name__})") from None
+        raise UserError(f"{path}: the pickled {type(gen).__name__} is incomplete or damaged "
+                        f"({type(e).__name__}: {str(e)[:200]})") from None
     epoch = old.get("epoch")
     ckpt = checkpoint.inference_checkpoint(new_model, {"imported_from": os.path.basename(path),
                                                        "epoch": epoch if isinstance(epoch, int) else None,
@@ -129,7 +132,8 @@ def convert_tutorial(path, info=None):
             new_disc = models.Discriminator(**_discriminator_args(disc.state_dict()))
             new_disc.load_state_dict(disc.state_dict())
         except (KeyError, AttributeError, RuntimeError, ValueError, TypeError) as e:
-            raise UserError(f"{path}: the pickled Discriminator is incomplete or damaged ({type(e).__name__})") from None
+            raise UserError(f"{path}: the pickled Discriminator is incomplete or damaged "
+                            f"({type(e).__name__}: {str(e)[:200]})") from None
         ckpt["discriminator"] = checkpoint.model_spec(new_disc)
     return ckpt
 
@@ -176,8 +180,15 @@ def main(argv=None):
     info = dict(_parse_info(x) for x in args.info)
     if os.path.isdir(args.output) or args.output.endswith(os.sep):
         raise UserError(f"{args.output}: is a folder; give the new file's name")
+    utils.check_writable(args.output)  # before the work
     ckpt = convert_project(args.source, info) if _is_project_checkpoint(args.source) \
         else convert_tutorial(args.source, info)
+    for part in ("model", "discriminator"):  # weights of a diverged run make a useless file
+        broken = [k for k, v in ckpt.get(part, {}).get("state_dict", {}).items()
+                  if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:
+            raise UserError(f"{args.source}: the {part}'s weights are not finite (NaN or inf) in {broken[0]}"
+                            + (f" and {len(broken) - 1} more" if len(broken) > 1 else "") + "; nothing written")
     checkpoint.save_checkpoint(ckpt, args.output)
     spec = ckpt["model"]
     print(f"wrote {args.output}: {spec['arch']} {spec['args']}" + (" + Discriminator" if "discriminator" in ckpt else ""))

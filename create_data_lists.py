@@ -84,7 +84,11 @@ def main(argv=None):
         parser.error("give --train-folders and/or --test-folders")
     if args.min_size < 1:
         parser.error("--min-size must be at least 1")
-    utils.check_writable(os.path.join(args.output_folder, "train_images.json"))
+    probe = os.path.join(args.output_folder, "train_images.json")
+    try:  # before the scan
+        utils.check_writable(probe)
+    except utils.UserError as e:
+        raise utils.UserError(f"{args.output_folder}: --output-folder: {str(e)[len(probe) + 2:]}") from None
     create_data_lists(args.train_folders, args.test_folders, args.min_size, args.output_folder, args.recursive)
 
 

@@ -78,7 +78,8 @@ def resolve_test_sets(items):
     return sets
 
 
-def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="cpu", tile=None, self_ensemble=False):
+def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="cpu", tile=None, self_ensemble=False,
+             sources=None):
     """PSNR / SSIM of each method on each test set.
 
     Args:
@@ -88,6 +89,7 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
         crop_border: border pixels removed before the metrics.
         precision, device, tile: how the models run (inference.upscale_tensor).
         self_ensemble: average each model's outputs over the 8 flips / rotations.
+        sources: {method: checkpoint path}, to name the file when a model's output is not finite.
 
     Returns:
         {method: {set: {"psnr": mean, "ssim": mean, "count": n, "images": {file name: {"psnr", "ssim"}}}}}.
@@ -115,7 +117,7 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
                     try:
                         out = upscale(model, lr_tensor, scale, precision, device, tile)  # (3, H, W) in [-1, 1]
                     except utils.UserError as e:
-                        raise utils.UserError(f"{name}: {e} (on {path})") from None
+                        raise utils.UserError(f"{(sources or {}).get(name, name)}: {e} (on {path})") from None
                     sr = images.convert_image(out, "[-1, 1]", "pil")  # quantised to uint8
                 key = os.path.basename(path) if os.path.basename(path) not in per_image[name] else path
                 per_image[name][key] = {"psnr": metrics.calc_psnr(sr, hr, crop_border),
@@ -186,13 +188,14 @@ def main(argv=None):
     if crop_border < 0:
         raise utils.UserError("--crop-border must be >= 0")
 
-    results = evaluate(methods, test_sets, scale, crop_border, precision, device, args.tile, args.self_ensemble)
+    results = evaluate(methods, test_sets, scale, crop_border, precision, device, args.tile, args.self_ensemble,
+                       sources=dict(zip(names, args.checkpoint)))
     print(f"x{scale}, Y-channel PSNR (dB) / SSIM, border {crop_border}"
           f"{', self-ensemble x8' if args.self_ensemble else ''}, {precision} on {device}")
     print(format_table(results))
     if args.json:
         write_json({"scale": scale, "crop_border": crop_border, "self_ensemble": args.self_ensemble,
-                    "precision": precision, "checkpoints": dict(zip(method_names(args.checkpoint), args.checkpoint)),
+                    "precision": precision, "checkpoints": dict(zip(names, args.checkpoint)),
                     "results": results}, args.json)
         print(f"wrote {args.json}")
     return results

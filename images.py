@@ -103,6 +103,11 @@ def open_image_any_mode(path):
     if os.path.getsize(path) == 0:
         raise UserError(f"{path}: empty file (0 bytes)")
     try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:  # e.g. no read permission: say so, not "cannot decode"
+        raise UserError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    try:
         with Image.open(path) as img:
             img.load()  # decode now, so that a truncated file fails here
             img = ImageOps.exif_transpose(img)
@@ -125,11 +130,18 @@ def find_images(folder, recursive=False):
         raise UserError(f"{folder}: a file, not a folder")
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: no such folder")
-    if recursive:
-        paths = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
-    else:
-        paths = [os.path.join(folder, name) for name in os.listdir(folder)]
+    try:
+        if recursive:
+            paths = [os.path.join(root, name) for root, _, names in os.walk(folder, onerror=_raise) for name in names]
+        else:
+            paths = [os.path.join(folder, name) for name in os.listdir(folder)]
+    except OSError as e:  # e.g. a folder without read permission
+        raise UserError(f"{e.filename or folder}: cannot list the folder ({e.strerror or e})") from None
     return sorted(os.path.abspath(p) for p in paths if is_image_file(p) and os.path.isfile(p))
+
+
+def _raise(error):
+    raise error
 
 
 def bicubic_resize(img, size):

@@ -101,7 +101,11 @@ def save_images(pairs):
 def read_image(path):
     """The image of a file (EXIF rotation applied, mode kept); a note if only its first frame is used."""
     img = images.open_image_any_mode(path)
-    frames = getattr(img, "n_frames", 1)
+    try:  # the decoded image (a copy, after the EXIF rotation) no longer knows its frame count
+        with Image.open(path) as original:
+            frames = getattr(original, "n_frames", 1)
+    except Exception:  # noqa: BLE001 - a damaged later frame does not matter: only the first is used
+        frames = 1
     if frames > 1:
         tqdm.write(f"note: {path}: {frames} frames; only the first is super-resolved", file=sys.stderr)
     return img
@@ -214,7 +218,11 @@ def main(argv=None):
     model = inference.prepare_model(model, device, precision, compile=args.compile)
     if os.path.isfile(args.output_dir):
         raise UserError(f"{args.output_dir}: --output-dir is a file, not a folder")
-    utils.check_writable(os.path.join(args.output_dir, "probe.png"))  # fail before any work
+    probe = os.path.join(args.output_dir, "probe.png")
+    try:  # fail before any work
+        utils.check_writable(probe)
+    except UserError as e:
+        raise UserError(f"{args.output_dir}: --output-dir: {str(e)[len(probe) + 2:]}") from None
     print(f"{label} x{scale} from {ckpt_path} on {device}, {precision}; "
           f"tiles {args.tile or 'off'}, {len(paths)} image(s) -> {args.output_dir}")
 

@@ -1,6 +1,7 @@
 """Plumbing shared by the scripts: one-line user errors, atomic file writes, device and precision."""
 
 import contextlib
+import errno
 import os
 import sys
 import tempfile
@@ -29,7 +30,7 @@ def atomic_write_all(paths):
     """atomic_write for files that must appear together: yields one binary file per path, and
     only when every one is written in full do they replace their paths (else none does)."""
     paths = [os.fspath(p) for p in paths]
-    temporaries, replaced, current = [], [], paths[0]
+    temporaries, replaced, created, current = [], [], [], paths[0]
     try:
         with contextlib.ExitStack() as stack:
             files = []
@@ -37,7 +38,10 @@ def atomic_write_all(paths):
                 if os.path.isdir(current):
                     raise IsADirectoryError(21, "a folder is in the way")
                 folder = os.path.dirname(os.path.abspath(current))
-                os.makedirs(folder, exist_ok=True)
+                for new in _missing_folders(folder):  # a failure removes the folders it made
+                    with contextlib.suppress(FileExistsError):  # (made by another process meanwhile)
+                        os.mkdir(new)
+                        created.append(new)
                 fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(current), suffix=".tmp")
                 temporaries.append(tmp)
                 files.append(stack.enter_context(os.fdopen(fd, "wb")))
@@ -58,6 +62,9 @@ def atomic_write_all(paths):
         for path in replaced:  # all or nothing
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        for folder in reversed(created):  # and no empty folder left behind
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
         if isinstance(e, OSError):
             raise UserError(f"{current}: cannot write ({e.strerror or e})") from None
         raise
@@ -68,25 +75,43 @@ def check_writable(path):
     exist yet counts if it can be created). Leaves nothing behind."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise UserError(f"{path}: cannot write: a folder is in the way")
+        raise UserError(f"{path}: cannot write (a folder is in the way)")
     folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise UserError(f"{path}: cannot write: {folder} is a file, not a folder")
+    created = []
     try:
-        if folder == os.path.dirname(os.path.abspath(path)):
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path), suffix=".tmp")
-            os.close(fd)
-            os.unlink(tmp)
-        elif not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
+        for new in _missing_folders(folder):  # made to try, removed below
+            os.mkdir(new)
+            created.append(new)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path), suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+        name_max = os.pathconf(folder, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+        if len(os.fsencode(os.path.basename(path))) > name_max:  # (the temporary's name is shortened)
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
     except OSError as e:
         raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _missing_folders(folder):
+    """The folders of ``folder``'s path that do not exist yet, outermost first; NotADirectoryError
+    if the deepest existing one is a file."""
+    missing = []
+    while not os.path.exists(folder):
+        missing.insert(0, folder)
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(20, f"{folder} is a file, not a folder")
+    return missing
 
 
 def _temporary_prefix(path):
-    return "." + os.path.basename(path) + "."
+    # at most 200 bytes of the name, so that the temporary's name is not too long where the file's is not
+    name = os.fsencode(os.path.basename(path))[:200]
+    return "." + name.decode(errors="ignore") + "."
 
 
 def remove_stale_temporaries(path):

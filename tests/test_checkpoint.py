@@ -108,3 +108,64 @@ def test_load_model_refuses_discriminator_only(tmp_path):
     with pytest.raises(utils.UserError, match="holds no super-resolution model"):
         checkpoint.load_model(path)
 
+
+
+def test_a_full_disk_while_saving_is_a_user_error(tmp_path, monkeypatch):
+    """torch.save reports a failed write as a RuntimeError; the user sees the disk problem."""
+    import io
+
+    path = tmp_path / "ck.pth"
+
+    class Filling(io.RawIOBase):
+        """The first 100 bytes fit on the disk."""
+
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 100:
+                raise OSError(28, "No space left on device")
+            return self.f.write(data)
+
+        def close(self):
+            self.f.close()
+            super().close()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: Filling(real_fdopen(fd, mode)))
+    with pytest.raises(utils.UserError, match=r"ck.pth: cannot write \(No space left on device\)"):
+        checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), path)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("version, ok", [(1, True), (1.0, True), (1.5, False), ("1", False), (None, False),
+                                         (True, False)])
+def test_format_version_must_be_a_whole_number(tmp_path, version, ok):
+    path = tmp_path / "c.pth"
+    ckpt = checkpoint.inference_checkpoint(models.SRResNet(**TINY))
+    checkpoint.save_checkpoint(dict(ckpt, format_version=version), path)
+    if ok:
+        assert isinstance(checkpoint.load_model(path), models.SRResNet)
+    else:
+        with pytest.raises(utils.UserError, match=f"c.pth: malformed checkpoint: format_version is {version!r}, not a "
+                                                  "version number"):
+            checkpoint.load_model(path)
+
+
+def test_malformed_model_entries_are_named(tmp_path):
+    good = checkpoint.inference_checkpoint(models.SRResNet(**TINY))
+    cases = [({"args": dict(TINY, n_channels="8")}, "n_channels='8' is not a whole number"),
+             ({"args": dict(TINY, wings=2)}, "unexpected keyword argument 'wings'"),
+             ({"args": dict(TINY, n_blocks=-1)}, "must be positive")]
+    for change, message in cases:
+        checkpoint.save_checkpoint(dict(good, model=dict(good["model"], **change)), tmp_path / "c.pth")
+        with pytest.raises(utils.UserError, match=f"c.pth: malformed checkpoint: cannot build SRResNet.*{message}"):
+            checkpoint.load_model(tmp_path / "c.pth")
+    state = {k: v for k, v in good["model"]["state_dict"].items() if not k.startswith("residual_blocks.1.")}
+    checkpoint.save_checkpoint(dict(good, model=dict(good["model"], state_dict=state)), tmp_path / "c.pth")
+    with pytest.raises(utils.UserError, match=r'c.pth: the weights do not fit SRResNet.*Missing key\(s\) in state_dict: '
+                                              r'"residual_blocks.1.conv_block1.*, \.\.\.$'):
+        checkpoint.load_model(tmp_path / "c.pth")

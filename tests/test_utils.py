@@ -16,3 +16,40 @@ def test_autocast_and_device_errors():
             utils.resolve_device("cuda")
     assert utils.resolve_device("cpu").type == "cpu"
 
+
+
+def test_check_writable_leaves_nothing_and_names_the_problem(tmp_path):
+    utils.check_writable(tmp_path / "a" / "b" / "out.json")  # folders that can be made count
+    assert os.listdir(tmp_path) == []  # ...but are not left behind
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(utils.UserError, match=r"out.json: cannot write \(.*file is a file, not a folder\)"):
+        utils.check_writable(tmp_path / "file" / "sub" / "out.json")
+    with pytest.raises(utils.UserError, match="name too long"):
+        utils.check_writable(tmp_path / "new" / ("n" * 256))
+    with pytest.raises(utils.UserError, match="name too long"):
+        utils.check_writable(tmp_path / ("d" * 256) / "out.json")
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_a_long_but_legal_name_can_be_written(tmp_path):
+    path = tmp_path / ("\u00e9" * 125 + ".png")  # 254 bytes: the temporary file must not be longer
+    utils.check_writable(path)
+    with utils.atomic_write(path) as f:
+        f.write(b"x")
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path, monkeypatch):
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(utils.UserError, match=r"deeper/a.png: cannot write \(No space left on device\)"):
+        with utils.atomic_write_all([tmp_path / "new" / "deeper" / "a.png", tmp_path / "new" / "b.png"]) as files:
+            for f in files:
+                f.write(b"data")
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "kept").mkdir()  # a folder that was there stays
+    with pytest.raises(utils.UserError):
+        with utils.atomic_write(tmp_path / "kept" / "a.png") as f:
+            f.write(b"data")
+    assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
