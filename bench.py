@@ -70,7 +70,7 @@ SIZES = {
     "crop_size": (96, 32),
     "train_iters": (8, 2),
     "loader_batches": (40, 3),
-    "photos": (8, 2),
+    "photos": (16, 2),  # at least one batch
 }
 # the large PNGs of the decoded-store loader benchmark: DIV2K's typical size (--quick: a tenth)
 PHOTO_SIZE = {False: (2040, 1356), True: (204, 136)}

@@ -308,22 +308,24 @@ def _forward_pieces(model, x, box):
     for i, (layers, factor, halo, width) in enumerate(stages):
         t, b, l, r = boxes[i]
         g = f * factor
-        # input columns: the output's and their context, within what src covers
-        cl, cr = max(l - halo, src_box[2]), min(r + halo, src_box[3])
+        # input columns: all that src covers (slicing columns would cost a copy; rows are free in
+        # channels_last) - at most the previous stage's halo more than the output needs
+        cl, cr = src_box[2], src_box[3]
         rows = max(1, STRIP_BYTES // (width * f * f * (cr - cl) * src.element_size()))
+        fmt = torch.channels_last if _is_channels_last_tensor(src) else torch.contiguous_format
         out = None
         for st in range(t, b, rows):
             sb = min(st + rows, b)
             it, ib = max(st - halo, src_box[0]), min(sb + halo, src_box[1])
             y = src[:, :, (it - src_box[0]) * f:(ib - src_box[0]) * f, (cl - src_box[2]) * f:(cr - src_box[2]) * f]
+            y = y.contiguous(memory_format=fmt)  # a sliced input would make the convolution slower
             for layer in layers:
                 y = layer(y)
             y = y[:, :, (st - it) * g:(sb - it) * g, (l - cl) * g:(r - cl) * g]  # (N, C, (sb - st) * g, (r - l) * g)
             if i == len(stages) - 1:
                 yield (st - top) * g, y
                 continue
-            if out is None:  # the stage's whole (thin) output map, in the layout the layers give
-                fmt = torch.channels_last if _is_channels_last_tensor(y) else torch.contiguous_format
+            if out is None:  # the stage's whole (thin) output map, in the input's layout
                 out = torch.empty(y.shape[0], y.shape[1], (b - t) * g, (r - l) * g, dtype=y.dtype, device=y.device,
                                   memory_format=fmt)
             out[:, :, (st - t) * g:(sb - t) * g] = y
