@@ -21,6 +21,8 @@ Every comparison is made in the same run, on the same weights and the same input
   Adam(foreach=False)) against the fast configuration (autocast in the 'auto' precision, channels_last,
   training.make_optimizer); and the training data loader alone (training.train_batches with the
   scripts' default --workers) against the samples/s the model consumes.
+- The data loader on large PNGs (``--photos`` of 2040x1356, DIV2K's size, written by this script):
+  decoding each sample against the decoded store of ``create_data_lists.py --store``.
 
 Prints a Markdown table on stdout (progress goes to stderr) and, with ``--json OUT``, every number.
 Importing this module does no work.

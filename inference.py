@@ -3,7 +3,9 @@
 :func:`prepare_model` folds BatchNorm into the convolutions and moves the last PixelShuffle after
 the output convolution (both exact in fp32), then sets device and channels_last.
 :func:`upscale_tensor` runs it under autocast, optionally in tiles; each tile carries the model's
-receptive-field radius of real context, so the tiled output equals the untiled one.
+receptive-field radius of real context, so the tiled output equals the untiled one. The wide
+up-sampling layers run on each tile's centre only, in strips of rows, so their 2x / 4x feature
+maps never exist whole (the same output, in a fraction of the memory).
 :func:`upscale_image` super-resolves a PIL image of any mode (grayscale stays grayscale, alpha is
 up-scaled with bicubic and kept, 16-bit grayscale keeps 16 bits).
 """
@@ -25,7 +27,7 @@ import utils
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Default tile size (LR pixels) of the scripts: images up to this size run in one piece, larger
-# ones in tiles, so that memory stays bounded (about 3 GB in fp32 for the default x4 model).
+# ones in tiles, so that memory stays bounded.
 DEFAULT_TILE = 512
 # the smallest tile the out-of-memory retry goes down to
 MIN_TILE = 32
