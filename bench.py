@@ -21,6 +21,8 @@ Every comparison is made in the same run, on the same weights and the same input
   Adam(foreach=False)) against the fast configuration (autocast in the 'auto' precision, channels_last,
   training.make_optimizer); and the training data loader alone (training.train_batches with the
   scripts' default --workers) against the samples/s the model consumes.
+- The data loader on large PNGs (``--photos`` of 2040x1356, DIV2K's size, written by this script):
+  decoding each sample against the decoded store of ``create_data_lists.py --store``.
 
 Prints a Markdown table on stdout (progress goes to stderr) and, with ``--json OUT``, every number.
 Importing this module does no work.
@@ -70,7 +72,10 @@ SIZES = {
     "crop_size": (96, 32),
     "train_iters": (8, 2),
     "loader_batches": (40, 3),
+    "photos": (16, 2),  # at least one batch
 }
+# the large PNGs of the decoded-store loader benchmark: DIV2K's typical size (--quick: a tenth)
+PHOTO_SIZE = {False: (2040, 1356), True: (204, 136)}
 
 # targets of the issue (ratios measured in one run)
 TARGET_INFERENCE_SPEEDUP = 2.5
@@ -489,13 +494,57 @@ def _synthetic_image_folder(folder, count=40, size=160):
     return folder
 
 
+def _synthetic_photos(folder, count, size, seed=0):
+    """Write ``count`` seeded RGB PNGs of size = (width, height) pixels (smooth colour fields plus
+    noise, saved at PIL's default compression) into ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    w, h = size
+    g = torch.Generator().manual_seed(seed)
+    for i in range(count):
+        x = F.interpolate(torch.rand(1, 3, h // 16, w // 16, generator=g), size=(h, w), mode="bicubic")
+        x = (x[0] + (torch.rand(3, h, w, generator=g) - 0.5) * 0.15).clamp_(0, 1)
+        images.convert_image(x, "[0, 1]", "pil").save(os.path.join(folder, f"photo{i:03d}.png"))
+    return folder
+
+
+def bench_store_loader(device, batch_size, crop_size, scaling_factor, batches, count, size, workers=None,
+                       decode_samples=8, log=_log):
+    """The data loader on large PNGs (DIV2K size by default): decoding each sample (SRDataset without
+    a store, in this process: samples/s per worker) against the decoded store that
+    create_data_lists.py --store writes (training.train_batches with the scripts' --workers).
+
+    Returns:
+        dict: image_size, images, store_bytes, decode_samples_per_s (one process) and what
+        :func:`bench_loader` returns for the store (workers, samples_per_s...).
+    """
+    with tempfile.TemporaryDirectory(prefix="bench_store_") as tmp:
+        log(f"data loader: writing {count} {size[0]}x{size[1]} PNGs")
+        folder = _synthetic_photos(os.path.join(tmp, "photos"), count, size)
+        lists = os.path.join(tmp, "lists")
+        import create_data_lists
+        create_data_lists.create_data_lists([folder], [], crop_size, lists, log=lambda *a: None)
+        dataset = datasets.SRDataset(lists, "train", crop_size, scaling_factor, "imagenet-norm", "[-1, 1]")
+        log(f"data loader: decoding each sample, {decode_samples} samples in this process")
+        start = time.perf_counter()
+        for k in range(decode_samples):
+            dataset[k]
+        decode = decode_samples / (time.perf_counter() - start)
+        data_file = datasets.write_store(os.path.join(lists, "train_images.json"), log=lambda *a: None)
+        result = bench_loader(device, batch_size, crop_size, scaling_factor, batches, lists=lists, workers=workers,
+                              log=log)
+        result.update(source=f"{count} synthetic {size[0]}x{size[1]} PNGs", image_size=list(size),
+                      store_bytes=os.path.getsize(data_file), decode_samples_per_s=decode)
+    return result
+
+
 def bench_loader(device, batch_size, crop_size, scaling_factor, batches, warmup_batches=None, images=None,
-                 workers=None, log=_log):
+                 workers=None, log=_log, lists=None):
     """Samples/s of the training data loader alone (training.train_batches with the training
     scripts' defaults, e.g. --workers), on a list made by create_data_lists.
 
     Args:
         images: folder of training images (None or missing: a synthetic folder in a temp dir).
+        lists: a folder of lists (and perhaps a decoded store) to use instead of ``images``.
         workers: override the scripts' --workers default.
         batches: timed batches, after ``warmup_batches`` untimed ones (default: the batches the
             workers prefetch, plus 2) that include starting the workers.
@@ -506,12 +555,15 @@ def bench_loader(device, batch_size, crop_size, scaling_factor, batches, warmup_
     import create_data_lists
 
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
-        if images and os.path.isdir(images):
+        if lists:
+            source = lists
+        elif images and os.path.isdir(images):
             source = os.path.abspath(images)
         else:
             source = _synthetic_image_folder(os.path.join(tmp, "images"))
-        lists = os.path.join(tmp, "lists")
-        create_data_lists.create_data_lists([source], [], crop_size, lists, log=lambda *a: None)
+        if not lists:
+            lists = os.path.join(tmp, "lists")
+            create_data_lists.create_data_lists([source], [], crop_size, lists, log=lambda *a: None)
         flags = ["--data-folder", lists, "--batch-size", str(batch_size), "--crop-size", str(crop_size),
                  "--scaling-factor", str(scaling_factor), "--device", str(device)]
         if workers is not None:
@@ -535,7 +587,7 @@ def bench_loader(device, batch_size, crop_size, scaling_factor, batches, warmup_
             seconds = time.perf_counter() - start
         finally:
             del batch_iter  # shuts the workers down
-    return {"source": source if images and os.path.isdir(images) else "synthetic (temp dir)",
+    return {"source": source if lists or (images and os.path.isdir(images)) else "synthetic (temp dir)",
             "images": n_images, "workers": args.workers, "batch_size": batch_size, "crop_size": crop_size,
             "batches": batches, "seconds": seconds, "samples_per_s": batches * batch_size / seconds}
 
@@ -657,6 +709,13 @@ def format_table(results):
         add(f"data loader crop {loader['crop_size']}", f"training.train_batches, {loader['workers']} workers, "
             f"{loader['images']} images", "", f"{_fmt(loader['samples_per_s'])} samples/s", "", "",
             f"{ratio:.2f}x consumption" if ratio else "", "", "; ".join(targets.get(("loader", "loader"), [])))
+    store = results.get("store_loader")
+    if store:
+        section = f"data loader crop {store['crop_size']}, {store['images']} {store['image_size'][0]}x{store['image_size'][1]} PNGs"
+        add(section, "decoding each sample (SRDataset without a store), 1 process", "",
+            f"{_fmt(store['decode_samples_per_s'])} samples/s per process", "", "", "", "", "")
+        add(section, f"decoded store (create_data_lists.py --store, memory-mapped), {store['workers']} workers", "",
+            f"{_fmt(store['samples_per_s'])} samples/s", "", "", "", f"store {_gb(store['store_bytes'])} on disk", "")
     notes = results.get("notes", [])
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []))
 
@@ -704,6 +763,8 @@ def build_parser():
     sized(g, "--crop-size", "crop_size", "HR crop size of the training batches")
     sized(g, "--train-iters", "train_iters", "timed training iterations per configuration (after --warmup + 1)")
     sized(g, "--loader-batches", "loader_batches", "timed data-loader batches (after the prefetched ones)")
+    sized(g, "--photos", "photos", f"{PHOTO_SIZE[False][0]}x{PHOTO_SIZE[False][1]} PNGs made for the decoded-store "
+                                   "loader benchmark")
     g.add_argument("--loader-images", default=DEFAULT_LOADER_IMAGES, metavar="DIR",
                    help="folder of training images for the data-loader benchmark (default: datasets/T91; "
                         "a synthetic folder in a temp dir if it is absent)")
@@ -827,6 +888,9 @@ def run(args, log=_log):
         notes.append(f"data loader: {loader['source']}; its samples/s alone vs the {consumed:.1f} samples/s the fast "
                      f"training step consumes: {'loading' if loader['consumption_ratio'] < 1 else 'compute'} "
                      "is the bottleneck (in training, the workers share the CPU with the model)")
+        results["store_loader"] = bench_store_loader(device, args.batch_size, args.crop_size, net.scaling_factor,
+                                                     args.loader_batches, args.photos, PHOTO_SIZE[args.quick],
+                                                     workers=args.workers, log=log)
 
     results["targets"] = evaluate_targets(results)
     return _finite(results)

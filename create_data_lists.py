@@ -15,6 +15,7 @@ import os
 from PIL import Image
 from tqdm import tqdm
 
+import datasets
 import images
 import utils
 
@@ -79,6 +80,9 @@ def main(argv=None):
                         help="keep images whose width and height are both at least this (default: 100)")
     parser.add_argument("--output-folder", default="data_lists", help="where to write the lists (default: data_lists)")
     parser.add_argument("--recursive", action="store_true", help="also look in sub-folders")
+    parser.add_argument("--store", action="store_true",
+                        help="also decode the training images into a store that training memory-maps "
+                             "(3 x width x height bytes per image; no decoding per sample)")
     args = parser.parse_args(argv)
     if not args.train_folders and not args.test_folders:
         parser.error("give --train-folders and/or --test-folders")
@@ -90,6 +94,8 @@ def main(argv=None):
     except utils.UserError as e:
         raise utils.UserError(f"{args.output_folder}: --output-folder: {str(e)[len(probe) + 2:]}") from None
     create_data_lists(args.train_folders, args.test_folders, args.min_size, args.output_folder, args.recursive)
+    if args.store and args.train_folders:
+        datasets.write_store(datasets.list_path(args.output_folder, "train"))
 
 
 if __name__ == "__main__":

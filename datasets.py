@@ -2,6 +2,8 @@
 
 Training samples are random HR crops with their LR input made by PIL bicubic down-sampling (as
 MATLAB's imresize, antialiased); test samples are whole images cropped to a multiple of the scale.
+A training list may have a decoded store next to it (:func:`write_store`): the images as raw
+uint8 RGB in one file that every loader process memory-maps, so that a crop costs no decoding.
 """
 
 import json
@@ -9,7 +11,9 @@ import os
 import random
 import warnings
 
+import numpy as np
 from PIL import Image
+from tqdm import tqdm
 from torch.utils.data import Dataset
 
 import images
@@ -47,6 +51,65 @@ def read_image_list(path):
     return paths
 
 
+def store_paths(list_file):
+    """(data file, index file) of the decoded store of a JSON list: <list>_store.bin and <list>_store.json."""
+    stem = os.path.splitext(list_file)[0]
+    return stem + "_store.bin", stem + "_store.json"
+
+
+def _stamp(path):
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def write_store(list_file, log=print):
+    """Decode every image of a JSON list into its store (see :func:`store_paths`); returns the data file.
+
+    Each image is decoded as training decodes it (images.open_image: EXIF rotation applied, RGB)
+    and written as height x width x 3 bytes, one after the other; the index records, per image,
+    its path, size and modification time (the store is refused once a source changes), offset and
+    shape. Both files are written to temporary files first and appear together.
+    """
+    paths = read_image_list(list_file)
+    data_file, index_file = store_paths(list_file)
+    entries, offset = [], 0
+    with utils.atomic_write_all([data_file, index_file]) as (data, index):
+        for path in tqdm(paths, desc=f"decoding into {os.path.basename(data_file)}", unit="img", leave=False,
+                         disable=len(paths) < 50):
+            stamp = _stamp(path)
+            arr = np.asarray(images.open_image(path))  # (h, w, 3) uint8
+            data.write(arr.tobytes())
+            entries.append({"path": path, "stamp": stamp, "offset": offset, "shape": list(arr.shape)})
+            offset += arr.nbytes
+        index.write(json.dumps({"format": 1, "bytes": offset, "images": entries}).encode())
+    log(f"{data_file}: {len(entries)} decoded images, {offset / 1e9:.2f} GB")
+    return data_file
+
+
+def read_store_index(list_file, paths):
+    """{path: index entry} of the list's store if it exists (None if not); UserError if it is stale:
+    a listed file missing from it or changed (size or modification time) since it was written."""
+    data_file, index_file = store_paths(list_file)
+    if not os.path.isfile(index_file):
+        return None
+    rebuild = f"rebuild it (create_data_lists.py ... --store) or delete {data_file} and {index_file}"
+    try:
+        with open(index_file) as f:
+            index = json.load(f)
+        entries = {e["path"]: e for e in index["images"]}
+        size = os.path.getsize(data_file)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise utils.UserError(f"{index_file}: unreadable decoded store ({e}); {rebuild}") from None
+    if size != index["bytes"]:
+        raise utils.UserError(f"{data_file}: {size} bytes, the index says {index['bytes']}; {rebuild}")
+    for path in paths:
+        if path not in entries:
+            raise utils.UserError(f"{data_file}: {path} is in the list but not in the decoded store; {rebuild}")
+        if _stamp(path) != entries[path]["stamp"]:
+            raise utils.UserError(f"{data_file}: {path} changed after the decoded store was written; {rebuild}")
+    return entries
+
+
 class SRDataset(Dataset):
     """Pairs of (LR, HR) image tensors.
 
@@ -60,6 +123,9 @@ class SRDataset(Dataset):
         test_data_name: which test list to read for split 'test' (e.g. 'Set5').
         augment: random horizontal flips and 90-degree rotations (training only; off in the paper).
         cache: keep decoded images in memory (for small data sets; each worker keeps its own copy).
+            Not used with a store.
+        store: 'auto' crops training images from the list's decoded store (:func:`write_store`)
+            if there is one (a UserError if it is stale), False never. Same samples either way.
         seed: crops and augmentations are a function of (seed, epoch, index), so a run can be
             resumed exactly. Training index ``k >= len(self)`` means image ``k % len`` in epoch
             ``k // len`` (what training.ResumableSampler yields): each epoch has new crops.
@@ -70,7 +136,7 @@ class SRDataset(Dataset):
     """
 
     def __init__(self, data_folder, split, crop_size, scaling_factor, lr_img_type, hr_img_type,
-                 test_data_name=None, augment=False, cache=False, seed=0):
+                 test_data_name=None, augment=False, cache=False, seed=0, store="auto"):
         split = split.lower()
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -88,8 +154,16 @@ class SRDataset(Dataset):
 
         path = list_path(data_folder, split, test_data_name)
         paths = read_image_list(path)
+        self.store = None  # {path: store entry} when cropping from the decoded store
+        self.store_file = None
+        self._store_data = None  # the memory map, opened in each process on first use
+        if split == "train" and store:
+            self.store = read_store_index(path, paths)
+            self.store_file = store_paths(path)[0] if self.store is not None else None
         if split == "train":
-            paths = [p for p in paths if min(_header_size(p)) >= crop_size]
+            sizes = ([self.store[p]["shape"][:2] for p in paths] if self.store is not None
+                     else [_header_size(p) for p in paths])
+            paths = [p for p, size in zip(paths, sizes) if min(size) >= crop_size]
             if not paths:
                 raise utils.UserError(f"{path}: no image is at least {crop_size} pixels on each side; "
                                       "use a smaller --crop-size")
@@ -97,6 +171,11 @@ class SRDataset(Dataset):
 
     def __len__(self):
         return len(self.images)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_store_data"] = None  # worker processes map the file themselves; never pickle the data
+        return state
 
     def __getitem__(self, k):
         """Returns (lr, hr) tensors of shapes (3, h, w) and (3, h * s, w * s)."""
@@ -116,7 +195,14 @@ class SRDataset(Dataset):
         raise utils.UserError("10 training images in a row could not be decoded; check the data list")
 
     def _load(self, path):
-        """The decoded RGB image of a file, from the cache if enabled."""
+        """The decoded RGB image of a file: from the store (an (h, w, 3) uint8 array view), else
+        a PIL image (from the cache if enabled)."""
+        if self.store is not None:
+            if self._store_data is None:
+                self._store_data = np.memmap(self.store_file, dtype=np.uint8, mode="r")
+            entry = self.store[path]
+            h, w, c = entry["shape"]
+            return self._store_data[entry["offset"]:entry["offset"] + h * w * c].reshape(h, w, c)
         if self.cache is None:
             return images.open_image(path)
         if path not in self.cache:
@@ -124,14 +210,23 @@ class SRDataset(Dataset):
         return self.cache[path]
 
     def _random_crop(self, img, rng):
-        """A uniformly random crop_size x crop_size crop (every valid position), optionally augmented."""
-        w, h = img.size
-        if min(w, h) < self.crop_size:  # a file replaced since the list was checked
-            img = img.resize((max(w, self.crop_size), max(h, self.crop_size)), Image.BICUBIC)
+        """A uniformly random crop_size x crop_size crop (every valid position), optionally augmented.
+
+        img: a PIL image, or an (h, w, 3) uint8 array from the store (the same pixels, the same crop).
+        """
+        if isinstance(img, np.ndarray):
+            h, w = img.shape[:2]  # at least crop_size (the store is checked when the data set is built)
+        else:
             w, h = img.size
+            if min(w, h) < self.crop_size:  # a file replaced since the list was checked
+                img = img.resize((max(w, self.crop_size), max(h, self.crop_size)), Image.BICUBIC)
+                w, h = img.size
         left = rng.randint(0, w - self.crop_size)
         top = rng.randint(0, h - self.crop_size)
-        hr = img.crop((left, top, left + self.crop_size, top + self.crop_size))
+        if isinstance(img, np.ndarray):
+            hr = Image.fromarray(np.ascontiguousarray(img[top:top + self.crop_size, left:left + self.crop_size]), "RGB")
+        else:
+            hr = img.crop((left, top, left + self.crop_size, top + self.crop_size))
         if self.augment:
             if rng.random() < 0.5:
                 hr = hr.transpose(Image.FLIP_LEFT_RIGHT)

@@ -3,7 +3,9 @@
 :func:`prepare_model` folds BatchNorm into the convolutions and moves the last PixelShuffle after
 the output convolution (both exact in fp32), then sets device and channels_last.
 :func:`upscale_tensor` runs it under autocast, optionally in tiles; each tile carries the model's
-receptive-field radius of real context, so the tiled output equals the untiled one.
+receptive-field radius of real context, so the tiled output equals the untiled one. The wide
+up-sampling layers run on each tile's centre only, in strips of rows, so their 2x / 4x feature
+maps never exist whole (the same output, in a fraction of the memory).
 :func:`upscale_image` super-resolves a PIL image of any mode (grayscale stays grayscale, alpha is
 up-scaled with bicubic and kept, 16-bit grayscale keeps 16 bits).
 """
@@ -25,7 +27,7 @@ import utils
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Default tile size (LR pixels) of the scripts: images up to this size run in one piece, larger
-# ones in tiles, so that memory stays bounded (about 3 GB in fp32 for the default x4 model).
+# ones in tiles, so that memory stays bounded.
 DEFAULT_TILE = 512
 # the smallest tile the out-of-memory retry goes down to
 MIN_TILE = 32
@@ -212,10 +214,16 @@ def upscale_tensor(model, lr, scale, precision, device, tile=None, tile_pad=None
         same device as ``lr``. On out-of-memory the tiles are halved and the image redone (with
         a warning), down to MIN_TILE pixels; after that a UserError is raised.
     """
-    device = torch.device(device)
     single = lr.dim() == 3
-    if single:
-        lr = lr[None]
+    out = _upscale(model, lr[None] if single else lr, scale, precision, device, tile, tile_pad, uint8=False)
+    return out[0] if single else out
+
+
+def _upscale(model, lr, scale, precision, device, tile, tile_pad, uint8):
+    """:func:`upscale_tensor` of (N, 3, h, w) images; with ``uint8`` (N = 1 only) the output is the
+    (h * s, w * s, 3) uint8 array that convert_image(..., '[-1, 1]', 'pil') makes of the float output,
+    filled tile by tile (a quarter of the float output's memory)."""
+    device = torch.device(device)
     h, w = lr.shape[-2:]
     tile_size = int(tile) if tile else max(h, w)
     pad = None if tile_pad is None else int(tile_pad)
@@ -223,8 +231,7 @@ def upscale_tensor(model, lr, scale, precision, device, tile=None, tile_pad=None
         if pad is None and tile_size < max(h, w):  # (only tiles need it: a stand-in model may have no args)
             pad = receptive_radius(model)
         try:
-            out = _upscale_tiles(model, lr, scale, precision, device, tile_size, pad or 0)
-            return out[0] if single else out
+            return _upscale_tiles(model, lr, scale, precision, device, tile_size, pad or 0, uint8)
         except _OUT_OF_MEMORY:
             if tile_size <= MIN_TILE:
                 raise utils.UserError(f"out of memory on {device} even with {tile_size}-pixel tiles; "
@@ -233,13 +240,16 @@ def upscale_tensor(model, lr, scale, precision, device, tile=None, tile_pad=None
         if device.type == "cuda":
             torch.cuda.empty_cache()
         tile_size = max(MIN_TILE, tile_size // 2)
-        warnings.warn(f"out of memory on {device}: retrying with {tile_size}-pixel tiles", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"out of memory on {device}: retrying with {tile_size}-pixel tiles", RuntimeWarning, stacklevel=3)
 
 
-def _upscale_tiles(model, lr, scale, precision, device, tile, pad):
+def _upscale_tiles(model, lr, scale, precision, device, tile, pad, uint8=False):
     """Run the model on tiles of ``lr`` (N, 3, h, w) and paste their centres into the output."""
     n, _, h, w = lr.shape
-    out = torch.empty(n, 3, h * scale, w * scale, dtype=torch.float32, device=lr.device)
+    if uint8:
+        out = torch.empty(h * scale, w * scale, 3, dtype=torch.uint8)
+    else:
+        out = torch.empty(n, 3, h * scale, w * scale, dtype=torch.float32, device=lr.device)
     channels_last = _is_channels_last(model)
     with torch.inference_mode(), utils.autocast(device, precision):
         for top in range(0, h, tile):
@@ -252,21 +262,131 @@ def _upscale_tiles(model, lr, scale, precision, device, tile, pad):
                 x = lr[:, :, ptop:pbottom, pleft:pright].to(device, non_blocking=True)  # (N, 3, ph, pw)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                y = model(x)  # (N, 3, ph * s, pw * s)
-                # keep the centre: the part of the output that belongs to this tile
-                y = y[:, :, (top - ptop) * scale:(bottom - ptop) * scale, (left - pleft) * scale:(right - pleft) * scale]
-                if not torch.isfinite(y).all():  # a broken model would otherwise give a black image
-                    raise utils.UserError("the model's output is not finite (NaN or inf): the weights are broken")
-                out[:, :, top * scale:bottom * scale, left * scale:right * scale] = y.float().clamp_(-1, 1).to(lr.device)
+                # only the centre, the part of the output that belongs to this tile, in strips of rows
+                for row, y in _forward_pieces(model, x, (top - ptop, bottom - ptop, left - pleft, right - pleft)):
+                    if not torch.isfinite(y).all():  # a broken model would otherwise give a black image
+                        raise utils.UserError("the model's output is not finite (NaN or inf): the weights are broken")
+                    y = y.float().clamp_(-1, 1)  # (N, 3, rows, (right - left) * s)
+                    r0, c0 = top * scale + row, left * scale
+                    r1, c1 = r0 + y.shape[-2], c0 + y.shape[-1]
+                    if uint8:  # the arithmetic of images.convert_image(y, '[-1, 1]', 'pil')
+                        y = ((y + 1.0) / 2.0).clamp(0, 1) * 255.0
+                        out[r0:r1, c0:c1] = y.round().to(torch.uint8)[0].permute(1, 2, 0).cpu()
+                    else:
+                        out[:, :, r0:r1, c0:c1] = y.to(lr.device)
+                del x, y
     return out
+
+
+# bytes of the largest feature map that one strip of the up-sampling layers makes (see _forward_pieces)
+STRIP_BYTES = 64 * 2**20
+
+
+def _forward_pieces(model, x, box):
+    """The model's output for the LR box (top, bottom, left, right) of ``x`` (N, 3, h, w), in pieces.
+
+    Yields (row, y): y is the output for the box's columns and a band of its rows starting ``row``
+    output pixels below the box's top; together the pieces equal ``model(x)`` cropped to the box.
+    For an SRResNet / Generator only the layers before the up-sampling run on the whole of ``x``;
+    each up-sampling stage runs on just the region the box needs (plus the context its
+    convolutions read), in strips of rows, so that the wide feature maps at 2x and 4x the LR size
+    never exist whole. Any other model runs on the whole of ``x``.
+    """
+    top, bottom, left, right = box
+    stages = _upsampling_stages(model)
+    if stages is None:
+        y = model(x)  # (N, 3, h * s, w * s)
+        s = y.shape[-2] // x.shape[-2]
+        yield 0, y[:, :, top * s:bottom * s, left * s:right * s]
+        return
+    h, w = x.shape[-2:]
+    src = _srresnet(model).features(x)  # (N, n_channels, h, w)
+    src_box, f = (0, h, 0, w), 1  # the LR box that src covers, and its resolution in LR pixels
+    # the LR box each stage must fill: the next stage's grown by that stage's context, within x
+    boxes = [box]
+    for _, _, halo, _ in reversed(stages[1:]):
+        t, b, l, r = boxes[0]
+        boxes.insert(0, (max(t - halo, 0), min(b + halo, h), max(l - halo, 0), min(r + halo, w)))
+    for i, (layers, factor, halo, width) in enumerate(stages):
+        t, b, l, r = boxes[i]
+        g = f * factor
+        # input columns: all that src covers (slicing columns would cost a copy; rows are free in
+        # channels_last) - at most the previous stage's halo more than the output needs
+        cl, cr = src_box[2], src_box[3]
+        rows = max(1, STRIP_BYTES // (width * f * f * (cr - cl) * src.element_size()))
+        fmt = torch.channels_last if _is_channels_last_tensor(src) else torch.contiguous_format
+        out = None
+        for st in range(t, b, rows):
+            sb = min(st + rows, b)
+            it, ib = max(st - halo, src_box[0]), min(sb + halo, src_box[1])
+            y = src[:, :, (it - src_box[0]) * f:(ib - src_box[0]) * f, (cl - src_box[2]) * f:(cr - src_box[2]) * f]
+            y = y.contiguous(memory_format=fmt)  # a sliced input would make the convolution slower
+            for layer in layers:
+                y = layer(y)
+            y = y[:, :, (st - it) * g:(sb - it) * g, (l - cl) * g:(r - cl) * g]  # (N, C, (sb - st) * g, (r - l) * g)
+            if i == len(stages) - 1:
+                yield (st - top) * g, y
+                continue
+            if out is None:  # the stage's whole (thin) output map, in the input's layout
+                out = torch.empty(y.shape[0], y.shape[1], (b - t) * g, (r - l) * g, dtype=y.dtype, device=y.device,
+                                  memory_format=fmt)
+            out[:, :, (st - t) * g:(sb - t) * g] = y
+        src, src_box, f = out, boxes[i], g
+        del out, y
+
+
+def _srresnet(model):
+    """The SRResNet inside a Generator (or the SRResNet itself), or None for other modules and
+    compiled ones (a compiled model runs whole, as compiled)."""
+    if hasattr(model, "_orig_mod"):
+        return None
+    net = model.net if isinstance(model, models.Generator) else model
+    return net if isinstance(net, models.SRResNet) else None
+
+
+def _upsampling_stages(model):
+    """The layers after SRResNet.features, in stages: [(layers, factor, halo, width)], or None.
+
+    Every sub-pixel block but the last is a stage whose output (n_channels wide) is kept whole;
+    the last block and conv_block3 are the final stage, run in strips straight to the output.
+    ``factor``: its up-scaling; ``halo``: how far (LR pixels) an output pixel's inputs reach;
+    ``width``: channels of its widest feature map per input pixel (sizes the strips).
+    None if the model is not a (prepared) SRResNet / Generator of the known layers.
+    """
+    net = _srresnet(model)
+    if net is None:
+        return None
+    blocks = list(net.subpixel_convolutional_blocks)
+    groups = [[b] for b in blocks[:-1]] + [blocks[-1:] + [net.conv_block3]]
+    stages, before = [], 1  # before: the stage input's resolution in LR pixels
+    for layers in groups:
+        factor, reach, width = 1, 0.0, 1
+        for m in (m for layer in layers for m in layer.modules() if not list(m.children())):
+            if isinstance(m, nn.Conv2d):
+                if m.stride != (1, 1) or m.dilation != (1, 1) or m.groups != 1 or m.padding_mode != "zeros" \
+                        or not isinstance(m.padding, tuple) or m.padding[0] != m.padding[1]:
+                    return None
+                reach += m.padding[0] / factor
+                width = max(width, m.out_channels * factor * factor)
+            elif isinstance(m, nn.PixelShuffle):
+                factor *= m.upscale_factor
+            elif not isinstance(m, (nn.PReLU, nn.Tanh, nn.Identity)):
+                return None
+        stages.append((layers, factor, math.ceil(reach / before), width))
+        before *= factor
+    return stages
 
 
 def _is_channels_last(model):
     """True if the model's first 4-D weight is stored channels_last."""
     for p in model.parameters():
         if p.dim() == 4:
-            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            return _is_channels_last_tensor(p)
     return False
+
+
+def _is_channels_last_tensor(t):
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def upscale_tensor_x8(model, lr, scale, precision, device, tile=None, tile_pad=None):
@@ -386,9 +506,17 @@ def upscale_image(model, img, scale, precision, device, tile=None, tile_pad=None
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    sr = upscale_tensor(model, x, scale, precision, device, tile, tile_pad)  # (1, 3, h * s, w * s) on the CPU
+    if img.mode in _HIGH_BIT_MODES:  # needs the float output
+        sr = _upscale(model, x, scale, precision, device, tile, tile_pad, uint8=False)  # (1, 3, h * s, w * s)
+    else:  # 8 bits: quantised tile by tile, the float output never exists whole
+        sr = _upscale(model, x, scale, precision, device, tile, tile_pad, uint8=True)  # (h * s, w * s, 3) uint8
     seconds = time.perf_counter() - start
-    out = output_to_image(sr[0], img.mode)
+    if img.mode in _HIGH_BIT_MODES:
+        out = output_to_image(sr[0], img.mode)
+    else:
+        out = Image.fromarray(sr.numpy(), "RGB")
+        out = out.convert("L") if img.mode in ("L", "LA") else out
+    del sr
     if alpha is not None:
         out.putalpha(images.bicubic_resize(alpha, out.size))  # RGB -> RGBA, L -> LA
     return out, seconds

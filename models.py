@@ -138,13 +138,17 @@ class SRResNet(nn.Module):
 
     def forward(self, lr_imgs):
         """(N, 3, h, w) ImageNet-normalised -> (N, 3, h * s, w * s) in [-1, 1]."""
+        x = self.features(lr_imgs)  # (N, n_channels, h, w)
+        x = self.subpixel_convolutional_blocks(x)  # (N, n_channels, h * s, w * s)
+        return self.conv_block3(x)  # (N, 3, h * s, w * s)
+
+    def features(self, lr_imgs):
+        """The LR feature map that the up-sampling blocks take: (N, 3, h, w) -> (N, n_channels, h, w)."""
         x = self.conv_block1(lr_imgs)  # (N, n_channels, h, w)
         residual = x
         x = self.residual_blocks(x)  # (N, n_channels, h, w)
         x = self.conv_block2(x)  # (N, n_channels, h, w)
-        x = x + residual  # long skip connection
-        x = self.subpixel_convolutional_blocks(x)  # (N, n_channels, h * s, w * s)
-        return self.conv_block3(x)  # (N, 3, h * s, w * s)
+        return x + residual  # long skip connection
 
 
 class Generator(nn.Module):

@@ -353,7 +353,8 @@ def train_batches(args, ctx, start_iteration, scale):
     """Endless iterator of (LR ImageNet-normalised, HR in [-1, 1]) batches from iteration ``start_iteration`` on."""
     dataset = datasets.SRDataset(args.data_folder, "train", args.crop_size, scale, "imagenet-norm", "[-1, 1]",
                                  augment=args.augment, seed=args.seed)
-    if args.cache_images == "on" or (args.cache_images == "auto" and len(dataset) <= 2000):
+    # a decoded store (create_data_lists.py --store) is shared by the workers; a cache is per worker
+    if dataset.store is None and (args.cache_images == "on" or (args.cache_images == "auto" and len(dataset) <= 2000)):
         dataset.cache = {}
     sampler = ResumableSampler(len(dataset), args.batch_size, args.seed, ctx.rank, ctx.world_size, start_iteration)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,

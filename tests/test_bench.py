@@ -117,6 +117,12 @@ def test_quick_run_writes_json_with_every_section(tmp_path, capsys):
     assert _positive_finite(loader["samples_per_s"]) and _positive_finite(loader["consumption_ratio"])
     assert loader["consumption_ratio"] == pytest.approx(loader["samples_per_s"] / rows["default"]["samples_per_s"])
 
+    store = data["store_loader"]
+    assert store["image_size"] == list(bench.PHOTO_SIZE[True]) and store["images"] == 2 and store["workers"] == 2
+    assert store["store_bytes"] == 2 * 3 * store["image_size"][0] * store["image_size"][1]
+    assert _positive_finite(store["samples_per_s"]) and _positive_finite(store["decode_samples_per_s"])
+    assert "decoded store" in table
+
     targets = {t["key"]: t for t in data["targets"]}
     assert {"inference_speedup", "inference_peak_fraction", "inference_psnr", "fp32_max_abs_diff",
             "training_speedup", "loader_ratio", "tiled_peak_rss"} <= set(targets)

@@ -80,3 +80,16 @@ def test_many_files_are_fast(tmp_path):
     create_data_lists.create_data_lists([str(folder)], [], 100, str(tmp_path / "l"), log=lambda m: None)
     assert time.time() - start < 60
     assert len(json.loads((tmp_path / "l" / "train_images.json").read_text())) == 2000
+
+
+def test_store_flag_writes_the_decoded_store_next_to_the_list(tmp_path, mixed_folder):
+    import datasets
+
+    out = tmp_path / "lists"
+    create_data_lists.main(["--train-folders", str(mixed_folder), "--min-size", "100", "--output-folder", str(out),
+                            "--store"])
+    data_file, index_file = datasets.store_paths(str(out / "train_images.json"))
+    index = json.loads(open(index_file).read())
+    assert [e["path"] for e in index["images"]] == json.loads((out / "train_images.json").read_text())
+    assert index["bytes"] == sum(3 * e["shape"][0] * e["shape"][1] for e in index["images"])
+    assert datasets.SRDataset(str(out), "train", 96, 4, "[0, 1]", "[0, 1]").store is not None

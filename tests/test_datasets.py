@@ -1,6 +1,8 @@
 """SRDataset: crop alignment, value ranges, image modes, bad files and lists."""
 
 import json
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -138,3 +140,68 @@ def test_bad_lists_and_crop(tmp_path):
 def torch_equal(a, b):
     import torch
     return torch.equal(a, b)
+
+
+@pytest.fixture
+def mixed_list(tmp_path):
+    """A training list of images of several modes, one JPEG with an EXIF rotation."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    random_image((90, 70), seed=1).save(folder / "rgb.png")
+    random_image((64, 80), seed=2).convert("L").save(folder / "gray.png")
+    random_image((72, 72), seed=3).convert("P").save(folder / "palette.png")
+    random_image((80, 66), seed=4).convert("RGBA").save(folder / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    random_image((100, 60), seed=5).save(folder / "rotated.jpg", exif=exif)
+    return make_list(tmp_path / "lists", sorted(folder.iterdir()))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_store_gives_exactly_the_samples_of_decoding(mixed_list, augment):
+    list_file = str(mixed_list / "train_images.json")
+    decoded = datasets.SRDataset(mixed_list, "train", 48, 4, "imagenet-norm", "[-1, 1]", augment=augment, seed=5)
+    assert decoded.store is None
+    datasets.write_store(list_file, log=lambda *a: None)
+    stored = datasets.SRDataset(mixed_list, "train", 48, 4, "imagenet-norm", "[-1, 1]", augment=augment, seed=5)
+    assert stored.store is not None and stored.images == decoded.images
+    assert datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]", store=False).store is None
+    # every image, three epochs (k >= len: the next epochs' crops), bit for bit
+    for k in range(3 * len(stored)):
+        (lr_a, hr_a), (lr_b, hr_b) = decoded[k], stored[k]
+        assert torch_equal(lr_a, lr_b) and torch_equal(hr_a, hr_b), k
+    # the store holds what open_image decodes (EXIF rotation applied: the JPEG is 60 wide, 100 high)
+    entry = stored.store[next(p for p in stored.images if p.endswith("rotated.jpg"))]
+    assert entry["shape"] == [100, 60, 3]
+    data_file, index_file = datasets.store_paths(list_file)
+    assert os.path.getsize(data_file) == sum(3 * h * w for h, w, _ in (e["shape"] for e in stored.store.values()))
+    # a pickled data set (what a spawned worker gets) carries the index, not the pixels
+    stored[0]
+    assert len(pickle.dumps(stored)) < 10_000 and pickle.loads(pickle.dumps(stored))[1][1].shape == (3, 48, 48)
+
+
+def test_stale_store_is_refused_with_one_line(mixed_list, tmp_path):
+    list_file = str(mixed_list / "train_images.json")
+    datasets.write_store(list_file, log=lambda *a: None)
+    paths = json.loads((mixed_list / "train_images.json").read_text())
+    st = os.stat(paths[0])
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same size, new time
+    with pytest.raises(utils.UserError, match=r"changed after the decoded store was written; rebuild it") as e:
+        datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
+    assert "\n" not in str(e.value)
+    datasets.write_store(list_file, log=lambda *a: None)  # rebuilt: accepted again
+    assert datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]").store is not None
+    extra = tmp_path / "extra.png"
+    random_image((64, 64)).save(extra)
+    make_list(mixed_list, paths + [str(extra)])  # the list changed, the store did not
+    with pytest.raises(utils.UserError, match="not in the decoded store"):
+        datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
+    make_list(mixed_list, paths)
+    data_file, _ = datasets.store_paths(list_file)
+    with open(data_file, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(utils.UserError, match="bytes, the index says"):
+        datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
+    # the test split never uses it
+    make_list(mixed_list, paths, name="Val_test_images.json")
+    assert datasets.SRDataset(mixed_list, "test", 0, 4, "[0, 1]", "[0, 1]", test_data_name="Val")[0][1].dim() == 3

@@ -296,3 +296,39 @@ def test_fused_last_upsampling_is_exact(scale, large_kernel):
     with torch.no_grad():
         assert (inference.fuse_last_upsampling(gen)(x) - gen(x)).abs().max() < 1e-5
     assert isinstance(gen.net.subpixel_convolutional_blocks[-1].pixel_shuffle, torch.nn.PixelShuffle)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_strips_of_the_upsampling_layers_give_the_whole_output(monkeypatch, precision, scale):
+    """The up-sampling layers run on just the tile's centre, in strips of a few rows (tiny strips
+    forced here): the pieces are the untiled output, bit for bit in bf16 (the default on CPUs
+    with bf16) and to float rounding in fp32."""
+    model = inference.prepare_model(tiny_model(scaling_factor=scale), "cpu", precision)
+    x = images.convert_image(real_lr_image().crop((0, 0, 45, 38)), "pil", "imagenet-norm")
+    whole = inference.upscale_tensor(model, x, scale, precision, "cpu")
+    monkeypatch.setattr(inference, "STRIP_BYTES", 1)  # one row per strip
+    for tile in (None, 16, 23):
+        tiled = inference.upscale_tensor(model, x, scale, precision, "cpu", tile=tile)
+        if precision == "bf16":
+            assert torch.equal(tiled, whole), tile
+        else:
+            assert (tiled - whole).abs().max() < 1e-5, tile
+    # the stages of the default x4 model: x2 kept whole, then x2 with 3x3 and 5x5 convolutions in strips
+    stages = inference._upsampling_stages(inference.prepare_model(models.SRResNet(), "cpu", "fp32"))
+    assert [(factor, halo, width) for _, factor, halo, width in stages] == [(2, 1, 256), (2, 2, 256)]
+    # any other module runs whole, as before
+    assert inference._upsampling_stages(NearestUpscaler()) is None
+
+
+def test_upscale_image_quantises_tiles_as_the_whole_float_output():
+    model = inference.prepare_model(tiny_model(), "cpu", "bf16")
+    img = real_lr_image().crop((0, 0, 40, 33))
+    sr, _ = inference.upscale_image(model, img, 4, "bf16", "cpu", tile=16)
+    x = images.convert_image(img, "pil", "imagenet-norm")
+    expected = images.convert_image(inference.upscale_tensor(model, x, 4, "bf16", "cpu"), "[-1, 1]", "pil")
+    assert sr.mode == "RGB" and np.array_equal(np.asarray(sr), np.asarray(expected))
+    gray, _ = inference.upscale_image(model, img.convert("L"), 4, "bf16", "cpu", tile=16)
+    x = images.convert_image(img.convert("L"), "pil", "imagenet-norm")
+    expected = images.convert_image(inference.upscale_tensor(model, x, 4, "bf16", "cpu"), "[-1, 1]", "pil")
+    assert gray.mode == "L" and np.array_equal(np.asarray(gray), np.asarray(expected.convert("L")))

@@ -14,6 +14,7 @@ import torch
 
 import checkpoint
 import create_data_lists
+import datasets
 import models
 import train_srresnet
 import training
@@ -89,6 +90,38 @@ def test_readme_resume_command_continues_an_interrupted_run_exactly(tmp_path, da
     assert_identical(a, b)
     assert read_log(tmp_path / "straight" / "srresnet_log.csv") == read_log(tmp_path / "split" / "srresnet_log.csv")
     assert len(read_log(tmp_path / "split" / "srresnet_log.csv")) == 24
+
+
+def test_decoded_store_trains_and_resumes_exactly_as_decoding(tmp_path, data_lists, monkeypatch):
+    """A run that decodes every sample, and one from the decoded store (create_data_lists.py --store)
+    interrupted and resumed: the same checkpoint, bit for bit."""
+    run = [12, "--log-every", "1", "--save-every", "4", "--seed", "2", "--augment", "--val-data", ""]
+    train_srresnet.main(flags(data_lists, tmp_path / "decoded", *run))
+    datasets.write_store(datasets.list_path(str(data_lists), "train"), log=lambda *a: None)
+    with monkeypatch.context() as m:
+        sigint_at(m, 5)
+        with pytest.raises(KeyboardInterrupt):
+            train_srresnet.main(flags(data_lists, tmp_path / "stored", *run))
+    latest = tmp_path / "stored" / "srresnet_latest.pth"
+    train_srresnet.main(["--resume", str(latest)])
+    a = checkpoint.load_checkpoint(tmp_path / "decoded" / "srresnet_latest.pth")
+    b = checkpoint.load_checkpoint(latest)
+    for ckpt in (a, b):
+        assert ckpt["training"]["args"].pop("checkpoint_dir")
+    assert_identical(a, b)
+
+
+def test_loader_workers_give_the_same_batches_from_the_store(tmp_path, data_lists):
+    args = train_srresnet.build_parser().parse_args(flags(data_lists, tmp_path, 10, "--workers", "2", "--seed", "4"))
+    ctx = training.Context(torch.device("cpu"), "fp32", False)
+    decoded = training.train_batches(args, ctx, 3, 4)
+    expected = [next(decoded) for _ in range(4)]
+    del decoded
+    datasets.write_store(datasets.list_path(str(data_lists), "train"), log=lambda *a: None)
+    stored = training.train_batches(args, ctx, 3, 4)
+    for lr, hr in expected:
+        lr2, hr2 = next(stored)
+        assert torch.equal(lr, lr2) and torch.equal(hr, hr2)
 
 
 @pytest.fixture
