@@ -280,6 +280,8 @@ def _upscale_tiles(model, lr, scale, precision, device, tile, pad, uint8=False):
 
 # bytes of the largest feature map that one strip of the up-sampling layers makes (see _forward_pieces)
 STRIP_BYTES = 64 * 2**20
+# ... unless the whole map is at most this large: then one strip (the fastest)
+WHOLE_BYTES = 512 * 2**20
 
 
 def _forward_pieces(model, x, box):
@@ -313,7 +315,9 @@ def _forward_pieces(model, x, box):
         # input columns: all that src covers (slicing columns would cost a copy; rows are free in
         # channels_last) - at most the previous stage's halo more than the output needs
         cl, cr = src_box[2], src_box[3]
-        rows = max(1, STRIP_BYTES // (width * f * f * (cr - cl) * src.element_size()))
+        row_bytes = width * f * f * (cr - cl) * src.element_size()  # of one LR row of the stage's widest map
+        # small images run in one strip: strips re-run their context rows and cost a few % of time
+        rows = b - t if row_bytes * (b - t) <= WHOLE_BYTES else max(1, STRIP_BYTES // row_bytes)
         fmt = torch.channels_last if _is_channels_last_tensor(src) else torch.contiguous_format
         out = None
         for st in range(t, b, rows):
