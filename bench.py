@@ -45,6 +45,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 import checkpoint
@@ -593,6 +594,57 @@ def bench_loader(device, batch_size, crop_size, scaling_factor, batches, warmup_
 
 
 # ----------------------------------------------------------------------------------------------
+# whole processes
+
+# the classic tutorial's path, as a whole process: the same weights, the model as trained (fp32,
+# NCHW, BatchNorm unfolded), Pillow conversions, one PNG at Pillow's default level
+CLASSIC_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from PIL import Image
+import checkpoint, images
+model = checkpoint.load_model(sys.argv[2])
+lr = images.convert_image(Image.open(sys.argv[3]).convert("RGB"), "pil", "imagenet-norm")
+with torch.no_grad():
+    sr = model(lr[None])
+images.convert_image(sr[0], "[-1, 1]", "pil").save(sys.argv[4])
+"""
+
+
+def bench_whole_process(checkpoint_path, image, repeats, log=_log):
+    """Wall time of whole processes on one image: test.py with its defaults (the SR and bicubic
+    PNGs written) against the classic fp32 path (one PNG), alternately, best of ``repeats``.
+
+    Returns:
+        dict: image, size, classic_seconds, test_seconds, speedup, same_pixels (test.py's SR output
+        against inference.upscale_image in this process with the same defaults).
+    """
+    with tempfile.TemporaryDirectory(prefix="bench_process_") as tmp:
+        times = {"classic": [], "test": []}
+        commands = {"classic": [sys.executable, "-c", CLASSIC_SCRIPT, HERE, checkpoint_path, image,
+                                os.path.join(tmp, "classic.png")],
+                    "test": [sys.executable, os.path.join(HERE, "test.py"), "--img", image, "--checkpoint",
+                             checkpoint_path, "--output-dir", os.path.join(tmp, "out")]}
+        for i in range(repeats):
+            for key, cmd in commands.items():
+                log(f"whole process {i + 1}/{repeats}: {key}")
+                start = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                times[key].append(time.perf_counter() - start)
+        stem = os.path.splitext(os.path.basename(image))[0]
+        with Image.open(os.path.join(tmp, "out", f"{stem}_sr.png")) as written:
+            written = np.asarray(written)
+    img = images.open_image_any_mode(image)
+    fast = inference.prepare_model(checkpoint.load_model(checkpoint_path), "cpu", "auto")
+    precision = utils.resolve_precision("auto", torch.device("cpu"))
+    expected, _ = inference.upscale_image(fast, img, fast.scaling_factor, precision, "cpu", inference.DEFAULT_TILE)
+    classic, ours = min(times["classic"]), min(times["test"])
+    return {"image": image, "size": list(img.size), "classic_seconds": classic, "test_seconds": ours,
+            "times": times, "speedup": classic / ours, "same_pixels": bool(np.array_equal(written, np.asarray(expected)))}
+
+
+# ----------------------------------------------------------------------------------------------
 # targets, table
 
 
@@ -716,6 +768,14 @@ def format_table(results):
             f"{_fmt(store['decode_samples_per_s'])} samples/s per process", "", "", "", "", "")
         add(section, f"decoded store (create_data_lists.py --store, memory-mapped), {store['workers']} workers", "",
             f"{_fmt(store['samples_per_s'])} samples/s", "", "", "", f"store {_gb(store['store_bytes'])} on disk", "")
+    process = results.get("process")
+    if process:
+        section = f"whole process, {process['size'][0]}x{process['size'][1]} image"
+        add(section, "classic: fp32 NCHW model as trained, Pillow, one PNG at the default level", "",
+            f"{process['classic_seconds']:.2f} s", "", "", "1.00x", "", "")
+        add(section, "python test.py (defaults: SR and bicubic PNGs written)", "", f"{process['test_seconds']:.2f} s",
+            "", "", f"{process['speedup']:.2f}x",
+            "SR pixels = upscale_image's" if process["same_pixels"] else "SR pixels DIFFER from upscale_image's", "")
     notes = results.get("notes", [])
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []))
 
@@ -771,6 +831,10 @@ def build_parser():
     g.add_argument("--workers", type=int, default=None,
                    help="data-loader workers (default: the training scripts' --workers default)")
     g.add_argument("--skip-train", action="store_true", help="skip the training-step and data-loader benchmarks")
+    g = parser.add_argument_group("whole process (with --checkpoint, on the CPU)")
+    g.add_argument("--process-image", default=os.path.join(HERE, "data", "astronaut.png"), metavar="PATH",
+                   help="image for the whole-process row (default: data/astronaut.png, 512x512)")
+    g.add_argument("--skip-process", action="store_true", help="skip the whole-process row")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default: 0)")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write every number to this JSON file")
     parser.add_argument("--tiled-child", default=None, help=argparse.SUPPRESS)  # internal: one tiled run
@@ -891,6 +955,9 @@ def run(args, log=_log):
         results["store_loader"] = bench_store_loader(device, args.batch_size, args.crop_size, net.scaling_factor,
                                                      args.loader_batches, args.photos, PHOTO_SIZE[args.quick],
                                                      workers=args.workers, log=log)
+
+    if args.checkpoint and not (args.skip_process or args.quick) and device.type == "cpu":
+        results["process"] = bench_whole_process(args.checkpoint, args.process_image, max(2, args.repeats // 2), log)
 
     results["targets"] = evaluate_targets(results)
     return _finite(results)

@@ -92,10 +92,14 @@ def output_stems(paths):
 
 
 def save_images(pairs):
-    """Save [(PIL image, path)] as PNGs, all or none (utils.atomic_write_all)."""
+    """Save [(PIL image, path)] as PNGs, all or none (utils.atomic_write_all).
+
+    zlib level 1: PNG is lossless at every level, and level 1 writes a 2048x2048 image about 4x
+    faster than Pillow's default 6, for files about 15% larger.
+    """
     with utils.atomic_write_all([path for _, path in pairs]) as files:
         for (img, _), f in zip(pairs, files):
-            img.save(f, format="PNG")
+            img.save(f, format="PNG", compress_level=1)
 
 
 def read_image(path):

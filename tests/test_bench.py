@@ -162,3 +162,13 @@ def test_help_lists_the_flags_and_import_does_no_work():
                  "--tile-size", "--tile ", "--compile", "--checkpoint", "--repeats", "--workers"):
         assert flag in help_text
     assert "--tiled-child" not in help_text  # internal
+
+
+def test_whole_process_row_times_both_commands_and_checks_the_pixels(tmp_path, tiny_checkpoint):
+    from conftest import random_image
+
+    random_image((20, 16), seed=3).save(tmp_path / "photo.png")
+    r = bench.bench_whole_process(str(tiny_checkpoint), str(tmp_path / "photo.png"), 1, log=lambda *a: None)
+    assert r["size"] == [20, 16] and r["same_pixels"] is True
+    assert r["classic_seconds"] > 0 and r["test_seconds"] > 0
+    assert r["speedup"] == pytest.approx(r["classic_seconds"] / r["test_seconds"])
