@@ -200,7 +200,9 @@ def main(argv=None):
         stop = training.StopSignal()
         bar = tqdm(total=args.iterations, initial=start, unit="it", desc="srgan", disable=not ctx.is_main)
         finite = torch.ones((), dtype=torch.bool, device=ctx.device)  # every loss finite so far
-        last_good, started = None, time.time()
+        # a resumed run's checkpoint is good: it was checked before it was written
+        last_good = f"{args.resume} (iteration {start})" if resume else None
+        started = time.time()
         try:
             for iteration in range(start + 1, args.iterations + 1):
                 lr_imgs, hr_imgs = next(batches)  # (N, 3, c/s, c/s) ImageNet-normalised, (N, 3, c, c) in [-1, 1]

@@ -375,14 +375,14 @@ def load_validation_set(args, scale):
     if not os.path.isfile(list_file):
         raise UserError(f"{list_file}: no such validation list (make it with create_data_lists.py --test-folders "
                         f"datasets/{args.val_data}, or train without validation: --val-data '')")
+    dataset = datasets.SRDataset(args.data_folder, "test", args.crop_size, scale, "imagenet-norm", "pil",
+                                 test_data_name=args.val_data)
     pairs = []
-    for path in datasets.read_image_list(list_file):
-        hr = images.crop_to_multiple(images.open_image(path), scale)
+    for path, (lr, hr) in zip(dataset.images, dataset):
         if min(hr.size) < 2 * scale + 11:  # SSIM's 11x11 window must fit after the border crop
             raise UserError(f"{path}: too small to validate x{scale} (needs {2 * scale + 11} pixels on each side); "
                             f"remove it from {list_file}")
-        lr = images.bicubic_resize(hr, (hr.width // scale, hr.height // scale))
-        pairs.append((path, images.convert_image(lr, "pil", "imagenet-norm"), hr))
+        pairs.append((path, lr, hr))
     return pairs
 
 

@@ -7,7 +7,6 @@ from PIL import Image
 from torch import nn
 
 import images
-import metrics
 import inference
 import models
 import utils

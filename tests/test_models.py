@@ -8,7 +8,6 @@ import torch
 
 import checkpoint
 import models
-import utils
 from conftest import ROOT, TINY
 
 

@@ -9,7 +9,6 @@ import images
 import metrics
 import inference
 import models
-import utils
 from conftest import ROOT
 
 CHECKPOINT = ROOT / "checkpoints" / "srresnet_x4.pth"

@@ -20,8 +20,6 @@ import datasets
 import models
 import train_srgan
 import train_srresnet
-import training
-import utils
 from conftest import assert_identical, cli_error, random_image, read_log, sigint_at
 
 TINY_G = dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1, scaling_factor=4)

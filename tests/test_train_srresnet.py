@@ -18,7 +18,6 @@ import datasets
 import models
 import train_srresnet
 import training
-import utils
 from conftest import ROOT, TINY, assert_identical, cli_error, need_shared, random_image, read_log, sigint_at
 
 TINY_FLAGS = ["--n-blocks", "1", "--n-channels", "8", "--crop-size", "24", "--batch-size", "2", "--workers", "0"]
@@ -475,3 +474,16 @@ def test_sampler_resumes_mid_epoch_and_splits_ranks():
     assert not a & b
 
 
+
+
+def test_nan_right_after_a_resume_names_the_resumed_checkpoint(finished_run, capsys):
+    def poison(module, inputs, output):
+        if isinstance(module, models.SRResNet) and module.training:
+            return output * float("nan")
+    handle = torch.nn.modules.module.register_module_forward_hook(poison)
+    try:
+        line = cli_error(train_srresnet.main, ["--resume", finished_run, "--iterations", "10"], capsys)
+    finally:
+        handle.remove()
+    assert f"last good checkpoint is {finished_run} (iteration 6)" in line
+    assert checkpoint.load_checkpoint(finished_run)["training"]["iteration"] == 6
