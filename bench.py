@@ -116,15 +116,20 @@ def synthetic_photo(width, height, seed=0):
                                 "[0, 1]", "pil")
 
 
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # CUDA runs asynchronously: wait for the work before reading the clock
+
+
 def median_seconds(fn, device, repeats):
     """Median seconds of ``repeats`` calls of fn() after one untimed call (thread pools, caches)."""
     fn()
     times = []
     for _ in range(repeats):
-        torch.cuda.synchronize(device) if device.type == "cuda" else None
+        sync(device)
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize(device) if device.type == "cuda" else None
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -157,11 +162,14 @@ def bench_model(model, device, size, repeats, matmul_size, compile=False):
             fast = inference.prepare_model(model, device, precision, compile=compile)
             run, peak_precision = (lambda: inference.upscale_tensor(fast, lr, scale, precision, device)), precision
         seconds = median_seconds(run, device, repeats)
+        if peak_precision not in peaks:
+            peaks[peak_precision] = matmul_peak(device, peak_precision, matmul_size)
         out = run().float()
         ref8, out8 = (np.asarray(images.convert_image(t[0].cpu(), "[-1, 1]", "pil")) for t in (ref_out, out))
         mse = np.mean((ref8.astype(np.float64) - out8) ** 2)
         rows.append({"path": precision, "seconds": seconds, "gflops": flops / seconds / 1e9,
-                     "peak_gflops": peaks.setdefault(peak_precision, matmul_peak(device, peak_precision, matmul_size)), "max_abs_diff": float((out - ref_out).abs().max()),
+                     "peak_gflops": peaks[peak_precision],
+                     "max_abs_diff": float((out - ref_out).abs().max()),
                      "psnr_db": float(10 * np.log10(255**2 / mse)) if mse else None})
     for r in rows:
         r["speedup"] = rows[0]["seconds"] / r["seconds"]
@@ -184,17 +192,16 @@ def bench_training(model, device, batch_size, crop_size, iterations):
 
             def batches(*args):
                 while True:
-                    torch.cuda.synchronize(device) if device.type == "cuda" else None
+                    sync(device)
                     stamps.append(time.perf_counter())
                     yield lr, hr
             argv = ["--init", init, "--data-folder", tmp, "--val-data", "", "--checkpoint-dir", os.path.join(tmp, key),
                     "--iterations", str(iterations + 2), "--log-every", str(iterations + 2), "--batch-size",
                     str(batch_size), "--crop-size", str(crop_size), "--workers", "0", "--device", str(device)]
-            if key == "reference":
-                argv += ["--precision", "fp32", "--no-channels-last"]
             real = training.train_batches, training.make_optimizer
             training.train_batches = batches
             if key == "reference":
+                argv += ["--precision", "fp32", "--no-channels-last"]
                 training.make_optimizer = lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=False)
             try:
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -363,6 +370,7 @@ def main(argv=None):
         utils.check_writable(args.json)
     size = {k: v[args.quick] for k, v in SIZES.items()}
     device = utils.resolve_device(args.device)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on a GPU too
     model = checkpoint.unwrap_model(checkpoint.load_model(args.checkpoint)) if args.checkpoint else \
         random_model(**({"n_blocks": 2, "n_channels": 8} if args.quick else {}))
     results = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -377,7 +385,9 @@ def main(argv=None):
         if "loader" not in args.skip:
             results["loader"] = bench_loader(device, model.scaling_factor, size["batch"], size["crop"],
                                              size["loader_batches"], size["photos"], size["photo_size"], tmp)
-        if "process" not in args.skip:
+        if "process" not in args.skip and not sys.platform.startswith("linux"):
+            log("skipping the whole-process rows: they read peak memory from Linux's /proc")
+        elif "process" not in args.skip:
             ckpt = args.checkpoint or os.path.join(tmp, "model.pth")
             if not args.checkpoint:
                 checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model), ckpt)
