@@ -301,9 +301,13 @@ def bench_processes(ckpt, photo, big, tile, per_image, repeats, tmp):
                 "faults_per_image": (runs[1]["minor_faults"] - runs[0]["minor_faults"]) / (per_image - 1),
                 "seconds_per_image": (runs[1]["seconds"] - runs[0]["seconds"]) / (per_image - 1)}
 
+    outputs = []
     for t in (tile, 0):
         log(f"test.py on a {Image.open(big).size} image: --tile {t}")
-        result[f"big_tile_{t}"] = run_process(test + [big, "--tile", str(t)])
+        result[f"big_tile_{t}"] = run_process(test[:-2] + [os.path.join(tmp, f"tile_{t}"), "--img", big, "--tile", str(t)])
+        with Image.open(os.path.join(tmp, f"tile_{t}", "big_sr.png")) as written:
+            outputs.append(np.asarray(written))
+    result["tiled_same_pixels"] = bool(np.array_equal(*outputs))
     return result
 
 
@@ -347,7 +351,7 @@ def table(results):
         tiled = next(v for k, v in p.items() if k.startswith("big_tile_") and k != "big_tile_0")
         rows.append(("test.py on a large image, tiles vs whole", f"whole: {whole['seconds']:.1f} s, "
                      f"{whole['peak_rss_bytes'] / 1e9:.2f} GB", f"tiled: {tiled['seconds']:.1f} s, "
-                     f"{tiled['peak_rss_bytes'] / 1e9:.2f} GB", f"{whole['seconds'] / tiled['seconds']:.2f}x speed"))
+                     f"{tiled['peak_rss_bytes'] / 1e9:.2f} GB, output {'identical' if p['tiled_same_pixels'] else 'DIFFERENT'}", f"{whole['seconds'] / tiled['seconds']:.2f}x speed"))
     return "\n".join(["| what | reference | ours | ratio |", "|---|---|---|---|"] + ["| " + " | ".join(r) + " |" for r in rows])
 
 
