@@ -270,6 +270,8 @@ def distributed(args):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:
+        utils.keep_freed_memory()  # fp32 steps 1.15x faster on a CPU, bf16 ones 1.03x (README, Speed)
     try:
         yield Context(device, precision, channels_last, rank, world_size)
     finally:
