@@ -43,7 +43,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #        full size                     --quick
 SIZES = {"size": (256, 16), "repeats": (3, 1), "batch": (16, 2), "crop": (96, 24), "iterations": (8, 2),
          "photos": (16, 2), "photo_size": ((2040, 1356), (204, 136)), "loader_batches": (40, 2),
-         "process_repeats": (2, 1), "matmul": (4096, 128), "per_image": (3, 2), "big": (1024, 48), "tile": (inference.DEFAULT_TILE, 16)}
+         "process_repeats": (2, 1), "matmul": (4096, 128), "per_image": (3, 2), "big": (1024, 48),
+         "tile": (inference.DEFAULT_TILE, 16)}
 # the classic tutorial's path as a whole process: the same weights, the model as trained (fp32,
 # NCHW, BatchNorm unfolded), Pillow conversions, one PNG at Pillow's default level
 CLASSIC = """import sys, torch, checkpoint, images
@@ -209,7 +210,8 @@ def bench_training(model, device, batch_size, crop_size, iterations):
             finally:
                 training.train_batches, training.make_optimizer = real
             seconds = statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:]))  # the first one warms up
-            rows.append({"path": key, "seconds": seconds, "its_per_s": 1 / seconds, "samples_per_s": batch_size / seconds})
+            rows.append({"path": key, "seconds": seconds, "its_per_s": 1 / seconds,
+                         "samples_per_s": batch_size / seconds})
     for r in rows:
         r["speedup"] = rows[0]["seconds"] / r["seconds"]
     return {"batch_size": batch_size, "crop_size": crop_size, "rows": rows}
@@ -243,7 +245,8 @@ def bench_loader(device, scale, batch_size, crop_size, batches, photos, photo_si
     seconds = time.perf_counter() - start
     del loader  # stops the workers
     return {"images": photos, "image_size": list(photo_size), "store_bytes": os.path.getsize(store),
-            "decode_samples_per_s": decode, "workers": args.workers, "store_samples_per_s": batches * batch_size / seconds}
+            "decode_samples_per_s": decode, "workers": args.workers,
+            "store_samples_per_s": batches * batch_size / seconds}
 
 
 def run_process(argv, allocator="keep"):
@@ -304,8 +307,9 @@ def bench_processes(ckpt, photo, big, tile, per_image, repeats, tmp):
     outputs = []
     for t in (tile, 0):
         log(f"test.py on a {Image.open(big).size} image: --tile {t}")
-        result[f"big_tile_{t}"] = run_process(test[:-2] + [os.path.join(tmp, f"tile_{t}"), "--img", big, "--tile", str(t)])
-        with Image.open(os.path.join(tmp, f"tile_{t}", "big_sr.png")) as written:
+        out = os.path.join(tmp, f"tile_{t}")
+        result[f"big_tile_{t}"] = run_process(test[:-2] + [out, "--img", big, "--tile", str(t)])
+        with Image.open(os.path.join(out, "big_sr.png")) as written:
             outputs.append(np.asarray(written))
     result["tiled_same_pixels"] = bool(np.array_equal(*outputs))
     return result
@@ -318,9 +322,11 @@ def table(results):
         m = results["model"]
         ref = m["rows"][0]
         for r in m["rows"][1:]:
-            rows.append((f"model, {m['size']}x{m['size']} LR, {r['path']}", f"{ref['seconds']:.3g} s ({ref['gflops']:.0f} GFLOP/s)",
-                         f"{r['seconds']:.3g} s ({r['gflops']:.0f} GFLOP/s, {r['gflops'] / r['peak_gflops']:.0%} of the "
-                         f"{r['path']} matmul peak; max abs diff {r['max_abs_diff']:.2g}, PSNR {r['psnr_db'] or float('inf'):.1f} dB)",
+            psnr = f"{r['psnr_db']:.1f} dB" if r["psnr_db"] else "identical"
+            rows.append((f"model, {m['size']}x{m['size']} LR, {r['path']}",
+                         f"{ref['seconds']:.3g} s ({ref['gflops']:.0f} GFLOP/s)",
+                         f"{r['seconds']:.3g} s ({r['gflops']:.0f} GFLOP/s, "
+                         f"{r['gflops'] / r['peak_gflops']:.0%} of the {r['path']} matmul peak; max abs diff {r['max_abs_diff']:.2g}, PSNR {psnr})",
                          f"{r['speedup']:.2f}x"))
     if "training" in results:
         t = results["training"]
@@ -349,10 +355,13 @@ def table(results):
                          f"{a['seconds_per_image'] / b['seconds_per_image']:.2f}x speed"))
         whole = p["big_tile_0"]
         tiled = next(v for k, v in p.items() if k.startswith("big_tile_") and k != "big_tile_0")
-        rows.append(("test.py on a large image, tiles vs whole", f"whole: {whole['seconds']:.1f} s, "
-                     f"{whole['peak_rss_bytes'] / 1e9:.2f} GB", f"tiled: {tiled['seconds']:.1f} s, "
-                     f"{tiled['peak_rss_bytes'] / 1e9:.2f} GB, output {'identical' if p['tiled_same_pixels'] else 'DIFFERENT'}", f"{whole['seconds'] / tiled['seconds']:.2f}x speed"))
-    return "\n".join(["| what | reference | ours | ratio |", "|---|---|---|---|"] + ["| " + " | ".join(r) + " |" for r in rows])
+        same = "identical" if p["tiled_same_pixels"] else "DIFFERENT"
+        rows.append(("test.py on a large image, tiles vs whole",
+                     f"whole: {whole['seconds']:.1f} s, {whole['peak_rss_bytes'] / 1e9:.2f} GB",
+                     f"tiled: {tiled['seconds']:.1f} s, {tiled['peak_rss_bytes'] / 1e9:.2f} GB, output {same}",
+                     f"{whole['seconds'] / tiled['seconds']:.2f}x speed"))
+    lines = ["| what | reference | ours | ratio |", "|---|---|---|---|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def build_parser():
@@ -378,7 +387,8 @@ def main(argv=None):
     model = checkpoint.unwrap_model(checkpoint.load_model(args.checkpoint)) if args.checkpoint else \
         random_model(**({"n_blocks": 2, "n_channels": 8} if args.quick else {}))
     results = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"CPU, {torch.get_num_threads()} threads", "model_args": dict(model.args), "checkpoint": args.checkpoint}
+               else f"CPU, {torch.get_num_threads()} threads", "model_args": dict(model.args),
+               "checkpoint": args.checkpoint}
     if os.getloadavg()[0] > 0.5:
         log(f"warning: load average {os.getloadavg()[0]:.1f}: something else is using the CPU, timings will be off")
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
