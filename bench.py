@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #        full size                     --quick
 SIZES = {"size": (256, 16), "repeats": (3, 1), "batch": (16, 2), "crop": (96, 24), "iterations": (8, 2),
          "photos": (16, 2), "photo_size": ((2040, 1356), (204, 136)), "loader_batches": (40, 2),
-         "process_repeats": (2, 1), "matmul": (4096, 128), "per_image": (3, 2), "big": (1024, 48),
+         "process_repeats": (2, 1), "matmul": (4096, 128), "per_image": (5, 2), "big": (1024, 48),
          "tile": (inference.DEFAULT_TILE, 16)}
 # the classic tutorial's path as a whole process: the same weights, the model as trained (fp32,
 # NCHW, BatchNorm unfolded), Pillow conversions, one PNG at Pillow's default level
