@@ -179,7 +179,8 @@ def bench_model(model, device, size, repeats, matmul_size, compile=False):
 
 def bench_training(model, device, batch_size, crop_size, iterations):
     """Iterations/s of train_srresnet.py's own loop on one ready batch (compute only): the reference
-    (fp32, NCHW, Adam(foreach=False)) against the script's defaults."""
+    (fp32, NCHW, Adam(foreach=False), glibc's allocator defaults) against the script's defaults.
+    The reference runs first: keep_freed_memory cannot be undone in a process once it has run."""
     lr = images.convert_image(synthetic_photo(crop_size // model.scaling_factor, crop_size // model.scaling_factor),
                               "pil", "imagenet-norm").expand(batch_size, -1, -1, -1).contiguous()
     hr = torch.rand(batch_size, 3, crop_size, crop_size) * 2 - 1
@@ -199,16 +200,17 @@ def bench_training(model, device, batch_size, crop_size, iterations):
             argv = ["--init", init, "--data-folder", tmp, "--val-data", "", "--checkpoint-dir", os.path.join(tmp, key),
                     "--iterations", str(iterations + 2), "--log-every", str(iterations + 2), "--batch-size",
                     str(batch_size), "--crop-size", str(crop_size), "--workers", "0", "--device", str(device)]
-            real = training.train_batches, training.make_optimizer
+            real = training.train_batches, training.make_optimizer, utils.keep_freed_memory
             training.train_batches = batches
             if key == "reference":
                 argv += ["--precision", "fp32", "--no-channels-last"]
                 training.make_optimizer = lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=False)
+                utils.keep_freed_memory = lambda: False
             try:
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                     train_srresnet.main(argv)
             finally:
-                training.train_batches, training.make_optimizer = real
+                training.train_batches, training.make_optimizer, utils.keep_freed_memory = real
             seconds = statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:]))  # the first one warms up
             rows.append({"path": key, "seconds": seconds, "its_per_s": 1 / seconds,
                          "samples_per_s": batch_size / seconds})
