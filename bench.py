@@ -257,7 +257,12 @@ def run_process(argv, allocator="keep"):
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", RUN, allocator] + argv, cwd=HERE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:  # Ctrl-C or an error here: do not leave the child running
+        proc.kill()
+        proc.wait()
+        raise
     seconds = time.perf_counter() - start
     errors = proc.stderr.read().decode(errors="replace")
     proc.stderr.close()
