@@ -254,18 +254,19 @@ def bench_loader(device, scale, batch_size, crop_size, batches, photos, photo_si
 def run_process(argv, allocator="keep"):
     """Run a Python script in a fresh process in this folder, with utils.keep_freed_memory as the
     script does ('keep') or disabled ('default-malloc'): wall seconds, peak RSS, minor page faults."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", RUN, allocator] + argv, cwd=HERE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    except BaseException:  # Ctrl-C or an error here: do not leave the child running
-        proc.kill()
-        proc.wait()
-        raise
-    seconds = time.perf_counter() - start
-    errors = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
+    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a chatty child cannot fill it and block
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", RUN, allocator] + argv, cwd=HERE, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C or an error here: do not leave the child running
+            proc.kill()
+            proc.wait()
+            raise
+        seconds = time.perf_counter() - start
+        stderr.seek(0)
+        errors = stderr.read().decode(errors="replace")
     if status:
         raise RuntimeError(f"{' '.join(argv[:2])} failed: {errors.strip()[-500:]}")
     peak = [int(line.split()[1]) * 1024 for line in errors.splitlines() if line.startswith("VmHWM:")]
@@ -333,7 +334,8 @@ def table(results):
             rows.append((f"model, {m['size']}x{m['size']} LR, {r['path']}",
                          f"{ref['seconds']:.3g} s ({ref['gflops']:.0f} GFLOP/s)",
                          f"{r['seconds']:.3g} s ({r['gflops']:.0f} GFLOP/s, "
-                         f"{r['gflops'] / r['peak_gflops']:.0%} of the {r['path']} matmul peak; max abs diff {r['max_abs_diff']:.2g}, PSNR {psnr})",
+                         f"{r['gflops'] / r['peak_gflops']:.0%} of the {r['path']} matmul peak; "
+                         f"max abs diff {r['max_abs_diff']:.2g}, PSNR {psnr})",
                          f"{r['speedup']:.2f}x"))
     if "training" in results:
         t = results["training"]

@@ -216,7 +216,7 @@ def main(argv=None):
 
     device = utils.resolve_device(args.device)
     precision = utils.resolve_precision(args.precision, device)
-    utils.keep_freed_memory()  # 1.1x faster on a 512x512 photo, 1.3x on 1024x1024 (see README, Speed)
+    utils.keep_freed_memory()  # reuse freed feature maps instead of page-faulting new ones (README, Speed)
     model = checkpoint.load_model(ckpt_path)
     scale = model.scaling_factor
     label = "SRGAN" if isinstance(model, models.Generator) else "SRResNet"

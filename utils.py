@@ -1,4 +1,4 @@
-"""Plumbing shared by the scripts: one-line user errors, atomic file writes, device and precision."""
+"""Plumbing shared by the scripts: one-line user errors, atomic file writes, device, precision, allocator."""
 
 import contextlib
 import ctypes
@@ -132,15 +132,11 @@ def remove_stale_temporaries(path):
 def keep_freed_memory():
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS.
 
-    By default every block of 32 MB or more (a feature map of a large image) is mmap-ed and
-    unmapped when freed, so each layer's output is page-faulted and zeroed by the kernel again:
-    eval.py on Set14 spent 40% of its CPU time there. With mmap off and no trimming, freed tensors
-    are reused (eval.py on Set14 1.5x faster, 7x fewer page faults), at the cost of a higher peak
-    memory, since freed blocks are kept until the process ends. One arena for all threads, so that
-    every thread reuses what any thread freed (with one per thread, the peak of identical test.py
-    runs varied from 1.28 to 1.44 GB; with one, 1.32-1.33 GB). It is a plain function call (no
-    environment variable), so it works at any time, also in a notebook; a no-op off glibc.
-    Returns True if it took effect.
+    By default every block of 32 MB or more (a feature map of a large image) is unmapped when
+    freed, so each layer's output is page-faulted and zeroed by the kernel again. With mmap off, no
+    trimming and one arena for all threads, freed tensors are reused: faster, but the peak memory
+    is higher, since freed blocks stay until the process ends (README, Speed). A plain call, no
+    environment variable, so it also works in a notebook; a no-op off glibc. True if it took effect.
     """
     try:
         libc = ctypes.CDLL(None)
@@ -149,7 +145,8 @@ def keep_freed_memory():
     if not hasattr(libc, "gnu_get_libc_version"):  # not glibc: macOS, Windows, musl
         return False
     m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from glibc's malloc.h
-    return all([libc.mallopt(m_mmap_max, 0), libc.mallopt(m_trim_threshold, 2**31 - 1), libc.mallopt(m_arena_max, 1)])
+    settings = ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_arena_max, 1))
+    return all([libc.mallopt(param, value) for param, value in settings])
 
 
 def resolve_device(name):

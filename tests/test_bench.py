@@ -96,6 +96,9 @@ def test_run_process_reports_time_memory_and_page_faults_of_the_child(tmp_path):
     assert big["minor_faults"] - small["minor_faults"] > 50_000
     with pytest.raises(RuntimeError, match="boom"):
         bench.run_process([str(tmp_path / "fails.py")])
+    # more than a pipe holds on stderr (progress bars) does not block the child
+    (tmp_path / "chatty.py").write_text("import sys\nsys.stderr.write('x' * 300_000)\n")
+    assert bench.run_process([str(tmp_path / "chatty.py")])["peak_rss_bytes"] > 0
 
 
 def test_the_reference_allocator_really_is_glibcs_default(tmp_path):
