@@ -2,6 +2,7 @@
 
     python train_srgan.py --init checkpoints/srresnet_best.pth                      # the paper's settings
     python train_srgan.py --init checkpoints/srresnet_best.pth --vgg-weights vgg19-dcbb9e9d.pth   # offline
+    python train_srgan.py --init checkpoints/srresnet_best.pth --content-loss mse    # SRGAN-MSE: no VGG
     python train_srgan.py --resume checkpoints/srgan_latest.pth                     # continue that run
     torchrun --nproc_per_node=4 train_srgan.py --init checkpoints/srresnet_best.pth --device cuda
 
@@ -9,7 +10,8 @@ The generator starts from a trained SRResNet (--init, also spelled --srresnet-ch
 used), the discriminator from scratch. Each iteration is one generator step on the perceptual loss
 (section 2.2 of the paper), then one discriminator step on the same SR batch (section 2.1):
 
-    l_G = content_scale**2 * MSE(VGG(SR), VGG(HR))           content loss ("VGG54" by default)
+    l_G = content_scale**2 * MSE(VGG(SR), VGG(HR))           content loss ("VGG54" by default;
+                                                             MSE(SR, HR) with --content-loss mse)
         + beta * BCE(D(SR), real)                            adversarial loss (beta = 1e-3)
         + pixel_weight * MSE(SR, HR)                         optional, off by default
         + texture_weight * MSE(Gram(VGG(SR)), Gram(VGG(HR)))  optional, off by default
@@ -44,6 +46,8 @@ import utils
 PAPER_CONTENT_SCALE = 1 / 12.75
 # the paper's discriminator (figure 4); its flags default to None = "these, or the resumed run's"
 DISCRIMINATOR_DEFAULTS = dict(kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024)
+# the content losses of the paper's table 1: name -> the VGG19 layer (i, j), or None for the pixel MSE
+CONTENT_LOSSES = {"vgg54": (5, 4), "vgg22": (2, 2), "mse": None}
 DISCRIMINATOR_FLAGS = dict(d_kernel_size="kernel_size", d_n_channels="n_channels", d_n_blocks="n_blocks",
                            fc_size="fc_size")
 
@@ -67,6 +71,9 @@ def build_parser():
     g = parser.add_argument_group("SRGAN")
     g.add_argument("--init", "--srresnet-checkpoint", dest="init", metavar="PATH", default=None,
                    help="trained SRResNet (or generator) to start from; its size is used (required unless --resume)")
+    g.add_argument("--content-loss", choices=tuple(CONTENT_LOSSES), default="vgg54",
+                   help="the paper's content losses: VGG19 features 5/4 or 2/2, or the pixel MSE that needs no VGG "
+                        "(SRGAN-MSE) (default: vgg54)")
     g.add_argument("--beta", type=training.at_least(0.0, float), default=1e-3, help="weight of the adversarial loss (default: 1e-3, the paper)")
     g.add_argument("--content-scale", type=_scale, default=PAPER_CONTENT_SCALE, metavar="S",
                    help="scale of the VGG feature maps before the content MSE, a number or fraction "
@@ -74,10 +81,11 @@ def build_parser():
     g.add_argument("--pixel-weight", type=training.at_least(0.0, float), default=0.0, help="weight of an extra pixel MSE (default: 0, not in the paper)")
     g.add_argument("--texture-weight", type=training.at_least(0.0, float), default=0.0,
                    help="weight of a Gram-matrix texture loss on the VGG features (default: 0 = off)")
-    g.add_argument("--vgg-i", type=training.at_least(1), default=5, help="VGG19 features before max-pool i (default: 5)")
-    g.add_argument("--vgg-j", type=training.at_least(1), default=4,
-                   help="... after the ReLU of convolution j of that stage (default: 4; 5/4 is the paper's VGG54)")
-    g.add_argument("--vgg-weights", default="imagenet", metavar="imagenet|PATH|random",
+    g.add_argument("--vgg-i", type=training.at_least(1), default=None,
+                   help="VGG19 features before max-pool i (default: --content-loss's, 5 for vgg54)")
+    g.add_argument("--vgg-j", type=training.at_least(1), default=None,
+                   help="... after the ReLU of convolution j of that stage (default: --content-loss's, 4 for vgg54)")
+    g.add_argument("--vgg-weights", default=None, metavar="imagenet|PATH|random",
                    help="VGG19 weights: torchvision's ImageNet ones (downloaded once), a local copy of that file, "
                         "or 'random' (smoke tests only: the result is NOT an SRGAN) (default: imagenet)")
     g = parser.add_argument_group("discriminator (default: the paper's)")
@@ -110,9 +118,29 @@ def frozen(module):
             p.requires_grad_(True)
 
 
+def resolve_content_loss(args):
+    """Fill in --vgg-i/--vgg-j/--vgg-weights from --content-loss (so the checkpoint records what was
+    built); refuse VGG flags with the pixel-MSE content loss, which builds no VGG."""
+    layer = CONTENT_LOSSES[args.content_loss]
+    if layer is None:
+        for flag, value in (("--vgg-i", args.vgg_i), ("--vgg-j", args.vgg_j), ("--vgg-weights", args.vgg_weights)):
+            if value is not None:
+                raise utils.UserError(f"{flag} {value}: --content-loss mse builds no VGG19; drop {flag}")
+        if args.texture_weight:
+            raise utils.UserError(f"--texture-weight {args.texture_weight:g}: the texture loss needs VGG19 features, "
+                                  "and --content-loss mse builds none; drop it or use --content-loss vgg54/vgg22")
+        return
+    args.vgg_i = layer[0] if args.vgg_i is None else args.vgg_i
+    args.vgg_j = layer[1] if args.vgg_j is None else args.vgg_j
+    args.vgg_weights = "imagenet" if args.vgg_weights is None else args.vgg_weights
+
+
 def build_vgg(args):
-    """The frozen TruncatedVGG19 of the content loss; a UserError when its weights cannot be had."""
+    """The frozen TruncatedVGG19 of the content loss (None for --content-loss mse); a UserError when
+    its weights cannot be had."""
     weights = args.vgg_weights
+    if CONTENT_LOSSES[args.content_loss] is None:
+        return None
     try:
         if weights == "random":
             # seeded on its own, so that a resumed run rebuilds exactly the same random network
@@ -134,6 +162,7 @@ def main(argv=None):
         raise utils.UserError("--init PATH is required: the generator starts from a trained SRResNet "
                               "(train_srresnet.py's srresnet_best.pth, or checkpoints/srresnet_x4.pth); "
                               "or --resume a run")
+    resolve_content_loss(args)
     latest_path, best_path, log_path = training.run_files(args, "srgan")
     with training.distributed(args) as ctx:
         # --- models: from the run being resumed, or the generator from --init and a new discriminator
@@ -152,11 +181,12 @@ def main(argv=None):
         if init is not None:
             generator.initialize_with_srresnet(init)
         discriminator = models.Discriminator(**d_args)
+        vgg = build_vgg(args)  # frozen: not wrapped in DDP (nothing to synchronise)
         if args.vgg_weights == "random" and ctx.is_main:
             print("WARNING: --vgg-weights random: the content loss uses an UNTRAINED VGG19. The result is NOT an "
                   "SRGAN; use this for smoke tests only.", file=sys.stderr)
-        vgg = build_vgg(args)  # frozen: not wrapped in DDP (nothing to synchronise)
-        generator, discriminator, vgg = ctx.prepare(generator), ctx.prepare(discriminator), ctx.prepare(vgg)
+        generator, discriminator = ctx.prepare(generator), ctx.prepare(discriminator)
+        vgg = ctx.prepare(vgg) if vgg is not None else None
         optimizer_g = training.make_optimizer(generator.parameters(), args.lr)
         optimizer_d = training.make_optimizer(discriminator.parameters(), args.lr)
         scheduler_g = training.make_scheduler(optimizer_g, args.lr_schedule, args.iterations)
@@ -193,8 +223,9 @@ def main(argv=None):
         writer = training.tensorboard_writer(args) if ctx.is_main else None
         if ctx.is_main:
             training.announce_resume(args, start)
-            print(f"SRGAN: generator {gen_args}, discriminator {d_args}, VGG19 i={args.vgg_i} j={args.vgg_j} "
-                  f"({args.vgg_weights}); on {ctx.device} x{ctx.world_size}, {ctx.precision}"
+            content = (f"VGG19 i={args.vgg_i} j={args.vgg_j} ({args.vgg_weights})" if vgg is not None
+                       else "pixel MSE")
+            print(f"SRGAN: generator {gen_args}, discriminator {d_args}, content loss {content}; on {ctx.device} x{ctx.world_size}, {ctx.precision}"
                   f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}")
 
         stop = training.StopSignal()
@@ -208,21 +239,24 @@ def main(argv=None):
                 lr_imgs, hr_imgs = next(batches)  # (N, 3, c/s, c/s) ImageNet-normalised, (N, 3, c, c) in [-1, 1]
                 lr_imgs, hr_imgs = ctx.to_device(lr_imgs), ctx.to_device(hr_imgs)
                 hr_norm = images.convert_image(hr_imgs, "[-1, 1]", "imagenet-norm")  # what VGG and D see
-                with torch.no_grad(), ctx.autocast():
-                    hr_features = vgg(hr_norm).float()  # (N, C, c', c'), the content target
+                if vgg is not None:
+                    with torch.no_grad(), ctx.autocast():
+                        hr_features = vgg(hr_norm).float()  # (N, C, c', c'), the content target
 
                 # generator step: minimise the perceptual loss
                 with ctx.autocast():
                     sr_imgs = net_g(lr_imgs).float()  # (N, 3, c, c) in [-1, 1]
                     sr_norm = images.convert_image(sr_imgs, "[-1, 1]", "imagenet-norm")
-                    sr_features = vgg(sr_norm).float()  # (N, C, c', c')
+                    if vgg is not None:
+                        sr_features = vgg(sr_norm).float()  # (N, C, c', c')
                     # the plain module (not the DDP wrapper) with frozen weights: only the gradient
                     # with respect to SR is wanted, and no all-reduce of discriminator gradients
                     with frozen(discriminator):
                         sr_logits = discriminator(sr_norm).float()  # (N, 1)
                 terms = {  # each a function, so that a term whose weight is 0 costs nothing
                     # MSE of the feature maps scaled by content_scale = content_scale**2 * MSE of the raw ones
-                    "content": lambda: args.content_scale**2 * F.mse_loss(sr_features, hr_features),
+                    "content": lambda: (args.content_scale**2 * F.mse_loss(sr_features, hr_features) if vgg is not None
+                                        else F.mse_loss(sr_imgs, hr_imgs)),
                     "adversarial": lambda: bce(sr_logits, torch.ones_like(sr_logits)),
                     "pixel": lambda: F.mse_loss(sr_imgs, hr_imgs),
                     "texture": lambda: F.mse_loss(gram_matrix(sr_features), gram_matrix(hr_features)),
@@ -266,6 +300,8 @@ def main(argv=None):
                 if (save or stopping) and ctx.is_main:
                     training.save_training_checkpoint(latest_path, "srgan", iteration, best_psnr, args, **state)
                     last_good = f"{latest_path} (iteration {iteration})"
+                if ctx.is_main:
+                    training.keep_snapshot(args, "srgan", iteration, generator, {"script": "train_srgan.py"})
                 val = None
                 if ctx.is_main and val_set and (training.due(iteration, args.val_every) or last):
                     val, best_psnr = training.validate_and_keep_best(

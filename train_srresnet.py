@@ -117,6 +117,8 @@ def main(argv=None):
                 if (save or stopping) and ctx.is_main:
                     training.save_training_checkpoint(latest_path, "srresnet", iteration, best_psnr, args, **state)
                     last_good = f"{latest_path} (iteration {iteration})"
+                if ctx.is_main:
+                    training.keep_snapshot(args, "srresnet", iteration, model, {"script": "train_srresnet.py"})
                 val = None
                 if ctx.is_main and val_set and (training.due(iteration, args.val_every) or last):
                     val, best_psnr = training.validate_and_keep_best(

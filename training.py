@@ -32,7 +32,7 @@ from utils import UserError
 # What a flag given with --resume may change. Everything else a run records (data, crop, batch,
 # model, losses, schedule, seed, precision...) would make it a different run, so it is refused.
 # The one list both scripts use.
-ADJUSTABLE_ON_RESUME = ("iterations", "lr", "val_every", "save_every", "log_every", "workers", "device",
+ADJUSTABLE_ON_RESUME = ("iterations", "lr", "val_every", "save_every", "keep_every", "log_every", "workers", "device",
                         "channels_last", "cache_images", "tensorboard", "checkpoint_dir")
 # flags that say how to start, not what the run is
 NOT_RECORDED = ("resume", "init", "resume_notes")
@@ -120,6 +120,9 @@ def add_common_arguments(parser, iterations, lr, lr_schedule):
     g.add_argument("--resume", default=None, metavar="PATH", help="continue the run of this training checkpoint")
     g.add_argument("--checkpoint-dir", default="checkpoints", help="where checkpoints and the log go (default: checkpoints)")
     g.add_argument("--save-every", type=at_least(1), default=1000, help="save the latest checkpoint every N iterations (default: 1000)")
+    g.add_argument("--keep-every", type=at_least(0), default=0,
+                   help="also keep the model of every Nth iteration as <checkpoint-dir>/<script>_<iteration>.pth "
+                        "(an inference file; default: 0 = none)")
     g.add_argument("--val-every", type=at_least(0), default=0,
                    help="validate every N iterations and keep the best model (default: 0 = at the end only)")
     g.add_argument("--val-data", default="Set5", help="name of the test list used for validation; '' for none (default: Set5)")
@@ -508,6 +511,13 @@ def save_best(path, model, info):
     checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model, info), path)
 
 
+def keep_snapshot(args, script, iteration, model, info):
+    """With --keep-every N, the inference file of every Nth iteration (GAN generators are chosen
+    after the run: the last one is not always the best)."""
+    if due(iteration, args.keep_every):
+        save_best(os.path.join(args.checkpoint_dir, f"{script}_{iteration}.pth"), model, {**info, "iteration": iteration})
+
+
 @torch.no_grad()
 def is_good(model, lr_imgs, ctx):
     """True if every weight and buffer is finite and the model (eval mode) gives a finite output on
@@ -626,7 +636,7 @@ def check_due(iteration, args, ctx, stop):
     """Whether this iteration checks, saves, validates or logs. The same on every rank (a Ctrl-C is
     acted on at once by a single process, at the next log step by a torchrun job)."""
     return (iteration == args.iterations or due(iteration, args.log_every) or due(iteration, args.save_every)
-            or due(iteration, args.val_every) or (ctx.world_size == 1 and stop.requested))
+            or due(iteration, args.val_every) or due(iteration, args.keep_every) or (ctx.world_size == 1 and stop.requested))
 
 
 def stop_if_bad(ctx, good, stop, iteration, last_good):

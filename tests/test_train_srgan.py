@@ -57,6 +57,15 @@ def gan_argv(data, checkpoint_dir, *extra, init=True):
     return argv + [str(x) for x in extra]
 
 
+def mse_argv(data, checkpoint_dir):
+    """gan_argv without the VGG flags (what --content-loss mse refuses)."""
+    argv = gan_argv(data, checkpoint_dir)
+    for flag in ("--vgg-weights", "--vgg-i", "--vgg-j"):
+        i = argv.index(flag)
+        del argv[i:i + 2]
+    return argv
+
+
 def run_quietly(main, argv):
     """main(argv) with stdout and stderr captured; returns (result, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
@@ -228,9 +237,73 @@ def test_paper_defaults():
     args = train_srgan.build_parser().parse_args(["--init", "x.pth"])
     assert args.content_scale == pytest.approx(1 / 12.75)
     assert (args.beta, args.pixel_weight, args.texture_weight) == (1e-3, 0.0, 0.0)
-    assert (args.vgg_i, args.vgg_j, args.vgg_weights) == (5, 4, "imagenet")
+    train_srgan.resolve_content_loss(args)
+    assert (args.content_loss, args.vgg_i, args.vgg_j, args.vgg_weights) == ("vgg54", 5, 4, "imagenet")
     assert (args.iterations, args.lr, args.lr_schedule) == (200_000, 1e-4, "step")
     assert train_srgan.build_parser().parse_args(["--srresnet-checkpoint", "y.pth"]).init == "y.pth"
+
+
+@pytest.mark.parametrize("flags, layer", [
+    ([], (5, 4)), (["--content-loss", "vgg54"], (5, 4)), (["--content-loss", "vgg22"], (2, 2)),
+    (["--content-loss", "vgg22", "--vgg-i", "3"], (3, 2)), (["--vgg-i", "4", "--vgg-j", "1"], (4, 1)),
+    (["--content-loss", "mse"], (None, None)),
+])
+def test_content_loss_presets_and_the_general_form(flags, layer):
+    args = train_srgan.build_parser().parse_args(["--init", "x.pth", *flags])
+    train_srgan.resolve_content_loss(args)
+    assert (args.vgg_i, args.vgg_j) == layer
+    assert args.vgg_weights == (None if layer[0] is None else "imagenet")
+
+
+def test_mse_content_loss_is_the_pixel_mse_and_builds_no_vgg(data, tmp_path, monkeypatch):
+    """SRGAN-MSE: no VGG19 is built (so nothing is downloaded); the content term is MSE(SR, HR), equal
+    to the optional pixel term computed on the same images; the choice is recorded and kept on resume."""
+    def no_vgg(*args, **kwargs):
+        raise AssertionError("a VGG19 was built")
+    monkeypatch.setattr(models, "TruncatedVGG19", no_vgg)
+    argv = mse_argv(data, tmp_path / "ck")
+    _, out, err = run_quietly(train_srgan.main, argv + ["--content-loss", "mse", "--pixel-weight", "1",
+                                                        "--iterations", "3", "--log-every", "1"])
+    assert "content loss pixel MSE" in out and "WARNING" not in err
+    rows = read_log(tmp_path / "ck" / "srgan_log.csv")
+    assert len(rows) == 3
+    for r in rows:
+        assert float(r["content"]) == float(r["pixel"]) > 0
+        assert float(r["perceptual"]) == pytest.approx(2 * float(r["pixel"]) + 1e-3 * float(r["adversarial"]), rel=1e-5)
+    latest = tmp_path / "ck" / "srgan_latest.pth"
+    recorded = checkpoint.load_checkpoint(latest)["training"]["args"]
+    assert (recorded["content_loss"], recorded["vgg_i"], recorded["vgg_weights"]) == ("mse", None, None)
+    _, out, _ = run_quietly(train_srgan.main, ["--resume", str(latest), "--iterations", "4"])
+    assert "content loss pixel MSE" in out and "iterations 3 -> 4" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--content-loss", "vgg19"], "--content-loss: invalid choice: 'vgg19'"),
+    (["--content-loss", "mse", "--vgg-weights", "random"], "--vgg-weights random: --content-loss mse builds no VGG19"),
+    (["--content-loss", "mse", "--vgg-j", "2"], "--vgg-j 2: --content-loss mse builds no VGG19"),
+    (["--content-loss", "mse", "--texture-weight", "1"], "--texture-weight 1: the texture loss needs VGG19 features"),
+])
+def test_content_loss_bad_combinations(data, tmp_path, capsys, extra, message):
+    argv = mse_argv(data, tmp_path / "ck")
+    line = cli_error(train_srgan.main, argv + ["--iterations", "2", *extra], capsys)
+    assert message in line, line
+    assert not (tmp_path / "ck").exists()
+
+
+def test_content_loss_cannot_change_on_resume(trained, capsys):
+    latest = trained["dir"] / "srgan_latest.pth"
+    line = cli_error(train_srgan.main, ["--resume", latest, "--iterations", "50", "--content-loss", "mse"], capsys)
+    assert line.startswith("error: --content-loss mse: ") and "another run" in line
+
+
+def test_keep_every_keeps_the_generator_of_every_nth_iteration(data, tmp_path):
+    run_quietly(train_srgan.main, gan_argv(data, tmp_path / "ck", "--iterations", "5", "--keep-every", "2",
+                                           "--val-data", ""))
+    kept = sorted(p.name for p in (tmp_path / "ck").glob("srgan_[0-9]*.pth"))
+    assert kept == ["srgan_2.pth", "srgan_4.pth"]
+    ckpt = checkpoint.load_checkpoint(tmp_path / "ck" / "srgan_4.pth")
+    assert "training" not in ckpt and ckpt["info"]["iteration"] == 4
+    assert isinstance(checkpoint.load_model(tmp_path / "ck" / "srgan_4.pth"), models.Generator)
 
 
 def test_readme_resume_command_continues_an_interrupted_run_exactly(data, tmp_path, monkeypatch):
