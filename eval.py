@@ -1,10 +1,12 @@
-"""PSNR / SSIM of checkpoints and bicubic up-sampling on test sets, as the papers compute them.
+"""PSNR / SSIM (and NIQE) of checkpoints and bicubic up-sampling on test sets, as the papers compute them.
 
     python eval.py --checkpoint checkpoints/srresnet_x4.pth --bicubic --test-folders datasets/Set5 datasets/Set14
+    python eval.py --checkpoint checkpoints/srgan_mse_x4.pth --niqe --test-folders datasets/Set14
 
 Each HR image is cropped to a multiple of the scale and shrunk with PIL bicubic; the output is
 quantised to uint8 and compared on the Y channel with ``--crop-border`` pixels removed (metrics.py).
-Prints a Markdown table; ``--json`` also writes every number, per image too.
+``--niqe`` adds the no-reference NIQE (lower is better; metrics.niqe) and a row for the HR images
+themselves. Prints a Markdown table; ``--json`` also writes every number, per image too.
 """
 
 import argparse
@@ -36,6 +38,9 @@ def build_parser():
                         help="up-scaling factor (default: the checkpoints'; required with --bicubic alone)")
     parser.add_argument("--crop-border", type=int, default=None,
                         help="pixels removed from each border before the metrics (default: the scale)")
+    parser.add_argument("--niqe", action="store_true",
+                        help="add NIQE (no-reference, lower is better; Mittal et al. 2013, the MATLAB release's "
+                             "model) on the same Y channel and border, and a row for the HR images")
     parser.add_argument("--self-ensemble", action="store_true",
                         help="average the model's outputs over the 8 flips / 90-degree rotations (x8 slower)")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write all results (per image too) to this JSON file")
@@ -78,9 +83,12 @@ def resolve_test_sets(items):
     return sets
 
 
+HR_ROW = "HR (ground truth)"
+
+
 def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="cpu", tile=None, self_ensemble=False,
-             sources=None):
-    """PSNR / SSIM of each method on each test set.
+             sources=None, niqe_params=None):
+    """PSNR / SSIM (and NIQE) of each method on each test set.
 
     Args:
         methods: list of (name, model); model None means bicubic up-sampling.
@@ -90,12 +98,16 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
         precision, device, tile: how the models run (inference.upscale_tensor).
         self_ensemble: average each model's outputs over the 8 flips / rotations.
         sources: {method: checkpoint path}, to name the file when a model's output is not finite.
+        niqe_params: metrics.load_niqe_params()'s model to add NIQE (and an HR row), or None.
 
     Returns:
-        {method: {set: {"psnr": mean, "ssim": mean, "count": n, "images": {file name: {"psnr", "ssim"}}}}}.
+        {method: {set: {"psnr": mean, "ssim": mean, "count": n, "images": {file name: {"psnr", "ssim"}}}}},
+        with "niqe" beside "psnr" and "ssim" when asked, and an HR row that has only "niqe".
         Raises UserError naming the file for an unreadable or too small image.
     """
     upscale = inference.upscale_tensor_x8 if self_ensemble else inference.upscale_tensor
+    if niqe_params is not None:
+        methods = [*methods, (HR_ROW, "hr")]
     results = {name: {} for name, _ in methods}
     for set_name, paths in test_sets:
         per_image = {name: {} for name, _ in methods}
@@ -106,11 +118,17 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
                 raise utils.UserError(f"{path}: {img.width}x{img.height} is too small for x{scale} with "
                                       f"--crop-border {crop_border} (needs {max(2 * crop_border + 11, scale)} "
                                       "pixels on each side)")
+            if niqe_params is not None and min(hr.size) - 2 * crop_border < metrics.NIQE_BLOCK:
+                raise utils.UserError(f"{path}: {hr.width}x{hr.height} is too small for NIQE with --crop-border "
+                                      f"{crop_border} (needs {metrics.NIQE_BLOCK + 2 * crop_border} pixels on each "
+                                      "side: one 96x96 block after the crop)")
             lr = images.bicubic_resize(hr, (hr.width // scale, hr.height // scale))
             lr_tensor = None
             for name, model in methods:
                 if model is None:
                     sr = images.bicubic_resize(lr, hr.size)
+                elif model == "hr":
+                    sr = hr
                 else:
                     if lr_tensor is None:
                         lr_tensor = images.convert_image(lr, "pil", "imagenet-norm")  # (3, h, w)
@@ -120,22 +138,29 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
                         raise utils.UserError(f"{(sources or {}).get(name, name)}: {e} (on {path})") from None
                     sr = images.convert_image(out, "[-1, 1]", "pil")  # quantised to uint8
                 key = os.path.basename(path) if os.path.basename(path) not in per_image[name] else path
-                per_image[name][key] = {"psnr": metrics.calc_psnr(sr, hr, crop_border),
-                                                           "ssim": metrics.calc_ssim(sr, hr, crop_border)}
+                scores = {} if model == "hr" else {"psnr": metrics.calc_psnr(sr, hr, crop_border),
+                                                   "ssim": metrics.calc_ssim(sr, hr, crop_border)}
+                if niqe_params is not None:
+                    scores["niqe"] = metrics.calc_niqe(sr, crop_border, niqe_params)
+                per_image[name][key] = scores
         for name, _ in methods:
             scores = per_image[name]
-            results[name][set_name] = {"psnr": float(np.mean([v["psnr"] for v in scores.values()])),
-                                       "ssim": float(np.mean([v["ssim"] for v in scores.values()])),
+            metric_names = list(next(iter(scores.values())))
+            results[name][set_name] = {**{m: float(np.mean([v[m] for v in scores.values()])) for m in metric_names},
                                        "count": len(scores), "images": scores}
     return results
 
 
 def format_table(results):
-    """Markdown table: one row per method, PSNR (dB) and SSIM columns per test set."""
+    """Markdown table: one row per method, PSNR (dB), SSIM (and NIQE) columns per test set."""
     set_names = list(next(iter(results.values())))
-    header = "| Method | " + " | ".join(f"{s} PSNR | {s} SSIM" for s in set_names) + " |"
-    rule = "|---|" + "---:|---:|" * len(set_names)
-    rows = [f"| {name} | " + " | ".join(f"{sets[s]['psnr']:.2f} | {sets[s]['ssim']:.4f}" for s in set_names) + " |"
+    columns = [("psnr", "PSNR", ".2f"), ("ssim", "SSIM", ".4f")]
+    if any("niqe" in sets[s] for sets in results.values() for s in set_names):
+        columns.append(("niqe", "NIQE", ".2f"))
+    header = "| Method | " + " | ".join(f"{s} {title}" for s in set_names for _, title, _ in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns) * len(set_names)
+    rows = [f"| {name} | " + " | ".join(format(sets[s][key], fmt) if key in sets[s] else "-"
+                                        for s in set_names for key, _, fmt in columns) + " |"
             for name, sets in results.items()]
     return "\n".join([header, rule] + rows)
 
@@ -168,6 +193,7 @@ def main(argv=None):
     if args.json:
         utils.check_writable(args.json)  # before the evaluation, so that its results are not lost
 
+    niqe_params = metrics.load_niqe_params() if args.niqe else None
     device = utils.resolve_device(args.device)
     precision = utils.resolve_precision(args.precision, device)
     utils.keep_freed_memory()  # reuse freed feature maps instead of page-faulting new ones (README, Speed)
@@ -190,13 +216,13 @@ def main(argv=None):
         raise utils.UserError("--crop-border must be >= 0")
 
     results = evaluate(methods, test_sets, scale, crop_border, precision, device, args.tile, args.self_ensemble,
-                       sources=dict(zip(names, args.checkpoint)))
-    print(f"x{scale}, Y-channel PSNR (dB) / SSIM, border {crop_border}"
+                       sources=dict(zip(names, args.checkpoint)), niqe_params=niqe_params)
+    print(f"x{scale}, Y-channel PSNR (dB) / SSIM{' / NIQE' if args.niqe else ''}, border {crop_border}"
           f"{', self-ensemble x8' if args.self_ensemble else ''}, {precision} on {device}")
     print(format_table(results))
     if args.json:
         write_json({"scale": scale, "crop_border": crop_border, "self_ensemble": args.self_ensemble,
-                    "precision": precision, "checkpoints": dict(zip(names, args.checkpoint)),
+                    "precision": precision, "niqe": args.niqe, "checkpoints": dict(zip(names, args.checkpoint)),
                     "results": results}, args.json)
         print(f"wrote {args.json}")
     return results

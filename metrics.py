@@ -6,12 +6,17 @@ Wang et al., IEEE TIP 2004: 11x11 Gaussian window (sigma 1.5), valid region only
 C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2.
 """
 
+import math
+import os
+import zipfile
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from images import Y_WEIGHTS
+from utils import UserError
 
 
 def y_channel(img):
@@ -62,3 +67,126 @@ def calc_ssim(sr, hr, crop_border):
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return float(ssim_map.mean())
 
+
+
+# ----------------------------------------------------------------------------------------------
+# NIQE (Mittal, Soundararajan and Bovik, IEEE Signal Processing Letters 2013), as the official MATLAB
+# release computes it: lower is better; natural photographs score about 3-5 on its pristine model.
+
+NIQE_PARAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "niqe_pris_params.npz")
+NIQE_BLOCK = 96  # the release's block size; an image needs one whole block after the border crop
+_AGGD_SHAPES = np.arange(0.2, 10.0005, 0.001)  # the release's grid of shape parameters, 0.2:0.001:10
+_lgamma = np.vectorize(math.lgamma)
+# rho(alpha) = Gamma(2/a)^2 / (Gamma(1/a) Gamma(3/a)), looked up to invert the moment ratio
+_AGGD_RATIOS = np.exp(2 * _lgamma(2 / _AGGD_SHAPES) - _lgamma(1 / _AGGD_SHAPES) - _lgamma(3 / _AGGD_SHAPES))
+
+
+def load_niqe_params(path=NIQE_PARAMS):
+    """(mu (36,), cov (36, 36)) of the pristine model; UserError naming the file if it is missing or bad."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            mu, cov = np.asarray(f["mu_pris_param"], np.float64).reshape(-1), np.asarray(f["cov_pris_param"], np.float64)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise UserError(f"{path}: cannot read NIQE's model parameters ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())})") from None
+    if mu.shape != (36,) or cov.shape != (36, 36) or not (np.isfinite(mu).all() and np.isfinite(cov).all()):
+        raise UserError(f"{path}: not NIQE's model parameters (expected a finite (1, 36) mean and (36, 36) covariance)")
+    return mu, cov
+
+
+def _gaussian_filter_replicate(img, sigma=7 / 6, size=7):
+    """MATLAB's imfilter(img, fspecial('gaussian', size, sigma), 'replicate'), as two 1-D passes."""
+    x = np.arange(size) - (size - 1) / 2
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    g /= g.sum()
+    r = size // 2
+    p = np.pad(img, r, mode="edge")
+    rows = sum(w * p[i:i + img.shape[0], :] for i, w in enumerate(g))  # (H, W + 2r)
+    return sum(w * rows[:, i:i + img.shape[1]] for i, w in enumerate(g))  # (H, W)
+
+
+def _cubic(x):
+    ax = np.abs(x)
+    return ((1.5 * ax**3 - 2.5 * ax**2 + 1) * (ax <= 1)
+            + (-0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2)))
+
+
+def matlab_half(img):
+    """MATLAB's imresize(img, 0.5) of a float64 image: bicubic (a = -0.5), antialiased, mirrored edges."""
+    for axis in (0, 1):
+        n = img.shape[axis]
+        out = math.ceil(n / 2)
+        u = np.arange(1, out + 1) * 2 - 0.5  # centre of each output pixel in input coordinates (1-based)
+        index = np.floor(u - 4)[:, None] + np.arange(10)[None, :]  # (out, 10) 1-based input pixels
+        weights = 0.5 * _cubic(0.5 * (u[:, None] - index))  # the kernel stretched by 2: antialiasing
+        weights /= weights.sum(axis=1, keepdims=True)
+        mirror = np.concatenate([np.arange(n), np.arange(n)[::-1]])  # MATLAB's 'symmetric' padding
+        index = mirror[np.mod(index - 1, 2 * n).astype(np.int64)]
+        moved = np.moveaxis(img, axis, 0)  # (n, ...)
+        img = np.moveaxis(np.einsum("ok,ok...->o...", weights, moved[index]), 0, axis)
+    return img
+
+
+def _aggd(v):
+    """Asymmetric generalised Gaussian fit of each row of v (N, M): (alpha, beta_left, beta_right), each (N,)."""
+    neg, pos = v < 0, v > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        left = np.sqrt((v**2 * neg).sum(1) / neg.sum(1))
+        right = np.sqrt((v**2 * pos).sum(1) / pos.sum(1))
+        g = left / right
+        r = np.abs(v).mean(1) ** 2 / (v**2).mean(1)
+        r_norm = r * (g**3 + 1) * (g + 1) / (g**2 + 1) ** 2
+    # MATLAB's min ignores NaN; the first grid point wins ties and an all-NaN row
+    dist = np.nan_to_num((_AGGD_RATIOS[None, :] - r_norm[:, None]) ** 2, nan=np.inf)
+    alpha = _AGGD_SHAPES[np.argmin(dist, axis=1)]
+    k = np.exp(0.5 * (_lgamma(1 / alpha) - _lgamma(3 / alpha)))
+    return alpha, left * k, right * k
+
+
+def _niqe_features(structdis, block):
+    """The release's 18 features of every (block x block) tile of the normalised image: (tiles, 18)."""
+    h, w = structdis.shape[0] // block, structdis.shape[1] // block
+    tiles = structdis[:h * block, :w * block].reshape(h, block, w, block).transpose(0, 2, 1, 3).reshape(-1, block, block)
+    alpha, bl, br = _aggd(tiles.reshape(len(tiles), -1))
+    feats = [alpha, (bl + br) / 2]
+    for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):  # MATLAB circshift within the tile
+        pair = tiles * np.roll(tiles, shift, axis=(1, 2))
+        alpha, bl, br = _aggd(pair.reshape(len(tiles), -1))
+        mean = (br - bl) * np.exp(_lgamma(2 / alpha) - _lgamma(1 / alpha))
+        feats += [alpha, mean, bl, br]
+    return np.stack(feats, axis=1)
+
+
+def niqe(y, params=None):
+    """NIQE of a luma image (2-D array, values 0-255, e.g. the rounded Y channel); lower is better.
+
+    Follows the official MATLAB release: 96x96 blocks (the image is cut to whole blocks), features at
+    full and half size, distance to the pristine model. ValueError if the image is smaller than a block.
+    """
+    mu_pris, cov_pris = params if params is not None else load_niqe_params()
+    img = np.asarray(y, dtype=np.float64)
+    if img.ndim != 2 or min(img.shape) < NIQE_BLOCK:
+        raise ValueError(f"NIQE needs an image of at least {NIQE_BLOCK}x{NIQE_BLOCK} pixels, got {img.shape[::-1]}")
+    img = img[:img.shape[0] // NIQE_BLOCK * NIQE_BLOCK, :img.shape[1] // NIQE_BLOCK * NIQE_BLOCK]
+    feats = []
+    for scale in (1, 2):
+        mu = _gaussian_filter_replicate(img)
+        sigma = np.sqrt(np.abs(_gaussian_filter_replicate(img * img) - mu * mu))
+        feats.append(_niqe_features((img - mu) / (sigma + 1), NIQE_BLOCK // scale))
+        img = matlab_half(img)
+    feats = np.concatenate(feats, axis=1)  # (blocks, 36)
+    mu_dist = np.nanmean(feats, axis=0)
+    complete = feats[~np.isnan(feats).any(axis=1)]  # MATLAB's nancov drops incomplete rows
+    # one block has no spread to measure: its covariance is taken as zero
+    cov_dist = np.cov(complete, rowvar=False) if len(complete) > 1 else np.zeros((36, 36))
+    diff = mu_pris - mu_dist
+    return float(np.sqrt(diff @ np.linalg.pinv((cov_pris + cov_dist) / 2) @ diff))
+
+
+def calc_niqe(img, crop_border, params=None):
+    """NIQE of a uint8 RGB image (PIL or array) on its rounded Y channel (as MATLAB's rgb2ycbcr),
+    border cropped as for PSNR."""
+    y = np.round(y_channel(img))
+    if crop_border > 0:
+        y = y[crop_border:-crop_border, crop_border:-crop_border]
+    return niqe(y, params)

@@ -123,3 +123,36 @@ def test_unreadable_test_image_names_the_file(test_set, capsys):
     with pytest.raises(SystemExit):
         utils.run_cli(eval_script.main, ["--bicubic", "--scale", "4", "--test-folders", str(folder)])
     assert "d.png" in capsys.readouterr().err
+
+
+def test_niqe_column_and_hr_row(ckpt_file, tmp_path, capsys):
+    """--niqe: a NIQE column for every row, an HR row with NIQE only, the same numbers as metrics.calc_niqe."""
+    folder = tmp_path / "Big"
+    folder.mkdir()
+    random_image((120, 110), seed=4).save(folder / "a.png")
+    random_image((105, 130), seed=5).save(folder / "b.png")
+    out = tmp_path / "r.json"
+    results = eval_script.main(["--checkpoint", str(ckpt_file), "--bicubic", "--niqe", "--test-folders", str(folder),
+                                "--json", str(out), "--device", "cpu"])
+    assert list(results) == ["Bicubic", "tiny.pth", "HR (ground truth)"]
+    hr = images.crop_to_multiple(images.open_image(folder / "b.png"), 4)
+    assert results["HR (ground truth)"]["Big"]["images"]["b.png"] == {"niqe": metrics.calc_niqe(hr, 4)}
+    assert set(results["tiny.pth"]["Big"]["images"]["a.png"]) == {"psnr", "ssim", "niqe"}
+    table = capsys.readouterr().out
+    assert "| Method | Big PSNR | Big SSIM | Big NIQE |" in table
+    assert f"| HR (ground truth) | - | - | {results['HR (ground truth)']['Big']['niqe']:.2f} |" in table
+    assert json.loads(out.read_text())["results"]["Bicubic"]["Big"]["images"]["a.png"]["niqe"] > 0
+
+
+def test_niqe_on_an_image_too_small_names_it(test_set, capsys, monkeypatch, tmp_path):
+    folder, _ = test_set  # 64x48 and smaller: not one 96x96 block after the border crop
+    with pytest.raises(SystemExit) as e:
+        utils.run_cli(eval_script.main, ["--bicubic", "--scale", "4", "--niqe", "--test-folders", str(folder)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert e.value.code == 2 and len(errors) == 1 and errors[0].startswith("error: ")
+    assert "a.png: 64x48 is too small for NIQE" in errors[0]
+    monkeypatch.setattr(metrics, "NIQE_PARAMS", str(tmp_path / "gone.npz"))
+    monkeypatch.setattr(metrics.load_niqe_params, "__defaults__", (str(tmp_path / "gone.npz"),))
+    with pytest.raises(SystemExit):
+        utils.run_cli(eval_script.main, ["--bicubic", "--scale", "4", "--niqe", "--test-folders", str(folder)])
+    assert "gone.npz: cannot read NIQE's model parameters" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""PSNR / SSIM on the Y channel."""
+"""PSNR / SSIM on the Y channel; NIQE against the MATLAB release."""
 
 import math
 
@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import metrics
-from conftest import random_image
+from PIL import Image, ImageFilter
+
+import utils
+from conftest import need_shared, random_image
 
 
 def test_y_channel_formula():
@@ -67,3 +70,62 @@ def test_metrics_reject_size_mismatch():
     with pytest.raises(ValueError, match="sizes differ"):
         metrics.calc_psnr(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5, 3), np.uint8), 0)
 
+
+
+def test_niqe_matches_the_matlab_release_on_baboon():
+    """The official MATLAB NIQE of Set14's baboon (rounded Y of rgb2ycbcr, no border) is 5.72957338."""
+    baboon = Image.open(need_shared("Set14") / "baboon.bmp")
+    assert metrics.calc_niqe(baboon, 0) == pytest.approx(5.72957338, abs=1e-3)
+
+
+def test_niqe_window_is_the_release_s():
+    x = np.arange(7) - 3
+    g = np.exp(-(x**2) / (2 * (7 / 6) ** 2))
+    with np.load(metrics.NIQE_PARAMS) as f:
+        window = f["gaussian_window"]
+    # the separable filter equals a 2-D correlation with the stored window (replicate padding)
+    img = np.random.default_rng(0).uniform(0, 255, (20, 17))
+    padded = np.pad(img, 3, mode="edge")
+    direct = np.array([[np.sum(padded[i:i + 7, j:j + 7] * window) for j in range(17)] for i in range(20)])
+    assert np.allclose(metrics._gaussian_filter_replicate(img), direct, atol=1e-9)
+    assert np.allclose(np.outer(g, g) / np.outer(g, g).sum(), window, atol=1e-15)
+
+
+def test_matlab_half_reproduces_ramps_and_constants():
+    """Bicubic reproduces linear functions: output pixel i of a 0-based ramp is at input 2i + 0.5
+    (MATLAB's pixel-centre convention); a constant stays constant up to the mirrored edges."""
+    ramp = np.tile(np.arange(40, dtype=np.float64), (30, 1))  # (30, 40), value = column
+    half = metrics.matlab_half(ramp)
+    assert half.shape == (15, 20)
+    assert np.allclose(half[:, 2:-2], 2 * np.arange(2, 18) + 0.5)
+    assert np.allclose(metrics.matlab_half(np.full((9, 11), 7.0)), 7.0)
+    assert metrics.matlab_half(np.zeros((9, 11))).shape == (5, 6)  # ceil, as MATLAB
+
+
+def test_niqe_is_worse_for_a_blurred_photo():
+    photo = Image.open("data/astronaut.png").convert("RGB")
+    blurred = photo.filter(ImageFilter.GaussianBlur(2))
+    assert metrics.calc_niqe(blurred, 4) > metrics.calc_niqe(photo, 4) + 1
+
+
+def test_niqe_needs_one_block():
+    with pytest.raises(ValueError, match="at least 96x96"):
+        metrics.niqe(np.zeros((95, 200)))
+    with pytest.raises(ValueError, match="at least 96x96"):
+        metrics.calc_niqe(random_image((100, 200)), 4)  # 92 rows after the border crop
+
+
+@pytest.mark.parametrize("content", [None, b"not a zip", "wrong shape"])
+def test_bad_niqe_parameter_file_is_one_line_naming_it(tmp_path, content):
+    path = tmp_path / "params.npz"
+    if content == "wrong shape":
+        np.savez(path, mu_pris_param=np.zeros((1, 35)), cov_pris_param=np.eye(36))
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(utils.UserError) as e:
+        metrics.load_niqe_params(str(path))
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+
+
+def test_niqe_of_a_single_block_is_finite():
+    assert math.isfinite(metrics.calc_niqe(random_image((104, 110)), 4))
