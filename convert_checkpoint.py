@@ -180,6 +180,7 @@ def main(argv=None):
     info = dict(_parse_info(x) for x in args.info)
     if os.path.isdir(args.output) or args.output.endswith(os.sep):
         raise UserError(f"{args.output}: is a folder; give the new file's name")
+    utils.refuse_overwriting_input(args.output, [args.source])
     utils.check_writable(args.output)  # before the work
     ckpt = convert_project(args.source, info) if _is_project_checkpoint(args.source) \
         else convert_tutorial(args.source, info)

@@ -191,6 +191,8 @@ def main(argv=None):
     test_sets = resolve_test_sets(args.test_folders)
     names = method_names(args.checkpoint)
     if args.json:
+        utils.refuse_overwriting_input(args.json, args.checkpoint + [p for _, paths in test_sets for p in paths]
+                                       + [p for p in args.test_folders if os.path.isfile(p)])
         utils.check_writable(args.json)  # before the evaluation, so that its results are not lost
 
     niqe_params = metrics.load_niqe_params() if args.niqe else None

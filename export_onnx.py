@@ -115,6 +115,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    utils.refuse_overwriting_input(args.output, [args.checkpoint])
     utils.check_writable(args.output)
     model = checkpoint.load_model(args.checkpoint, "cpu")
     try:

@@ -5,7 +5,8 @@
     python test.py --img photo.jpg --hr                # demo: shrink, super-resolve, compare, PSNR
 
 For each input <name>.<ext> it writes <output-dir>/<name>_sr.png and <name>_bicubic.png (both or
-neither). With --hr the input is taken as the original: it is shrunk by the scale with bicubic,
+neither). It never writes over one of its inputs, and in a folder it skips the images it wrote
+itself (*_sr.png, *_bicubic.png, *_comparison.png; name one with --img to upscale it). With --hr the input is taken as the original: it is shrunk by the scale with bicubic,
 super-resolved, and <name>_comparison.png (bicubic | model | original) is written with PSNR / SSIM.
 """
 
@@ -28,6 +29,7 @@ from utils import UserError
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CHECKPOINT = os.path.join("checkpoints", "srresnet_x4.pth")
 SAMPLE_FOLDER = "data"
+OUTPUT_SUFFIXES = ("_sr", "_bicubic", "_comparison")  # <stem><suffix>.png: what this program writes
 
 
 def build_parser():
@@ -57,16 +59,29 @@ def build_parser():
 # inputs and outputs
 
 
+def is_own_output(path):
+    """True for a file name this program writes (<stem>_sr.png, <stem>_bicubic.png, <stem>_comparison.png)."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    return ext.lower() == ".png" and stem.endswith(OUTPUT_SUFFIXES)
+
+
 def collect_images(inputs):
-    """The image files named by ``inputs``: files (any extension), and the image files of folders."""
+    """The image files named by ``inputs``: files (any extension), and the image files of folders
+    except this program's own outputs (a note says how many were skipped)."""
     paths = []
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
             found = images.find_images(item)
+            outputs = [p for p in found if is_own_output(p)]
+            found = [p for p in found if not is_own_output(p)]
+            if outputs:
+                tqdm.write(f"note: {item}: skipped {len(outputs)} image(s) this program wrote (*_sr.png, *_bicubic.png, "
+                           "*_comparison.png); name one with --img to upscale it", file=sys.stderr)
             if not found:
                 raise UserError(f"{item}: no image files in this folder "
-                                f"(looked for {', '.join(images.IMAGE_EXTENSIONS)})")
+                                f"(looked for {', '.join(images.IMAGE_EXTENSIONS)}"
+                                f"{'; outputs of this program are skipped' if outputs else ''})")
             paths.extend(found)
         elif os.path.isfile(item):
             paths.append(item)
@@ -89,6 +104,34 @@ def output_stems(paths):
         used.add(stem)
         stems.append(stem)
     return stems
+
+
+def output_paths(stem, output_dir, hr):
+    """The files written for one input: <stem>_sr.png and <stem>_bicubic.png, or <stem>_comparison.png."""
+    names = ["comparison"] if hr else ["sr", "bicubic"]
+    return [os.path.join(output_dir, f"{stem}_{name}.png") for name in names]
+
+
+def check_outputs(paths, stems, output_dir, hr):
+    """{input path: error message} for the inputs whose outputs would replace an input of this run,
+    or a file another input of this run writes. Decided before anything is written."""
+    refused, claimed = {}, {}
+    for path, stem in zip(paths, stems):
+        for out in output_paths(stem, output_dir, hr):
+            clash = next((p for p in paths if utils.same_file(out, p)), None)
+            key = os.path.realpath(out)
+            if clash is not None:
+                refused[path] = (f"{path}: its output {out} is the input {clash} of this run; not written "
+                                 "(give another --output-dir)")
+            elif key in claimed:
+                refused[path] = f"{path}: its output {out} is also the output of {claimed[key]}; not written"
+            else:
+                continue
+            break
+        else:
+            for out in output_paths(stem, output_dir, hr):
+                claimed[os.path.realpath(out)] = path
+    return refused
 
 
 def save_images(pairs):
@@ -232,9 +275,13 @@ def main(argv=None):
           f"tiles {args.tile or 'off'}, {len(paths)} image(s) -> {args.output_dir}")
 
     results, failures = [], 0
-    bar = tqdm(list(zip(paths, output_stems(paths))), unit="img", disable=len(paths) < 2, file=sys.stderr)
+    stems = output_stems(paths)
+    refused = check_outputs(paths, stems, args.output_dir, args.hr)
+    bar = tqdm(list(zip(paths, stems)), unit="img", disable=len(paths) < 2, file=sys.stderr)
     for path, stem in bar:
         try:
+            if path in refused:
+                raise UserError(refused[path])
             if args.hr:
                 r = hr_demo_file(model, path, args.output_dir, scale, precision, device, args.tile,
                                  args.tile_pad, stem=stem, label=label)

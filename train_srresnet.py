@@ -68,10 +68,10 @@ def main(argv=None):
         pixel_loss = PIXEL_LOSSES[args.pixel_loss]
 
         # --- everything that can fail on a bad file fails now, before the first iteration
-        if ctx.is_main:
-            training.check_new_run(args, "srresnet")
         batches = training.train_batches(args, ctx, start, scale)
         val_set = training.load_validation_set(args, scale) if ctx.is_main else []
+        # the folder is this run's until it ends: a second process (new run or --resume) is refused
+        run_lock = training.claim_run_folder(args, "srresnet") if ctx.is_main else None
         log = training.CsvLog(log_path, ["iteration", "loss", "lr", "val_psnr", "val_ssim", "seconds"],
                               resume_iteration=start if resume else None) if ctx.is_main else None
         writer = training.tensorboard_writer(args) if ctx.is_main else None
@@ -140,6 +140,8 @@ def main(argv=None):
                 log.close()
             if writer is not None:
                 writer.close()
+            if run_lock is not None:
+                run_lock.release()
         return {"iteration": args.iterations, "best_psnr": best_psnr if math.isfinite(best_psnr) else None,
                 "loss": loss.item()}
 

@@ -8,6 +8,7 @@ the CSV log and Ctrl-C. Plain functions and small records; no training logic hid
 import argparse
 import contextlib
 import csv
+import fcntl
 import io
 import math
 import os
@@ -433,15 +434,69 @@ def run_files(args, script):
             os.path.join(d, f"{script}_log.csv"))
 
 
-def check_new_run(args, script):
-    """A new run must not overwrite another run's checkpoint; leftovers of killed saves are removed."""
+class RunLock:
+    """An exclusive lock on <checkpoint-dir>/<script>.lock, held for the life of a run.
+
+    flock belongs to the open file: the OS drops it when the process ends, however it ends (kill -9
+    included), so a lock is never stale. The file holds the owner's PID, for the message.
+    """
+
+    def __init__(self, folder, script):
+        self.path = os.path.join(folder, f"{script}.lock")
+        self.created_folder = not os.path.isdir(folder)
+        os.makedirs(folder, exist_ok=True)
+        while True:
+            self.file = open(self.path, "a+")
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.file.seek(0)
+                pid = self.file.read().strip()
+                self.file.close()
+                raise UserError(f"{folder}: a train_{script}.py run is in progress there"
+                                f"{f' (PID {pid})' if pid.isdigit() else ''}; wait for it to end or stop it "
+                                "(Ctrl-C saves), or give another --checkpoint-dir") from None
+            # a releasing owner may have removed the file between our open and our lock: lock the file
+            # that is there now
+            try:
+                if os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            self.file.close()
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self):
+        """Remove the lock file (and the folder, if this run made it and left nothing else there)."""
+        if self.file.closed:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # while still holding the lock: see __init__
+        self.file.close()
+        if self.created_folder:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self.path))  # fails, as it should, unless empty
+
+
+def claim_run_folder(args, script):
+    """Lock the run's folder (RunLock), then check that a new run does not overwrite another run's
+    checkpoint; leftovers of killed saves are removed. Returns the RunLock (release it at the end)."""
     latest, best, log = run_files(args, script)
-    if os.path.exists(latest) and not (args.resume and os.path.samefile(latest, args.resume)):
-        raise UserError(f"{latest}: another run is already there; continue it with --resume {latest}, "
-                        "or give another --checkpoint-dir")
     utils.check_writable(latest)
+    lock = RunLock(args.checkpoint_dir, script)
+    try:
+        if os.path.exists(latest) and not (args.resume and os.path.samefile(latest, args.resume)):
+            raise UserError(f"{latest}: another run is already there; continue it with --resume {latest}, "
+                            "or give another --checkpoint-dir")
+    except UserError:
+        lock.release()
+        raise
     for path in (latest, best):
         utils.remove_stale_temporaries(path)
+    return lock
 
 
 def load_training_checkpoint(path, script):

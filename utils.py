@@ -97,6 +97,26 @@ def check_writable(path):
                 os.rmdir(folder)
 
 
+def same_file(a, b):
+    """True if two paths name the same file: the same path once links are resolved, or (for files
+    that exist) the same inode, so hard links count too."""
+    a, b = os.fspath(a), os.fspath(b)
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def refuse_overwriting_input(output, inputs):
+    """UserError if the output path is one of the inputs: writing it would replace the user's file."""
+    for path in inputs:
+        if same_file(output, path):
+            raise UserError(f"{output}: this output is the input {path}; writing it would replace it "
+                            "(give another output path)")
+
+
 def _missing_folders(folder):
     """The folders of ``folder``'s path that do not exist yet, outermost first; NotADirectoryError
     if the deepest existing one is a file."""

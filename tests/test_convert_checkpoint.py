@@ -130,3 +130,14 @@ def test_a_crafted_pickle_cannot_download_or_read_files_through_the_allow_list(t
         convert_checkpoint.main([str(path), str(tmp_path / "out.pth")])
     assert downloads == []
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_the_output_is_never_the_source(tmp_path, capsys, tiny_checkpoint):
+    own = tmp_path / "x.pth"
+    own.write_bytes(tiny_checkpoint.read_bytes())
+    os.link(own, tmp_path / "hard.pth")
+    for output in (own, tmp_path / "hard.pth"):
+        with pytest.raises(SystemExit):
+            utils.run_cli(convert_checkpoint.main, [str(own), str(output)])
+        assert "this output is the input" in capsys.readouterr().err
+    assert own.read_bytes() == tiny_checkpoint.read_bytes()

@@ -85,3 +85,14 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, tiny_checkpoint
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "a.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disc.pth", "folder.onnx"]
+
+
+def test_the_output_is_never_the_input(tmp_path, capsys, tiny_checkpoint):
+    own = tmp_path / "x.pth"
+    own.write_bytes(tiny_checkpoint.read_bytes())
+    (tmp_path / "link.onnx").symlink_to(own)
+    for output in (own, tmp_path / "link.onnx"):
+        assert run([own, output]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {output}: this output is the input") and err.count("\n") == 1
+    assert own.read_bytes() == tiny_checkpoint.read_bytes()

@@ -272,3 +272,41 @@ def test_collect_images_and_output_stems(tmp_path):
     assert test_script.output_stems(["x/photo.png", "y/photo.jpg", "z/photo.png", "v/photo.png", "w/other.bmp"]) == \
         ["photo", "photo_jpg", "photo_png", "photo_2", "other"]
 
+
+
+def test_an_output_never_replaces_an_input(ckpt_file, tmp_path, capsys):
+    """--img DIR DIR/a_sr.png --output-dir DIR: a.jpg's output would be the input a_sr.png: refused for
+    that image (one line, the others go on, exit 2); the same folder reached through a link too."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    random_image((20, 16), seed=1).save(folder / "a.jpg")
+    random_image((20, 16), seed=2).save(folder / "a_sr.png")  # the user's own file, named like an output
+    random_image((20, 16), seed=3).save(folder / "b.png")
+    user_file = (folder / "a_sr.png").read_bytes()
+    (tmp_path / "link").symlink_to(folder)
+    for output_dir in (folder, tmp_path / "link"):
+        assert run(["--checkpoint", ckpt_file, "--img", folder, folder / "a_sr.png", "--output-dir", output_dir]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 2 and "a.jpg: its output" in errors[0] and "is the input" in errors[0]
+        assert (folder / "a_sr.png").read_bytes() == user_file
+        assert files_in(folder) == ["a.jpg", "a_sr.png", "a_sr_bicubic.png", "a_sr_sr.png", "b.png",
+                                    "b_bicubic.png", "b_sr.png"]
+
+
+def test_a_rerun_over_its_own_results_skips_them(ckpt_file, tmp_path, capsys):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    random_image((20, 16), seed=1).save(folder / "a.png")
+    for _ in range(2):
+        assert run(["--checkpoint", ckpt_file, "--img", folder, "--output-dir", folder]) == 0
+    assert files_in(folder) == ["a.png", "a_bicubic.png", "a_sr.png"]
+    assert "skipped 2 image(s) this program wrote" in capsys.readouterr().err
+    (folder / "a.png").unlink()
+    assert run(["--checkpoint", ckpt_file, "--img", folder]) == 2
+    assert "outputs of this program are skipped" in capsys.readouterr().err
+
+
+def test_check_outputs_refuses_shared_outputs(tmp_path):
+    paths = [str(tmp_path / "x" / "a.png"), str(tmp_path / "y" / "a.png")]
+    refused = test_script.check_outputs(paths, ["a", "a"], str(tmp_path / "out"), hr=False)
+    assert list(refused) == [paths[1]] and "also the output of" in refused[paths[1]]

@@ -487,3 +487,58 @@ def test_nan_right_after_a_resume_names_the_resumed_checkpoint(finished_run, cap
         handle.remove()
     assert f"last good checkpoint is {finished_run} (iteration 6)" in line
     assert checkpoint.load_checkpoint(finished_run)["training"]["iteration"] == 6
+
+
+# ----------------------------------------------------------------------------------------------
+# a run owns its folder
+
+
+def test_a_second_run_in_a_busy_folder_is_refused(tmp_path, data_lists, capsys):
+    """While a run holds its folder (a RunLock, as the running process holds it), a new run and a
+    --resume into that folder are both refused in one line that names the owner's PID; nothing changes."""
+    ck = tmp_path / "ck"
+    train_srresnet.main(flags(data_lists, ck, 2))
+    latest = ck / "srresnet_latest.pth"
+    before = {p.name: p.read_bytes() for p in ck.iterdir()}
+    lock = training.RunLock(str(ck), "srresnet")
+    try:
+        line = cli_error(train_srresnet.main, ["--resume", str(latest), "--iterations", "4"], capsys)
+        assert f"{ck}: a train_srresnet.py run is in progress there (PID {os.getpid()})" in line
+        line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "new", 2, "--checkpoint-dir", ck), capsys)
+        assert "run is in progress there" in line
+    finally:
+        lock.release()
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
+    train_srresnet.main(["--resume", str(latest), "--iterations", "3"])  # free again
+    assert "srresnet.lock" not in os.listdir(ck)
+
+
+def test_a_new_run_is_refused_before_it_has_saved_anything(tmp_path, data_lists, capsys):
+    """The lock covers the window before the first checkpoint, which the 'another run is there' check
+    cannot see; a run that fails after taking the lock leaves no folder behind."""
+    ck = tmp_path / "fresh"
+    lock = training.RunLock(str(ck), "srresnet")
+    try:
+        assert "run is in progress there" in cli_error(train_srresnet.main, flags(data_lists, ck, 2), capsys)
+    finally:
+        lock.release()
+    assert not ck.exists()
+
+
+def test_a_killed_run_leaves_no_stale_lock(tmp_path):
+    """kill -9 of the lock's owner: the OS drops the lock, so the next run takes the folder at once."""
+    ck = tmp_path / "ck"
+    code = ("import sys, time, training; lock = training.RunLock(sys.argv[1], 'srresnet'); "
+            "print('locked', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ck)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(training.UserError, match=f"PID {proc.pid}"):
+            training.RunLock(str(ck), "srresnet")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    assert (ck / "srresnet.lock").exists()  # the file stays, but it is not a lock any more
+    training.RunLock(str(ck), "srresnet").release()
