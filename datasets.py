@@ -10,6 +10,7 @@ import json
 import os
 import random
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -57,9 +58,14 @@ def store_paths(list_file):
     return stem + "_store.bin", stem + "_store.json"
 
 
+STORE_FORMAT = 2
+
+
 def _stamp(path):
+    """What identifies a file's contents without reading it: size, modification time, and inode and
+    change time, which a copy, a move or a reset modification time does not preserve."""
     st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def write_store(list_file, log=print):
@@ -67,8 +73,9 @@ def write_store(list_file, log=print):
 
     Each image is decoded as training decodes it (images.open_image: EXIF rotation applied, RGB)
     and written as height x width x 3 bytes, one after the other; the index records, per image,
-    its path, size and modification time (the store is refused once a source changes), offset and
-    shape. Both files are written to temporary files first and appear together.
+    its path, stamp (the store is refused once a source changes), offset, shape and the CRC-32 of its
+    bytes (checked when training starts). Both files are written to temporary files first and
+    appear together.
     """
     paths = read_image_list(list_file)
     data_file, index_file = store_paths(list_file)
@@ -79,16 +86,41 @@ def write_store(list_file, log=print):
             stamp = _stamp(path)
             arr = np.asarray(images.open_image(path))  # (h, w, 3) uint8
             data.write(arr.tobytes())
-            entries.append({"path": path, "stamp": stamp, "offset": offset, "shape": list(arr.shape)})
+            entries.append({"path": path, "stamp": stamp, "offset": offset, "shape": list(arr.shape),
+                            "crc32": zlib.crc32(arr)})
             offset += arr.nbytes
-        index.write(json.dumps({"format": 1, "bytes": offset, "images": entries}).encode())
+        index.write(json.dumps({"format": STORE_FORMAT, "bytes": offset, "images": entries}).encode())
     log(f"{data_file}: {len(entries)} decoded images, {offset / 1e9:.2f} GB")
     return data_file
 
 
+def _is_int(x, minimum=0):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
+
+
+def _check_entry(e, size):
+    """What is wrong with one index entry of a store of ``size`` bytes, or None."""
+    if not isinstance(e, dict) or not isinstance(e.get("path"), str):
+        return "an entry without a path"
+    stamp, offset, shape = e.get("stamp"), e.get("offset"), e.get("shape")
+    if not (isinstance(stamp, list) and len(stamp) == 4 and all(_is_int(x) for x in stamp)):
+        return f"{e['path']}: no valid stamp"
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(x, 1) for x in shape) and shape[2] == 3):
+        return f"{e['path']}: shape {shape!r} is not (height, width, 3)"
+    if not (_is_int(offset) and offset + shape[0] * shape[1] * 3 <= size):
+        return f"{e['path']}: its bytes (offset {offset!r}) are not inside the {size}-byte data file"
+    if not _is_int(e.get("crc32")):
+        return f"{e['path']}: no checksum"
+    return None
+
+
 def read_store_index(list_file, paths):
-    """{path: index entry} of the list's store if it exists (None if not); UserError if it is stale:
-    a listed file missing from it or changed (size or modification time) since it was written."""
+    """{path: index entry} of the list's store if it exists (None if not), every entry checked now.
+
+    UserError (one line, "rebuild it") if the index is malformed, an entry points outside the data
+    file, a listed file is missing from the store or changed since it was written (stamp), or the
+    stored bytes of a listed image no longer match their checksum.
+    """
     data_file, index_file = store_paths(list_file)
     if not os.path.isfile(index_file):
         return None
@@ -96,17 +128,31 @@ def read_store_index(list_file, paths):
     try:
         with open(index_file) as f:
             index = json.load(f)
-        entries = {e["path"]: e for e in index["images"]}
         size = os.path.getsize(data_file)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise utils.UserError(f"{index_file}: unreadable decoded store ({e}); {rebuild}") from None
-    if size != index["bytes"]:
-        raise utils.UserError(f"{data_file}: {size} bytes, the index says {index['bytes']}; {rebuild}")
+    except (OSError, ValueError) as e:
+        raise utils.UserError(f"{index_file}: unreadable decoded store ({' '.join(str(e).split())}); {rebuild}") from None
+    if not isinstance(index, dict) or index.get("format") != STORE_FORMAT or not isinstance(index.get("images"), list):
+        raise utils.UserError(f"{index_file}: not a decoded store of this version; {rebuild}")
+    if not _is_int(index.get("bytes")) or index["bytes"] != size:
+        raise utils.UserError(f"{data_file}: {size} bytes, the index says {index.get('bytes')!r}; {rebuild}")
+    entries = {}
+    for e in index["images"]:
+        problem = _check_entry(e, size)
+        if problem:
+            raise utils.UserError(f"{index_file}: {problem}; {rebuild}")
+        entries[e["path"]] = e
     for path in paths:
         if path not in entries:
             raise utils.UserError(f"{data_file}: {path} is in the list but not in the decoded store; {rebuild}")
         if _stamp(path) != entries[path]["stamp"]:
             raise utils.UserError(f"{data_file}: {path} changed after the decoded store was written; {rebuild}")
+    data = np.memmap(data_file, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+    for path in tqdm(paths, desc="checking the decoded store", unit="img", leave=False, disable=len(paths) < 2000):
+        e = entries[path]
+        h, w, c = e["shape"]
+        if zlib.crc32(data[e["offset"]:e["offset"] + h * w * c]) != e["crc32"]:
+            raise utils.UserError(f"{data_file}: the bytes of {path} changed after the store was written; {rebuild}")
+    del data
     return entries
 
 

@@ -72,22 +72,23 @@ def main(argv=None):
         val_set = training.load_validation_set(args, scale) if ctx.is_main else []
         # the folder is this run's until it ends: a second process (new run or --resume) is refused
         run_lock = training.claim_run_folder(args, "srresnet") if ctx.is_main else None
-        log = training.CsvLog(log_path, ["iteration", "loss", "lr", "val_psnr", "val_ssim", "seconds"],
-                              resume_iteration=start if resume else None) if ctx.is_main else None
-        writer = training.tensorboard_writer(args) if ctx.is_main else None
-        if ctx.is_main:
-            training.announce_resume(args, start)
-            print(f"SRResNet {model_args} ({sum(p.numel() for p in model.parameters()):,} parameters), "
-                  f"{args.pixel_loss} loss, on {ctx.device} x{ctx.world_size}, {ctx.precision}"
-                  f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}")
-
-        stop = training.StopSignal()
-        bar = tqdm(total=args.iterations, initial=start, unit="it", desc="srresnet", disable=not ctx.is_main)
-        finite = torch.ones((), dtype=torch.bool, device=ctx.device)  # every loss finite so far
-        # a resumed run's checkpoint is good: it was checked before it was written
-        last_good = f"{args.resume} (iteration {start})" if resume else None
-        started = time.time()
+        log = writer = stop = bar = None  # made inside the try: the finally releases what exists
         try:
+            log = training.CsvLog(log_path, ["iteration", "loss", "lr", "val_psnr", "val_ssim", "seconds"],
+                                  resume_iteration=start if resume else None) if ctx.is_main else None
+            writer = training.tensorboard_writer(args) if ctx.is_main else None
+            if ctx.is_main:
+                training.announce_resume(args, start)
+                print(f"SRResNet {model_args} ({sum(p.numel() for p in model.parameters()):,} parameters), "
+                      f"{args.pixel_loss} loss, on {ctx.device} x{ctx.world_size}, {ctx.precision}"
+                      f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}")
+
+            stop = training.StopSignal()
+            bar = tqdm(total=args.iterations, initial=start, unit="it", desc="srresnet", disable=not ctx.is_main)
+            finite = torch.ones((), dtype=torch.bool, device=ctx.device)  # every loss finite so far
+            # a resumed run's checkpoint is good: it was checked before it was written
+            last_good = f"{args.resume} (iteration {start})" if resume else None
+            started = time.time()
             for iteration in range(start + 1, args.iterations + 1):
                 lr_imgs, hr_imgs = next(batches)  # (N, 3, c/s, c/s) ImageNet-normalised, (N, 3, c, c) in [-1, 1]
                 lr_imgs, hr_imgs = ctx.to_device(lr_imgs), ctx.to_device(hr_imgs)
@@ -134,8 +135,10 @@ def main(argv=None):
                               f"continue with: python train_srresnet.py --resume {latest_path}")
                     raise KeyboardInterrupt  # exit code 130, as after any Ctrl-C
         finally:
-            stop.restore()
-            bar.close()
+            if stop is not None:
+                stop.restore()
+            if bar is not None:
+                bar.close()
             if log is not None:
                 log.close()
             if writer is not None:

@@ -619,7 +619,11 @@ class CsvLog:
         self.path, self.fields, self.file = path, fields, None
         if resume_iteration is not None and os.path.isfile(path):
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if _row_iteration(r) <= resume_iteration]
+                reader = csv.DictReader(f)
+                if reader.fieldnames != fields:  # edited by hand, or another script's log
+                    raise UserError(f"{path}: its columns are not this run's ({','.join(fields)}); move the file "
+                                    "aside and resume again to start a new log")
+                rows = [r for r in reader if _row_iteration(r) <= resume_iteration]
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
@@ -628,7 +632,7 @@ class CsvLog:
                 f.write(text.getvalue().encode())
             self.file = open(path, "a", newline="")
         elif os.path.exists(path):
-            os.unlink(path)  # a new run in this folder (check_new_run allowed it)
+            os.unlink(path)  # a new run in this folder (claim_run_folder allowed it)
 
     def write(self, row):
         if self.file is None:

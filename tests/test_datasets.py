@@ -205,3 +205,70 @@ def test_stale_store_is_refused_with_one_line(mixed_list, tmp_path):
     # the test split never uses it
     make_list(mixed_list, paths, name="Val_test_images.json")
     assert datasets.SRDataset(mixed_list, "test", 0, 4, "[0, 1]", "[0, 1]", test_data_name="Val")[0][1].dim() == 3
+
+
+def _edit_index(list_file, edit):
+    _, index_file = datasets.store_paths(list_file)
+    with open(index_file) as f:
+        index = json.load(f)
+    edit(index)
+    with open(index_file, "w") as f:
+        json.dump(index, f)
+
+
+def _set(key, value, entry=0):
+    def edit(index):
+        if value is KeyError:
+            del index["images"][entry][key]
+        else:
+            index["images"][entry][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set("offset", 10**9), "not inside the"),
+    (_set("offset", -1), "not inside the"),
+    (_set("offset", "0"), "not inside the"),
+    (_set("shape", [10, 10, 4]), "is not (height, width, 3)"),
+    (_set("shape", [10, 10]), "is not (height, width, 3)"),
+    (_set("shape", KeyError), "is not (height, width, 3)"),
+    (_set("path", KeyError), "an entry without a path"),
+    (_set("stamp", "yesterday"), "no valid stamp"),
+    (_set("crc32", KeyError), "no checksum"),
+    (lambda index: index.update(bytes=str(index["bytes"])), "the index says '"),
+    (lambda index: index.update(format=1), "not a decoded store of this version"),
+    (lambda index: index.pop("images"), "not a decoded store of this version"),
+])
+def test_every_store_entry_is_checked_at_start(mixed_list, edit, message):
+    """A malformed index stops the data set before training, in one 'rebuild it' line naming the store."""
+    list_file = str(mixed_list / "train_images.json")
+    datasets.write_store(list_file, log=lambda *a: None)
+    _edit_index(list_file, edit)
+    with pytest.raises(utils.UserError) as e:
+        datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
+    assert message in str(e.value) and "rebuild it" in str(e.value) and "\n" not in str(e.value)
+    assert "_store." in str(e.value)
+
+
+def test_a_replaced_source_or_damaged_store_is_detected(mixed_list, tmp_path):
+    """A listed image replaced by another of the same size with its old modification time (new inode
+    and change time), and bytes of the store zeroed in place (checksum), are both refused."""
+    list_file = str(mixed_list / "train_images.json")
+    datasets.write_store(list_file, log=lambda *a: None)
+    paths = json.loads((mixed_list / "train_images.json").read_text())
+    st = os.stat(paths[0])
+    other = tmp_path / "same_size"
+    data = bytearray(open(paths[0], "rb").read())
+    other.write_bytes(bytes(data))
+    os.replace(other, paths[0])  # same bytes, same size: only the identity changed
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(paths[0]).st_size == st.st_size and os.stat(paths[0]).st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(utils.UserError, match="changed after the decoded store was written"):
+        datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
+    datasets.write_store(list_file, log=lambda *a: None)
+    data_file, _ = datasets.store_paths(list_file)
+    with open(data_file, "r+b") as f:
+        f.seek(os.path.getsize(data_file) // 2)
+        f.write(bytes(64))
+    with pytest.raises(utils.UserError, match=r"the bytes of .* changed after the store was written; rebuild it"):
+        datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")

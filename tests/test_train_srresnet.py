@@ -542,3 +542,17 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
         proc.stdout.close()
     assert (ck / "srresnet.lock").exists()  # the file stays, but it is not a lock any more
     training.RunLock(str(ck), "srresnet").release()
+
+
+def test_resume_refuses_a_log_whose_columns_were_edited(tmp_path, data_lists, capsys):
+    ck = tmp_path / "ck"
+    train_srresnet.main(flags(data_lists, ck, 2, "--log-every", "1"))
+    log = ck / "srresnet_log.csv"
+    log.write_text(log.read_text().replace("iteration,loss", "step,loss", 1))
+    edited = log.read_bytes()
+    line = cli_error(train_srresnet.main, ["--resume", str(ck / "srresnet_latest.pth"), "--iterations", "3"], capsys)
+    assert line.startswith(f"error: {log}: its columns are not this run's") and "move the file aside" in line
+    assert log.read_bytes() == edited and "srresnet.lock" not in os.listdir(ck)
+    log.rename(ck / "old_log.csv")  # as the message says: a new log is started
+    train_srresnet.main(["--resume", str(ck / "srresnet_latest.pth"), "--iterations", "3", "--log-every", "1"])
+    assert [r["iteration"] for r in read_log(log)] == ["3"]
