@@ -16,11 +16,12 @@ import hashlib
 import http.client
 import os
 import shlex
-import socket
+import tempfile
+import time
 import urllib.error
+import urllib.request
 from pathlib import Path
 
-from torch.hub import download_url_to_file
 from tqdm import tqdm
 
 import utils
@@ -30,6 +31,9 @@ COMMIT = "8f6dd8c1d20cb7e8792a7177b4f6fd677633f598"
 DEFAULT_BASE_URL = f"https://raw.githubusercontent.com/jbhuang0604/SelfExSR/{COMMIT}/"
 MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "download_manifest.tsv")
 TIMEOUT = 60  # seconds without an answer before a connection is given up
+# a file must arrive within START_SECONDS + bytes / MIN_SPEED (--min-speed), however the server behaves
+START_SECONDS = 30
+MIN_SPEED = 20 * 1024
 
 
 def read_manifest(path=None):
@@ -60,29 +64,56 @@ def file_url(base_url, path):
     return base_url.rstrip("/") + "/" + path
 
 
-def download(url, dest, sha256):
-    """Download ``url`` to ``dest``; it appears there only if its SHA-256 is right (UserError otherwise)."""
+def download(url, dest, size, sha256, min_speed=MIN_SPEED):
+    """Download ``url`` to ``dest``; it appears there only if it has the manifest's size and SHA-256
+    (UserError otherwise). Bounded: more bytes than ``size`` stop it at once, and so does the deadline
+    of START_SECONDS + size / ``min_speed`` (bytes per second), so no server can fill the disk or keep
+    it waiting for ever; nothing is left behind."""
     for stale in glob.glob(glob.escape(dest) + ".*.partial"):  # left by a run that was killed
         os.remove(stale)
+    deadline = time.monotonic() + START_SECONDS + size / min_speed
+    digest, received = hashlib.sha256(), 0
+    fd, partial = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dest)),
+                                   prefix=os.path.basename(dest) + ".", suffix=".partial")
     try:
-        download_url_to_file(url, dest, hash_prefix=sha256, progress=False)
-    except urllib.error.HTTPError as e:
-        raise utils.UserError(f"{url}: HTTP error {e.code} ({e.reason})") from None
-    except urllib.error.URLError as e:
-        raise utils.UserError(f"{url}: cannot download ({e.reason}); check the address and the network, "
-                              "or give a mirror with --base-url") from None
-    except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
-        raise utils.UserError(f"{url}: the connection failed ({e or type(e).__name__}); run the command again "
-                              "to resume") from None
-    except RuntimeError as e:
-        if "invalid hash value" not in str(e):
-            raise
-        raise utils.UserError(f"{url}: the downloaded file does not match its SHA-256 checksum (damaged, "
-                              f"truncated or a different file), so it was not kept") from None
-    except ValueError as e:  # e.g. "unknown url type"
-        raise utils.UserError(f"{url}: {e}") from None
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+                    while True:
+                        chunk = response.read1(1 << 16)  # whatever has arrived, up to 64 KiB
+                        if not chunk:
+                            break
+                        received += len(chunk)
+                        if received > size:
+                            raise utils.UserError(f"{url}: the server sent more than the {size} bytes the manifest "
+                                                  "gives; stopped, nothing kept")
+                        if time.monotonic() > deadline:
+                            raise utils.UserError(
+                                f"{url}: too slow ({received} of {size} bytes in {START_SECONDS + size / min_speed:.0f} s, "
+                                f"under --min-speed {min_speed / 1024:g} KB/s); stopped, nothing kept (run again, or "
+                                "lower --min-speed)")
+                        digest.update(chunk)
+                        out.write(chunk)
+            except urllib.error.HTTPError as e:
+                raise utils.UserError(f"{url}: HTTP error {e.code} ({' '.join(str(e.reason).split())})") from None
+            except urllib.error.URLError as e:
+                raise utils.UserError(f"{url}: cannot download ({' '.join(str(e.reason).split())}); check the "
+                                      "address and the network, or give a mirror with --base-url") from None
+            except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
+                raise utils.UserError(f"{url}: the connection failed ({' '.join(str(e).split()) or type(e).__name__});"
+                                      " run the command again to resume") from None
+            except ValueError as e:  # e.g. "unknown url type"
+                raise utils.UserError(f"{url}: {' '.join(str(e).split())}") from None
+        if received != size or digest.hexdigest() != sha256:
+            raise utils.UserError(f"{url}: the downloaded file does not match its SHA-256 checksum (damaged, "
+                                  f"truncated or a different file: {received} of {size} bytes), so it was not kept")
+        os.chmod(partial, 0o644)
+        os.replace(partial, dest)
     except OSError as e:
         raise utils.UserError(f"{dest}: cannot write ({e.strerror or e})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(partial)  # gone already after a success
 
 
 def build_parser():
@@ -94,6 +125,9 @@ def build_parser():
     parser.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL",
                         help="replaces everything before 'data/' in the files' addresses: a mirror of the "
                              "repository, or the folder of a local copy (default: %(default)s)")
+    parser.add_argument("--min-speed", type=float, default=MIN_SPEED / 1024, metavar="KB/S",
+                        help=f"give a file up if it arrives slower than this on average (after {START_SECONDS} s "
+                             "of grace) (default: %(default)g)")
     return parser
 
 
@@ -114,6 +148,8 @@ def resolve_sets(names):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     sets = resolve_sets(args.sets)
+    if not args.min_speed > 0:
+        raise utils.UserError(f"--min-speed {args.min_speed:g}: must be a positive number of KB/s")
     if not os.path.isdir(args.base_url) and "://" not in args.base_url:
         raise utils.UserError(f"--base-url {args.base_url}: neither an address (https://..., file://...) "
                               "nor an existing folder")
@@ -133,8 +169,6 @@ def main(argv=None):
                 jobs.append((file_url(args.base_url, path), dest, size, sha256))
     if present:
         print(f"{present} file(s) already present and correct: skipped")
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(TIMEOUT)
     created = []  # folders this run made: removed again if a failure leaves them empty
     try:
         with tqdm(total=sum(job[2] for job in jobs), unit="B", unit_scale=True, unit_divisor=1024,
@@ -151,15 +185,13 @@ def main(argv=None):
                 except OSError as e:
                     raise utils.UserError(f"{folder}: cannot create the folder ({e.strerror or e})") from None
                 created.extend(missing)
-                download(url, dest, sha256)
+                download(url, dest, size, sha256, args.min_speed * 1024)
                 bar.update(size)
     except BaseException:
         for folder in created:  # deepest first; rmdir refuses folders that are not empty
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
         raise
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
     folders = [os.path.join(args.output_dir, name) for name in sets]
     print(f"{sum(len(manifest[name]) for name in sets)} images in {', '.join(folders)}. Next, evaluate with:")
     print(f"python eval.py --checkpoint checkpoints/srresnet_x4.pth --bicubic --test-folders {' '.join(map(shlex.quote, folders))}")

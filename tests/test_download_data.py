@@ -1,9 +1,11 @@
 """download_data.py against a local HTTP server serving files the tests make (no machine of ours
 reaches the internet): checksums, skipping, resuming, and one error line for every failure."""
 
+import contextlib
 import hashlib
 import http.server
 import threading
+import time
 
 import pytest
 
@@ -24,6 +26,7 @@ class Server:
 
     def __init__(self):
         self.files, self.truncate, self.requests = {}, set(), []
+        self.endless, self.trickle = set(), set()  # paths sent without end / one byte per 0.2 s
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -34,9 +37,21 @@ class Server:
                     self.send_error(404)
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                if self.path not in server.endless:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if self.path in server.truncate:
+                if self.path in server.endless:
+                    with contextlib.suppress(OSError):
+                        for _ in range(10_000):  # 640 MB if nobody stops reading
+                            self.wfile.write(bytes(1 << 16))
+                    self.close_connection = True
+                elif self.path in server.trickle:
+                    with contextlib.suppress(OSError):
+                        for byte in body:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                elif self.path in server.truncate:
                     self.wfile.write(body[:len(body) // 2])
                     self.close_connection = True
                 else:
@@ -199,6 +214,33 @@ def test_user_errors_are_one_line(server, tmp_path, capsys, problem):
         assert sorted(p.name for p in out.iterdir()) == ["Set5"]
     else:
         assert not out.exists()  # no empty folders left behind either
+
+
+def test_an_endless_body_is_stopped_at_the_manifest_size(server, tmp_path, capsys):
+    path = "/mirror/data/Set5/image_SRF_4/img_002_SRF_4_HR.png"
+    server.endless.add(path)
+    out = tmp_path / "datasets"
+    assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 2
+    assert "sent more than the 3000 bytes the manifest gives" in error_line(capsys)
+    assert leftovers(out) == [] and not (out / "Set5" / "img_002_SRF_4_HR.png").exists()
+
+
+def test_a_trickling_server_meets_the_deadline(server, tmp_path, capsys, monkeypatch):
+    """One byte every 0.2 s never trips the socket timeout; the per-file deadline (grace + size / speed)
+    ends it in one line, and nothing is kept."""
+    monkeypatch.setattr(download_data, "START_SECONDS", 1)
+    server.trickle.add("/mirror/data/Set5/image_SRF_4/img_001_SRF_4_HR.png")
+    out = tmp_path / "datasets"
+    started = time.monotonic()
+    assert run(["Set5", "--output-dir", out, "--base-url", server.url, "--min-speed", "10"]) == 2
+    assert time.monotonic() - started < 10  # 1 s + 3000 B / 10 KB/s = 1.3 s, plus one last byte
+    assert "too slow" in error_line(capsys)
+    assert not out.exists()
+
+
+def test_min_speed_must_be_positive(server, tmp_path, capsys):
+    assert run(["Set5", "--output-dir", tmp_path / "d", "--base-url", server.url, "--min-speed", "0"]) == 2
+    assert "--min-speed 0: must be a positive" in error_line(capsys)
 
 
 def test_default_source_is_the_pinned_repository():
