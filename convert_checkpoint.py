@@ -182,6 +182,7 @@ def main(argv=None):
         raise UserError(f"{args.output}: is a folder; give the new file's name")
     utils.refuse_overwriting_input(args.output, [args.source])
     utils.check_writable(args.output)  # before the work
+    utils.remove_stale_temporaries(args.output)
     ckpt = convert_project(args.source, info) if _is_project_checkpoint(args.source) \
         else convert_tutorial(args.source, info)
     for part in ("model", "discriminator"):  # weights of a diverged run make a useless file

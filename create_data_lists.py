@@ -50,6 +50,8 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, recu
     jobs = ([("train_images.json", train_paths)] if train_folders else []) + \
            [(f"{name}_test_images.json", paths) for name, paths in test_paths.items()]
     lists, counts = [], {}
+    for filename, _ in jobs:  # hidden temporaries of a run that was killed while writing
+        utils.remove_stale_temporaries(os.path.join(output_folder, filename))
     for filename, paths in jobs:
         kept, too_small, unreadable = scan_images(paths, min_size, desc=filename)
         out = os.path.join(output_folder, filename)

@@ -80,7 +80,9 @@ def write_store(list_file, log=print):
     paths = read_image_list(list_file)
     data_file, index_file = store_paths(list_file)
     entries, offset = [], 0
-    with utils.atomic_write_all([data_file, index_file]) as (data, index):
+    for path in (data_file, index_file):
+        utils.remove_stale_temporaries(path)
+    with utils.atomic_write_all([data_file, index_file], defer_signals=False) as (data, index):
         for path in tqdm(paths, desc=f"decoding into {os.path.basename(data_file)}", unit="img", leave=False,
                          disable=len(paths) < 50):
             stamp = _stamp(path)

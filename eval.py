@@ -48,7 +48,7 @@ def build_parser():
     parser.add_argument("--precision", choices=inference.PRECISIONS, default="fp32",
                         help="fp32 (reference numbers), bf16, fp16 (CUDA only) or auto (see test.py) (default: fp32)")
     parser.add_argument("--tile", type=int, default=inference.DEFAULT_TILE, metavar="N",
-                        help="tile size in LR pixels, 0 = whole images; tiles join exactly, so tiling does not "
+                        help=f"tile size in LR pixels (>= {inference.MIN_TILE}), 0 = whole images; tiles carry their context, so tiling does not "
                              f"change the results (default: {inference.DEFAULT_TILE})")
     return parser
 
@@ -186,14 +186,14 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if not args.checkpoint and not args.bicubic:
         raise utils.UserError("nothing to evaluate: give --checkpoint PATH and/or --bicubic")
-    if args.tile < 0:
-        raise utils.UserError("--tile must be >= 0")
+    inference.check_tile(args.tile)
     test_sets = resolve_test_sets(args.test_folders)
     names = method_names(args.checkpoint)
     if args.json:
         utils.refuse_overwriting_input(args.json, args.checkpoint + [p for _, paths in test_sets for p in paths]
                                        + [p for p in args.test_folders if os.path.isfile(p)])
-        utils.check_writable(args.json)  # before the evaluation, so that its results are not lost
+        utils.check_writable(args.json)
+        utils.remove_stale_temporaries(args.json)  # before the evaluation, so that its results are not lost
 
     niqe_params = metrics.load_niqe_params() if args.niqe else None
     device = utils.resolve_device(args.device)

@@ -117,6 +117,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     utils.refuse_overwriting_input(args.output, [args.checkpoint])
     utils.check_writable(args.output)
+    utils.remove_stale_temporaries(args.output)
     model = checkpoint.load_model(args.checkpoint, "cpu")
     try:
         onnx_bytes = export(model, args.opset, args.exporter)

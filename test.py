@@ -48,7 +48,8 @@ def build_parser():
     parser.add_argument("--precision", choices=inference.PRECISIONS, default="auto",
                         help="auto = bf16 where the hardware is fast at it, else fp32; fp16 needs CUDA (default: auto)")
     parser.add_argument("--tile", type=int, default=inference.DEFAULT_TILE, metavar="N",
-                        help=f"process in N x N tiles of LR pixels; 0 = whole image (default: {inference.DEFAULT_TILE})")
+                        help=f"process in N x N tiles of LR pixels, N >= {inference.MIN_TILE}; 0 = whole image "
+                             f"(default: {inference.DEFAULT_TILE})")
     parser.add_argument("--tile-pad", type=int, default=None, metavar="P",
                         help="context around each tile (default: the receptive-field radius, seamless)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (helps for many same-size images)")
@@ -246,8 +247,9 @@ def make_comparison(panels, gap=4):
 def main(argv=None):
     """Parse flags, load the model and process every input; returns the list of per-image results."""
     args = build_parser().parse_args(argv)
-    if args.tile < 0 or (args.tile_pad is not None and args.tile_pad < 0):
-        raise UserError("--tile and --tile-pad must be >= 0")
+    inference.check_tile(args.tile)
+    if args.tile_pad is not None and args.tile_pad < 0:
+        raise UserError("--tile-pad must be >= 0")
     if args.img:
         paths = collect_images(args.img)
     else:
@@ -277,6 +279,9 @@ def main(argv=None):
     results, failures = [], 0
     stems = output_stems(paths)
     refused = check_outputs(paths, stems, args.output_dir, args.hr)
+    for stem in stems:  # hidden temporaries of a run that was killed while writing
+        for out in output_paths(stem, args.output_dir, args.hr):
+            utils.remove_stale_temporaries(out)
     bar = tqdm(list(zip(paths, stems)), unit="img", disable=len(paths) < 2, file=sys.stderr)
     for path, stem in bar:
         try:
@@ -302,7 +307,7 @@ def main(argv=None):
                 message = f"{path}: {message}"
             if len(paths) == 1:
                 raise UserError(message) from None
-            tqdm.write(f"error: {message}", file=sys.stderr)
+            tqdm.write(f"error: {utils.one_line(message)}", file=sys.stderr)
             failures += 1
             continue
         results.append(dict(r, path=path))

@@ -133,7 +133,7 @@ def main(argv=None):
                 if stopping:
                     bar.write(f"interrupted: saved {latest_path} at iteration {iteration}; "
                               f"continue with: python train_srresnet.py --resume {latest_path}")
-                    raise KeyboardInterrupt  # exit code 130, as after any Ctrl-C
+                    raise stop.exception()  # exit code 130 (Ctrl-C) or 143 (SIGTERM)
         finally:
             if stop is not None:
                 stop.restore()

@@ -670,16 +670,20 @@ def tensorboard_writer(args):
 
 class StopSignal:
     """SIGINT / SIGTERM set ``requested``; the loop then saves and exits between iterations.
-    A second Ctrl-C stops at once (the latest checkpoint on disk is intact)."""
+    A second one stops at once (a save in progress is finished first: utils.deferred_signals)."""
 
     def __init__(self):
-        self.requested = False
+        self.requested, self.signum = False, None
         self.previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def __call__(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise self.exception()
+        self.requested, self.signum = True, signum
+
+    def exception(self):
+        """What ends the run after the save: exit code 130 after Ctrl-C, 143 after SIGTERM (utils.run_cli)."""
+        return utils.Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
 
     def restore(self):
         for s, handler in self.previous.items():

@@ -4,14 +4,49 @@ import contextlib
 import ctypes
 import errno
 import os
+import signal
 import sys
 import tempfile
+import threading
 
 import torch
 
 
 class UserError(Exception):
     """A problem with the user's input (a file, a flag): scripts print it on one line and exit 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: temporaries are removed, the run saves; the exit code is 143."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def one_line(message):
+    """A message on one line: newlines inside it (a file name can hold one) are shown escaped."""
+    return str(message).replace("\r", "\\r").replace("\n", "\\n")
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Ctrl-C and SIGTERM that arrive inside the block are acted on when it ends, so that a file
+    being saved is finished first (a no-op outside the main thread, where signals never land)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in pending:
+            signal.raise_signal(s)  # now, to the handler that was in place before the block
 
 
 @contextlib.contextmanager
@@ -27,9 +62,18 @@ def atomic_write(path):
 
 
 @contextlib.contextmanager
-def atomic_write_all(paths):
+def atomic_write_all(paths, defer_signals=True):
     """atomic_write for files that must appear together: yields one binary file per path, and
-    only when every one is written in full do they replace their paths (else none does)."""
+    only when every one is written in full do they replace their paths (else none does).
+    Ctrl-C and SIGTERM wait until the files are in place (deferred_signals), unless ``defer_signals``
+    is False (a long write, such as a decoded store, is then abandoned and cleaned up at once)."""
+    with deferred_signals() if defer_signals else contextlib.nullcontext():
+        with _atomic_write_all(paths) as files:
+            yield files
+
+
+@contextlib.contextmanager
+def _atomic_write_all(paths):
     paths = [os.fspath(p) for p in paths]
     temporaries, replaced, created, current = [], [], [], paths[0]
     try:
@@ -228,18 +272,27 @@ def autocast(device, precision):
 
 
 def run_cli(main, argv=None):
-    """Run a script's ``main(argv)``; print user errors as one line on stderr and exit with code 2.
+    """Run a script's ``main(argv)``; print user errors as one line on stderr and exit with code 2;
+    Ctrl-C exits with 130 and SIGTERM with 143, after the same clean-up.
 
     Set SR_DEBUG=1 to see the full traceback instead.
     """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None  # SIGTERM as Ctrl-C
     try:
         return main(argv)
     except (UserError, FileNotFoundError) as e:
         if os.environ.get("SR_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 

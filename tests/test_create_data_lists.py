@@ -93,3 +93,13 @@ def test_store_flag_writes_the_decoded_store_next_to_the_list(tmp_path, mixed_fo
     assert [e["path"] for e in index["images"]] == json.loads((out / "train_images.json").read_text())
     assert index["bytes"] == sum(3 * e["shape"][0] * e["shape"][1] for e in index["images"])
     assert datasets.SRDataset(str(out), "train", 96, 4, "[0, 1]", "[0, 1]").store is not None
+
+
+def test_temporaries_of_a_killed_run_are_removed(tmp_path, mixed_folder):
+    out = tmp_path / "lists"
+    out.mkdir()
+    for name in (".train_images.json.x1.tmp", ".train_images_store.bin.x2.tmp", ".train_images_store.json.x3.tmp"):
+        (out / name).write_bytes(b"")
+    create_data_lists.main(["--train-folders", str(mixed_folder), "--output-folder", str(out), "--store"])
+    assert sorted(p.name for p in out.iterdir()) == ["train_images.json", "train_images_store.bin",
+                                                     "train_images_store.json"]

@@ -75,8 +75,8 @@ def test_tiles_crop_border_and_self_ensemble(ckpt_file, test_set):
     folder, _ = test_set
     base = ["--checkpoint", str(ckpt_file), "--test-folders", str(folder)]
     whole = eval_script.main(base + ["--tile", "0"])["tiny.pth"]["Mini"]
-    tiled = eval_script.main(base + ["--tile", "5"])["tiny.pth"]["Mini"]
-    assert tiled["psnr"] == pytest.approx(whole["psnr"], abs=0.01)
+    tiled = eval_script.main(base + ["--tile", "32"])["tiny.pth"]["Mini"]
+    assert tiled["psnr"] == whole["psnr"]
     border = eval_script.main(base + ["--crop-border", "0"])["tiny.pth"]["Mini"]
     assert border["psnr"] != pytest.approx(whole["psnr"], abs=1e-6)
     ensemble = eval_script.main(base + ["--self-ensemble"])["tiny.pth"]["Mini"]
@@ -106,6 +106,8 @@ def test_self_ensemble_of_an_equivariant_method_changes_nothing(test_set):
     (["--bicubic", "--scale", "4", "--test-folders", "{missing}"], "no such folder"),
     (["--bicubic", "--scale", "4", "--test-folders", "{folder}", "{folder}"], "distinct names"),
     (["--checkpoint", "{missing}", "--test-folders", "{folder}"], "no such file"),
+    (["--checkpoint", "{checkpoint}", "--test-folders", "{folder}", "--tile", "31"], "--tile 31: use 0"),
+    (["--checkpoint", "{checkpoint}", "--test-folders", "{folder}", "--tile", "-1"], "--tile -1: use 0"),
 ])
 def test_errors(argv, message, ckpt_file, test_set, tmp_path, capsys):
     folder, _ = test_set
@@ -156,3 +158,15 @@ def test_niqe_on_an_image_too_small_names_it(test_set, capsys, monkeypatch, tmp_
     with pytest.raises(SystemExit):
         utils.run_cli(eval_script.main, ["--bicubic", "--scale", "4", "--niqe", "--test-folders", str(folder)])
     assert "gone.npz: cannot read NIQE's model parameters" in capsys.readouterr().err
+
+
+def test_json_never_replaces_an_input_and_leftovers_go(ckpt_file, test_set, tmp_path, capsys):
+    folder, listing = test_set
+    before = listing.read_bytes()
+    with pytest.raises(SystemExit):
+        utils.run_cli(eval_script.main, ["--bicubic", "--scale", "4", "--test-folders", str(listing),
+                                         "--json", str(listing)])
+    assert "this output is the input" in capsys.readouterr().err and listing.read_bytes() == before
+    (tmp_path / ".r.json.abc.tmp").write_bytes(b"")
+    eval_script.main(["--bicubic", "--scale", "4", "--test-folders", str(folder), "--json", str(tmp_path / "r.json")])
+    assert not (tmp_path / ".r.json.abc.tmp").exists() and (tmp_path / "r.json").is_file()

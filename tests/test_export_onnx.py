@@ -96,3 +96,9 @@ def test_the_output_is_never_the_input(tmp_path, capsys, tiny_checkpoint):
         err = capsys.readouterr().err
         assert err.startswith(f"error: {output}: this output is the input") and err.count("\n") == 1
     assert own.read_bytes() == tiny_checkpoint.read_bytes()
+
+
+def test_temporaries_of_a_killed_export_are_removed(tmp_path, capsys, tiny_checkpoint):
+    (tmp_path / ".a.onnx.abc.tmp").write_bytes(b"")
+    assert run([tiny_checkpoint, tmp_path / "a.onnx", "--opset", "13"]) == 2  # fails after the clean-up
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -84,9 +84,12 @@ def test_tiled_output_equals_untiled_on_a_real_image():
     lr = real_lr_image()
     whole, _ = inference.upscale_image(model, lr, 4, "fp32", "cpu", tile=None)
     whole = np.asarray(whole).astype(int)
-    for tile in (48, 37):  # tiles that divide the image and tiles that do not
+    for tile in (inference.MIN_TILE, 37, 48, 64):  # tiles that divide the image and tiles that do not
         tiled, _ = inference.upscale_image(model, lr, 4, "fp32", "cpu", tile=tile)
-        assert np.abs(np.asarray(tiled).astype(int) - whole).max() <= 1
+        # every size the scripts accept: the same output up to float rounding (convolutions sum in
+        # another order on other sizes), i.e. one grey level on a handful of values (measured: 0-4 of 786k)
+        diff = np.abs(np.asarray(tiled).astype(int) - whole)
+        assert diff.max() <= 1 and np.count_nonzero(diff) <= 1e-4 * diff.size, tile
     # without context the tiles show seams: the test above is sensitive to the padding
     seamed, _ = inference.upscale_image(model, lr, 4, "fp32", "cpu", tile=48, tile_pad=0)
     assert np.abs(np.asarray(seamed).astype(int) - whole).max() > 5

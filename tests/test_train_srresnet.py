@@ -18,6 +18,7 @@ import datasets
 import models
 import train_srresnet
 import training
+import utils
 from conftest import ROOT, TINY, assert_identical, cli_error, need_shared, random_image, read_log, sigint_at
 
 TINY_FLAGS = ["--n-blocks", "1", "--n-channels", "8", "--crop-size", "24", "--batch-size", "2", "--workers", "0"]
@@ -556,3 +557,26 @@ def test_resume_refuses_a_log_whose_columns_were_edited(tmp_path, data_lists, ca
     log.rename(ck / "old_log.csv")  # as the message says: a new log is started
     train_srresnet.main(["--resume", str(ck / "srresnet_latest.pth"), "--iterations", "3", "--log-every", "1"])
     assert [r["iteration"] for r in read_log(log)] == ["3"]
+
+
+def test_two_sigterms_during_a_save_let_it_finish(tmp_path, data_lists, monkeypatch, capsys):
+    """Two SIGTERMs that land inside the checkpoint save of iteration 4: the save completes, then the
+    run ends with one line and exit code 143 (no traceback); the checkpoint is whole."""
+    real_save, saves = torch.save, []
+
+    def save_with_signals(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_with_signals)
+    ck = tmp_path / "ck"
+    with pytest.raises(SystemExit) as e:
+        utils.run_cli(train_srresnet.main, flags(data_lists, ck, 8, "--save-every", "2", "--val-data", ""))
+    assert e.value.code == 143
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.rstrip().splitlines()[-1] == "terminated"
+    assert checkpoint.load_checkpoint(ck / "srresnet_latest.pth")["training"]["iteration"] == 4
+    assert os.listdir(ck) == ["srresnet_latest.pth"]  # no temporary, no lock

@@ -1,6 +1,7 @@
 """Plumbing: devices, precision, atomic writes, the allocator setting."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -79,3 +80,33 @@ def test_keep_freed_memory_stops_large_blocks_from_being_faulted_in_again():
         results[mode] = (kept, int(faults))
     assert results["default"][0] == "None" and results["default"][1] > 10 * 15_000
     assert results["keep"][0] == "True" and results["keep"][1] < 10_000
+
+
+def test_signals_inside_deferred_signals_wait_for_the_block(tmp_path):
+    """A Ctrl-C in the middle of an atomic write lets the file finish, then interrupts."""
+    path = tmp_path / "out.bin"
+    with pytest.raises(KeyboardInterrupt):
+        with utils.atomic_write(path) as f:
+            f.write(b"first half ")
+            os.kill(os.getpid(), signal.SIGINT)
+            f.write(b"second half")
+    assert path.read_bytes() == b"first half second half"
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_sigterm_is_handled_like_ctrl_c_with_exit_code_143(capsys):
+    def main(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("not reached")
+    with pytest.raises(SystemExit) as e:
+        utils.run_cli(main, [])
+    assert e.value.code == 143 and capsys.readouterr().err == "terminated\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_error_lines_stay_one_line(capsys):
+    def main(argv):
+        raise utils.UserError("bad\nname.png: cannot read (first reason\nsecond reason)")
+    with pytest.raises(SystemExit):
+        utils.run_cli(main, [])
+    assert capsys.readouterr().err == "error: bad\\nname.png: cannot read (first reason\\nsecond reason)\n"
