@@ -1,0 +1,51 @@
+"""plot_log.py: reads both scripts' logs, draws the panels they have, one-line errors."""
+
+import pytest
+from PIL import Image
+
+import plot_log
+import utils
+
+SRGAN_LOG = ("iteration,perceptual,content,adversarial,discriminator,d_real,d_fake,lr,val_psnr,val_ssim,seconds\n"
+             + "".join(f"{i},{0.02 + i * 1e-4},{0.02},{1 + i / 10},{1.3 - i / 100},{0.5 + i / 100},{0.5 - i / 100},"
+                       f"1e-4,{'26.5' if i % 5 == 0 else ''},,{i}\n" for i in range(1, 21)))
+
+
+def test_read_log_and_moving_average(tmp_path):
+    path = tmp_path / "srgan_log.csv"
+    path.write_text(SRGAN_LOG)
+    series = plot_log.read_log(path)
+    assert series["val_psnr"] == [(5, 26.5), (10, 26.5), (15, 26.5), (20, 26.5)]  # empty cells skipped
+    assert series["d_fake"][0] == (1, pytest.approx(0.49)) and len(series["adversarial"]) == 20
+    assert plot_log.moving_average([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
+
+
+def test_both_logs_become_pictures_with_their_panels(tmp_path):
+    gan, srresnet = tmp_path / "srgan_log.csv", tmp_path / "srresnet_log.csv"
+    gan.write_text(SRGAN_LOG)
+    srresnet.write_text("iteration,loss,lr,val_psnr,val_ssim,seconds\n1,0.05,1e-4,,,1\n2,0.04,1e-4,25.1,0.7,2\n")
+    assert len(plot_log.plot(plot_log.read_log(gan), "gan").axes) == 5
+    assert len(plot_log.plot(plot_log.read_log(srresnet), "srresnet").axes) == 2  # loss and validation
+    plot_log.main([str(gan), str(tmp_path / "gan.png")])
+    assert Image.open(tmp_path / "gan.png").size[1] > Image.open(tmp_path / "gan.png").size[0]  # stacked panels
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "cannot read the log"), ("not a log", "not a training log"),
+    ("same file", "this output is the input"), ("extension", "give a .png, .pdf or .svg"),
+])
+def test_errors_are_one_line(tmp_path, capsys, case, message):
+    log = tmp_path / "log.csv"
+    log.write_text("a,b\n1,2\n" if case == "not a log" else SRGAN_LOG)
+    argv = [str(log), str(tmp_path / "out.png")]
+    if case == "missing":
+        argv[0] = str(tmp_path / "nope.csv")
+    elif case == "same file":
+        argv[1] = str(log)
+    elif case == "extension":
+        argv[1] = str(tmp_path / "out.jpg")
+    with pytest.raises(SystemExit) as e:
+        utils.run_cli(plot_log.main, argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out.png").exists()
