@@ -108,6 +108,26 @@ def conv_flops(model, height, width, batch=1):
     return total
 
 
+def paper_schedule_estimate(tflops):
+    """An ESTIMATE, not a measurement: the convolution FLOPs of the paper's two schedules (batch 16,
+    96x96 HR crops, x4) and their time at ``tflops`` sustained. A training step costs about 3 forward
+    passes (forward, then gradients of inputs and weights); the VGG19 content target is a forward only."""
+    g = conv_flops(models.SRResNet(), 24, 24)
+    d = conv_flops(models.Discriminator(), 96, 96)
+    vgg = conv_flops(models.TruncatedVGG19(5, 4, weights=None), 96, 96)
+    # SRGAN step: G trained, VGG(HR) forward, VGG(SR) and D(SR) backpropagated into G, D trained on HR and SR
+    per_sample = {"SRResNet": 3 * g, "SRGAN-VGG54": 3 * g + vgg + 3 * vgg + 3 * d + 2 * 3 * d}
+    iterations = {"SRResNet": 10**6, "SRGAN-VGG54": 2 * 10**5}
+    lines = [f"per 96x96 sample, forward: generator {g / 1e9:.2f} GFLOP, discriminator {d / 1e9:.2f}, "
+             f"VGG19 to conv5_4 {vgg / 1e9:.2f}", "| phase | iterations | TFLOP per iteration (batch 16) | total PFLOP "
+             f"| hours at {tflops:g} TFLOPS sustained |", "|---|---:|---:|---:|---:|"]
+    for name, flops in per_sample.items():
+        total = 16 * flops * iterations[name]
+        lines.append(f"| {name} | {iterations[name]:,} | {16 * flops / 1e12:.3f} | {total / 1e15:,.0f} "
+                     f"| {total / (tflops * 1e12) / 3600:.1f} |")
+    return "\n".join(lines)
+
+
 def synthetic_photo(width, height, seed=0):
     """A seeded RGB PIL image that compresses like a photo: smooth colour fields plus some noise."""
     g = torch.Generator().manual_seed(seed)
@@ -383,11 +403,18 @@ def build_parser():
                         help="leave these rows out")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast model paths")
     parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
+    parser.add_argument("--paper-estimate", type=float, metavar="TFLOPS", default=None,
+                        help="only print the paper schedules' FLOPs and their hours at this sustained speed (an estimate)")
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.paper_estimate is not None:
+        if not args.paper_estimate > 0:
+            raise utils.UserError("--paper-estimate: give a positive number of TFLOPS")
+        print(paper_schedule_estimate(args.paper_estimate))
+        return None
     if args.json:
         utils.check_writable(args.json)
     size = {k: v[args.quick] for k, v in SIZES.items()}

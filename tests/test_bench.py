@@ -155,3 +155,16 @@ def test_help_and_import_do_no_work():
     help_text = bench.build_parser().format_help()
     for flag in ("--quick", "--json", "--skip", "--device", "--checkpoint", "--compile"):
         assert flag in help_text
+
+
+def test_paper_estimate_counts_the_schedules(capsys):
+    bench.main(["--paper-estimate", "50"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in out.splitlines()
+            if line.startswith("| SR")}
+    assert set(rows) == {"SRResNet", "SRGAN-VGG54"}
+    for iterations, tflop, pflop, hours in rows.values():
+        total = float(tflop) * int(iterations.replace(",", "")) / 1000  # PFLOP
+        assert float(pflop.replace(",", "")) == pytest.approx(total, rel=0.01)
+        assert float(hours) == pytest.approx(total * 1e15 / 50e12 / 3600, abs=0.06)
+    assert float(rows["SRGAN-VGG54"][1]) > 5 * float(rows["SRResNet"][1])  # VGG and D dominate a GAN step
