@@ -17,6 +17,7 @@ dependencies = ["torch", "torchvision"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SHIPPED_CHECKPOINT = os.path.join(_HERE, "checkpoints", "srresnet_x4.pth")
+SHIPPED_SRGAN = os.path.join(_HERE, "checkpoints", "srgan_mse_x4.pth")
 
 
 def _is_ours(module):
@@ -80,6 +81,26 @@ def generator(pretrained=False, **kwargs):
     """
     if pretrained:
         raise _no_weights("SRGAN generator")
+    return _models.Generator(**kwargs)
+
+
+def srgan(pretrained=False, **kwargs):
+    """The SRGAN generator, adversarially fine-tuned (sharper textures than the SRResNet, lower PSNR).
+
+    Args:
+        pretrained: True for the shipped x4 generator (``checkpoints/srgan_mse_x4.pth``: SRGAN-MSE,
+            the paper's pixel-MSE content loss + 1e-3 adversarial loss), in eval mode on the CPU.
+            False for a freshly initialised generator in training mode.
+        **kwargs: the SRResNet's constructor arguments for a fresh generator; not with pretrained=True.
+
+    Input: ImageNet-normalised RGB (N, 3, h, w). Output: (N, 3, h * s, w * s) in [-1, 1].
+    """
+    if pretrained:
+        if kwargs:
+            raise ValueError(f"the shipped model has fixed arguments; {sorted(kwargs)} only apply with pretrained=False")
+        if not os.path.isfile(SHIPPED_SRGAN):
+            raise _no_weights("SRGAN generator")
+        return _checkpoint.load_model(SHIPPED_SRGAN, "cpu")
     return _models.Generator(**kwargs)
 
 

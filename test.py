@@ -2,6 +2,7 @@
 
     python test.py                                     # the sample images in data/
     python test.py --img photo.jpg --img holiday/      # files and folders
+    python test.py --img photo.jpg --model srgan       # the shipped SRGAN generator instead of the SRResNet
     python test.py --img photo.jpg --hr                # demo: shrink, super-resolve, compare, PSNR
 
 For each input <name>.<ext> it writes <output-dir>/<name>_sr.png and <name>_bicubic.png (both or
@@ -27,7 +28,10 @@ import utils
 from utils import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CHECKPOINT = os.path.join("checkpoints", "srresnet_x4.pth")
+# the shipped models, by the short names of --model
+SHIPPED = {"srresnet": os.path.join("checkpoints", "srresnet_x4.pth"),
+           "srgan": os.path.join("checkpoints", "srgan_mse_x4.pth")}
+DEFAULT_CHECKPOINT = SHIPPED["srresnet"]
 SAMPLE_FOLDER = "data"
 OUTPUT_SUFFIXES = ("_sr", "_bicubic", "_comparison")  # <stem><suffix>.png: what this program writes
 
@@ -41,6 +45,9 @@ def build_parser():
                         help=f"image files and/or folders of images (default: the samples in {SAMPLE_FOLDER}/)")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help=f"model checkpoint; the scale comes from it (default: {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--model", choices=tuple(SHIPPED), default=None,
+                        help="a shipped model instead of --checkpoint: srresnet (MSE, best PSNR) or srgan "
+                             "(adversarial, sharper textures)")
     parser.add_argument("--output-dir", default="results", help="where to write the images (default: results)")
     parser.add_argument("--hr", action="store_true",
                         help="treat each input as the original: shrink, super-resolve, compare, print PSNR / SSIM")
@@ -257,7 +264,11 @@ def main(argv=None):
         if not os.path.isdir(sample):
             raise UserError(f"no --img given and no sample folder {sample}; pass --img PATH")
         paths = collect_images([sample])
-    ckpt_path = args.checkpoint or os.path.join(HERE, DEFAULT_CHECKPOINT)
+    if args.model and args.checkpoint:
+        raise UserError("give --model or --checkpoint, not both")
+    ckpt_path = args.checkpoint or os.path.join(HERE, SHIPPED[args.model or "srresnet"])
+    if args.model and not os.path.isfile(ckpt_path):
+        raise UserError(f"--model {args.model}: {ckpt_path} is missing from this copy of the repository")
 
     device = utils.resolve_device(args.device)
     precision = utils.resolve_precision(args.precision, device)

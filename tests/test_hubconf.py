@@ -50,6 +50,23 @@ def test_no_shipped_weights_is_a_clear_error(entry):
         hub_load(entry, pretrained=True)
 
 
+def test_srgan_entry(tmp_path, monkeypatch):
+    """srgan: a fresh Generator, or the shipped generator file (here a stand-in) in eval mode; a clear
+    error where that file is absent."""
+    hubconf = load_script("hubconf")
+    assert isinstance(hubconf.srgan(), models.Generator) and hubconf.srgan().training
+    monkeypatch.setattr(hubconf, "SHIPPED_SRGAN", str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="no pretrained SRGAN generator weights are shipped"):
+        hubconf.srgan(pretrained=True)
+    torch.manual_seed(0)
+    stand_in = models.Generator(n_blocks=1, n_channels=8)
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(stand_in), tmp_path / "gan.pth")
+    monkeypatch.setattr(hubconf, "SHIPPED_SRGAN", str(tmp_path / "gan.pth"))
+    loaded = hubconf.srgan(pretrained=True)
+    assert isinstance(loaded, models.Generator) and not loaded.training
+    assert torch.equal(loaded.net.conv_block1.conv_block[0].weight, stand_in.net.conv_block1.conv_block[0].weight)
+
+
 def test_pretrained_with_other_arguments_is_refused():
     with pytest.raises(ValueError, match="pretrained=False"):
         hub_load("srresnet", pretrained=True, scaling_factor=2)
@@ -59,7 +76,7 @@ def test_entry_points_and_docstrings():
     # what torch.hub.list and torch.hub.help show (they read GitHub repositories only)
     hubconf = load_script("hubconf")
     entries = {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")}
-    assert entries == {"srresnet", "generator", "discriminator"}
+    assert entries == {"srresnet", "srgan", "generator", "discriminator"}
     assert hubconf.dependencies == ["torch", "torchvision"]
     assert "shipped x4" in hubconf.srresnet.__doc__
     assert all(getattr(hubconf, name).__doc__ for name in entries)

@@ -335,3 +335,14 @@ def test_sigterm_and_leftovers(ckpt_file, image, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "b").exists()
     assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "new\nline.png"]) == 2
     assert "error: " + str(tmp_path) + "/new\\nline.png: no such file or folder" in capsys.readouterr().err
+
+
+def test_model_picks_a_shipped_file(ckpt_file, image, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(test_script, "SHIPPED", {"srresnet": str(ckpt_file), "srgan": str(tmp_path / "gan.pth")})
+    assert run(["--model", "srresnet", "--img", image, "--output-dir", tmp_path / "a"]) == 0
+    assert str(ckpt_file) in capsys.readouterr().out
+    assert run(["--model", "srgan", "--img", image, "--output-dir", tmp_path / "b"]) == 2
+    assert "--model srgan: " + str(tmp_path / "gan.pth") + " is missing" in capsys.readouterr().err
+    assert run(["--model", "srgan", "--checkpoint", ckpt_file, "--img", image]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert run(["--model", "esrgan", "--img", image]) == 2
