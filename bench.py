@@ -404,7 +404,8 @@ def build_parser():
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast model paths")
     parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
     parser.add_argument("--paper-estimate", type=float, metavar="TFLOPS", default=None,
-                        help="only print the paper schedules' FLOPs and their hours at this sustained speed (an estimate)")
+                        help="only print the paper schedules' FLOPs and their hours at this sustained speed "
+                             "(an estimate)")
     return parser
 
 

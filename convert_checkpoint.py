@@ -104,7 +104,8 @@ def read_tutorial_checkpoint(path):
         detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise UserError(f"{path}: not a readable PyTorch file, or a damaged one ({detail})") from None
     if not isinstance(old, dict):
-        raise UserError(f"{path}: a {type(old).__name__}, not a tutorial checkpoint (a dict with 'model' or 'generator')")
+        raise UserError(f"{path}: a {type(old).__name__}, not a tutorial checkpoint "
+                        "(a dict with 'model' or 'generator')")
     return old
 
 
@@ -193,7 +194,8 @@ def main(argv=None):
                             + (f" and {len(broken) - 1} more" if len(broken) > 1 else "") + "; nothing written")
     checkpoint.save_checkpoint(ckpt, args.output)
     spec = ckpt["model"]
-    print(f"wrote {args.output}: {spec['arch']} {spec['args']}" + (" + Discriminator" if "discriminator" in ckpt else ""))
+    extra = " + Discriminator" if "discriminator" in ckpt else ""
+    print(f"wrote {args.output}: {spec['arch']} {spec['args']}{extra}")
     return ckpt
 
 

@@ -14,8 +14,8 @@ import zlib
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 import images
 import utils
@@ -132,7 +132,8 @@ def read_store_index(list_file, paths):
             index = json.load(f)
         size = os.path.getsize(data_file)
     except (OSError, ValueError) as e:
-        raise utils.UserError(f"{index_file}: unreadable decoded store ({' '.join(str(e).split())}); {rebuild}") from None
+        reason = " ".join(str(e).split())
+        raise utils.UserError(f"{index_file}: unreadable decoded store ({reason}); {rebuild}") from None
     if not isinstance(index, dict) or index.get("format") != STORE_FORMAT or not isinstance(index.get("images"), list):
         raise utils.UserError(f"{index_file}: not a decoded store of this version; {rebuild}")
     if not _is_int(index.get("bytes")) or index["bytes"] != size:
@@ -237,7 +238,8 @@ class SRDataset(Dataset):
                 img = self._load(self.images[index])
             except utils.UserError as e:
                 self.failures += 1
-                warnings.warn(f"skipping an unreadable training image ({self.failures} so far in this process): {e}")
+                warnings.warn(f"skipping an unreadable training image ({self.failures} so far in this process): {e}",
+                              stacklevel=2)
                 continue
             return self._make_pair(self._random_crop(img, rng))
         raise utils.UserError("10 training images in a row could not be decoded; check the data list")

@@ -88,10 +88,10 @@ def download(url, dest, size, sha256, min_speed=MIN_SPEED):
                             raise utils.UserError(f"{url}: the server sent more than the {size} bytes the manifest "
                                                   "gives; stopped, nothing kept")
                         if time.monotonic() > deadline:
+                            allowed = START_SECONDS + size / min_speed
                             raise utils.UserError(
-                                f"{url}: too slow ({received} of {size} bytes in {START_SECONDS + size / min_speed:.0f} s, "
-                                f"under --min-speed {min_speed / 1024:g} KB/s); stopped, nothing kept (run again, or "
-                                "lower --min-speed)")
+                                f"{url}: too slow ({received} of {size} bytes in {allowed:.0f} s, under --min-speed "
+                                f"{min_speed / 1024:g} KB/s); stopped, nothing kept (run again, or lower --min-speed)")
                         digest.update(chunk)
                         out.write(chunk)
             except urllib.error.HTTPError as e:
@@ -194,7 +194,8 @@ def main(argv=None):
         raise
     folders = [os.path.join(args.output_dir, name) for name in sets]
     print(f"{sum(len(manifest[name]) for name in sets)} images in {', '.join(folders)}. Next, evaluate with:")
-    print(f"python eval.py --checkpoint checkpoints/srresnet_x4.pth --bicubic --test-folders {' '.join(map(shlex.quote, folders))}")
+    print("python eval.py --checkpoint checkpoints/srresnet_x4.pth --bicubic --test-folders "
+          + " ".join(map(shlex.quote, folders)))
 
 
 if __name__ == "__main__":

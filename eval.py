@@ -43,13 +43,15 @@ def build_parser():
                              "model) on the same Y channel and border, and a row for the HR images")
     parser.add_argument("--self-ensemble", action="store_true",
                         help="average the model's outputs over the 8 flips / 90-degree rotations (x8 slower)")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write all results (per image too) to this JSON file")
+    parser.add_argument("--json", default=None, metavar="OUT",
+                        help="also write all results (per image too) to this JSON file")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:k] (default: auto)")
     parser.add_argument("--precision", choices=inference.PRECISIONS, default="fp32",
                         help="fp32 (reference numbers), bf16, fp16 (CUDA only) or auto (see test.py) (default: fp32)")
     parser.add_argument("--tile", type=int, default=inference.DEFAULT_TILE, metavar="N",
-                        help=f"tile size in LR pixels (>= {inference.MIN_TILE}), 0 = whole images; tiles carry their context, so tiling does not "
-                             f"change the results (default: {inference.DEFAULT_TILE})")
+                        help=f"tile size in LR pixels (>= {inference.MIN_TILE}), 0 = whole images; tiles carry "
+                             "their context, so tiling does not change the results "
+                             f"(default: {inference.DEFAULT_TILE})")
     return parser
 
 

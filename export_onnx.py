@@ -103,7 +103,8 @@ def max_difference(onnx_bytes, model, shape=(1, 3, 17, 23)):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Export a checkpoint's generator to ONNX (dynamic batch, height, width).")
+    parser = argparse.ArgumentParser(
+        description="Export a checkpoint's generator to ONNX (dynamic batch, height, width).")
     parser.add_argument("checkpoint", help="a checkpoint of this project (SRResNet or SRGAN generator)")
     parser.add_argument("output", help="the ONNX file to write, e.g. srresnet_x4.onnx")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")

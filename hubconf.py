@@ -63,7 +63,8 @@ def srresnet(pretrained=False, **kwargs):
     """
     if pretrained:
         if kwargs:
-            raise ValueError(f"the shipped model has fixed arguments; {sorted(kwargs)} only apply with pretrained=False")
+            raise ValueError(f"the shipped model has fixed arguments; {sorted(kwargs)} only apply with "
+                             "pretrained=False")
         return _checkpoint.load_model(SHIPPED_CHECKPOINT, "cpu")
     return _models.SRResNet(**kwargs)
 
@@ -97,7 +98,8 @@ def srgan(pretrained=False, **kwargs):
     """
     if pretrained:
         if kwargs:
-            raise ValueError(f"the shipped model has fixed arguments; {sorted(kwargs)} only apply with pretrained=False")
+            raise ValueError(f"the shipped model has fixed arguments; {sorted(kwargs)} only apply with "
+                             "pretrained=False")
         if not os.path.isfile(SHIPPED_SRGAN):
             raise _no_weights("SRGAN generator")
         return _checkpoint.load_model(SHIPPED_SRGAN, "cpu")

@@ -149,7 +149,8 @@ def receptive_radius(model_or_args):
         model_or_args: the model (possibly compiled) or its constructor-argument dict
             (``model.args``: large_kernel_size, small_kernel_size, n_blocks, scaling_factor).
     """
-    args = model_or_args if isinstance(model_or_args, dict) else getattr(checkpoint.unwrap_model(model_or_args), "args", None)
+    args = (model_or_args if isinstance(model_or_args, dict)
+            else getattr(checkpoint.unwrap_model(model_or_args), "args", None))
     if not isinstance(args, dict):
         raise ValueError("cannot tell the receptive field of this model; give tile_pad explicitly")
     large, small = args["large_kernel_size"] // 2, args["small_kernel_size"] // 2
@@ -317,10 +318,10 @@ def _forward_pieces(model, x, box):
     # the LR box each stage must fill: the next stage's grown by that stage's context, within x
     boxes = [box]
     for _, _, halo, _ in reversed(stages[1:]):
-        t, b, l, r = boxes[0]
-        boxes.insert(0, (max(t - halo, 0), min(b + halo, h), max(l - halo, 0), min(r + halo, w)))
+        t, b, lf, r = boxes[0]
+        boxes.insert(0, (max(t - halo, 0), min(b + halo, h), max(lf - halo, 0), min(r + halo, w)))
     for i, (layers, factor, halo, width) in enumerate(stages):
-        t, b, l, r = boxes[i]
+        t, b, lf, r = boxes[i]
         g = f * factor
         # input columns: all that src covers (slicing columns would cost a copy; rows are free in
         # channels_last) - at most the previous stage's halo more than the output needs
@@ -337,12 +338,12 @@ def _forward_pieces(model, x, box):
             y = y.contiguous(memory_format=fmt)  # a sliced input would make the convolution slower
             for layer in layers:
                 y = layer(y)
-            y = y[:, :, (st - it) * g:(sb - it) * g, (l - cl) * g:(r - cl) * g]  # (N, C, (sb - st) * g, (r - l) * g)
+            y = y[:, :, (st - it) * g:(sb - it) * g, (lf - cl) * g:(r - cl) * g]  # (N, C, (sb - st) * g, (r - lf) * g)
             if i == len(stages) - 1:
                 yield (st - top) * g, y
                 continue
             if out is None:  # the stage's whole (thin) output map, in the input's layout
-                out = torch.empty(y.shape[0], y.shape[1], (b - t) * g, (r - l) * g, dtype=y.dtype, device=y.device,
+                out = torch.empty(y.shape[0], y.shape[1], (b - t) * g, (r - lf) * g, dtype=y.dtype, device=y.device,
                                   memory_format=fmt)
             out[:, :, (st - t) * g:(sb - t) * g] = y
         src, src_box, f = out, boxes[i], g

@@ -85,7 +85,8 @@ def load_niqe_params(path=NIQE_PARAMS):
     """(mu (36,), cov (36, 36)) of the pristine model; UserError naming the file if it is missing or bad."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            mu, cov = np.asarray(f["mu_pris_param"], np.float64).reshape(-1), np.asarray(f["cov_pris_param"], np.float64)
+            mu = np.asarray(f["mu_pris_param"], np.float64).reshape(-1)
+            cov = np.asarray(f["cov_pris_param"], np.float64)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise UserError(f"{path}: cannot read NIQE's model parameters ({type(e).__name__}: "
                         f"{' '.join(str(e).split())})") from None
@@ -146,7 +147,8 @@ def _aggd(v):
 def _niqe_features(structdis, block):
     """The release's 18 features of every (block x block) tile of the normalised image: (tiles, 18)."""
     h, w = structdis.shape[0] // block, structdis.shape[1] // block
-    tiles = structdis[:h * block, :w * block].reshape(h, block, w, block).transpose(0, 2, 1, 3).reshape(-1, block, block)
+    tiles = structdis[:h * block, :w * block].reshape(h, block, w, block).transpose(0, 2, 1, 3)
+    tiles = tiles.reshape(-1, block, block)  # (tiles, block, block)
     alpha, bl, br = _aggd(tiles.reshape(len(tiles), -1))
     feats = [alpha, (bl + br) / 2]
     for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):  # MATLAB circshift within the tile

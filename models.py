@@ -294,8 +294,8 @@ def _load_vgg19_features(features, state, source):
     state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} or state
     expected = {k: v.shape for k, v in features.state_dict().items()}
     if set(state) != set(expected):
-        raise ValueError(f"{source}: not a torchvision VGG19 state dict (missing "
-                         f"{sorted(set(expected) - set(state))[:3]}, unexpected {sorted(set(state) - set(expected))[:3]})")
+        missing, unexpected = sorted(set(expected) - set(state))[:3], sorted(set(state) - set(expected))[:3]
+        raise ValueError(f"{source}: not a torchvision VGG19 state dict (missing {missing}, unexpected {unexpected})")
     for k, shape in expected.items():
         if state[k].shape != shape:
             raise ValueError(f"{source}: features.{k} has shape {tuple(state[k].shape)}, expected {tuple(shape)}")

@@ -92,7 +92,8 @@ def plot(series, title, smooth=20):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Plot a train_srresnet.py / train_srgan.py log (*_log.csv) to an image.")
+    parser = argparse.ArgumentParser(
+        description="Plot a train_srresnet.py / train_srgan.py log (*_log.csv) to an image.")
     parser.add_argument("log", help="the CSV log, e.g. checkpoints/srgan_log.csv")
     parser.add_argument("output", help="the image to write (.png, .pdf or .svg)")
     parser.add_argument("--smooth", type=int, default=20, metavar="N", help="moving average over N rows (default: 20)")

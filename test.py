@@ -7,8 +7,9 @@
 
 For each input <name>.<ext> it writes <output-dir>/<name>_sr.png and <name>_bicubic.png (both or
 neither). It never writes over one of its inputs, and in a folder it skips the images it wrote
-itself (*_sr.png, *_bicubic.png, *_comparison.png; name one with --img to upscale it). With --hr the input is taken as the original: it is shrunk by the scale with bicubic,
-super-resolved, and <name>_comparison.png (bicubic | model | original) is written with PSNR / SSIM.
+itself (*_sr.png, *_bicubic.png, *_comparison.png; name one with --img to upscale it). With --hr
+the input is taken as the original: it is shrunk by the scale with bicubic, super-resolved, and
+<name>_comparison.png (bicubic | model | original) is written with PSNR / SSIM.
 """
 
 import argparse
@@ -59,7 +60,8 @@ def build_parser():
                              f"(default: {inference.DEFAULT_TILE})")
     parser.add_argument("--tile-pad", type=int, default=None, metavar="P",
                         help="context around each tile (default: the receptive-field radius, seamless)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (helps for many same-size images)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (helps for many same-size images)")
     return parser
 
 
@@ -84,8 +86,8 @@ def collect_images(inputs):
             outputs = [p for p in found if is_own_output(p)]
             found = [p for p in found if not is_own_output(p)]
             if outputs:
-                tqdm.write(f"note: {item}: skipped {len(outputs)} image(s) this program wrote (*_sr.png, *_bicubic.png, "
-                           "*_comparison.png); name one with --img to upscale it", file=sys.stderr)
+                tqdm.write(f"note: {item}: skipped {len(outputs)} image(s) this program wrote (*_sr.png, "
+                           "*_bicubic.png, *_comparison.png); name one with --img to upscale it", file=sys.stderr)
             if not found:
                 raise UserError(f"{item}: no image files in this folder "
                                 f"(looked for {', '.join(images.IMAGE_EXTENSIONS)}"
@@ -206,7 +208,8 @@ def hr_demo(model, img, scale, precision, device, tile=None, tile_pad=None, labe
     hr8, sr8, bicubic8 = to_rgb8(hr), to_rgb8(sr), to_rgb8(bicubic)
     comparison = make_comparison([("bicubic", bicubic8), (label, sr8), ("original", hr8)])
     return dict(comparison=comparison, sr=sr, bicubic=bicubic, hr=hr, seconds=seconds,
-                psnr_bicubic=metrics.calc_psnr(bicubic8, hr8, scale), ssim_bicubic=metrics.calc_ssim(bicubic8, hr8, scale),
+                psnr_bicubic=metrics.calc_psnr(bicubic8, hr8, scale),
+                ssim_bicubic=metrics.calc_ssim(bicubic8, hr8, scale),
                 psnr_sr=metrics.calc_psnr(sr8, hr8, scale), ssim_sr=metrics.calc_ssim(sr8, hr8, scale))
 
 
@@ -325,7 +328,8 @@ def main(argv=None):
     bar.close()
 
     if args.hr and len(results) > 1:
-        mean = {k: sum(r[k] for r in results) / len(results) for k in ("psnr_bicubic", "ssim_bicubic", "psnr_sr", "ssim_sr")}
+        keys = ("psnr_bicubic", "ssim_bicubic", "psnr_sr", "ssim_sr")
+        mean = {k: sum(r[k] for r in results) / len(results) for k in keys}
         print(f"mean of {len(results)}: bicubic {mean['psnr_bicubic']:.2f} dB / {mean['ssim_bicubic']:.4f}, "
               f"{label} {mean['psnr_sr']:.2f} dB / {mean['ssim_sr']:.4f}")
     if failures:

@@ -74,11 +74,13 @@ def build_parser():
     g.add_argument("--content-loss", choices=tuple(CONTENT_LOSSES), default="vgg54",
                    help="the paper's content losses: VGG19 features 5/4 or 2/2, or the pixel MSE that needs no VGG "
                         "(SRGAN-MSE) (default: vgg54)")
-    g.add_argument("--beta", type=training.at_least(0.0, float), default=1e-3, help="weight of the adversarial loss (default: 1e-3, the paper)")
+    g.add_argument("--beta", type=training.at_least(0.0, float), default=1e-3,
+                   help="weight of the adversarial loss (default: 1e-3, the paper)")
     g.add_argument("--content-scale", type=_scale, default=PAPER_CONTENT_SCALE, metavar="S",
                    help="scale of the VGG feature maps before the content MSE, a number or fraction "
                         "(default: 1/12.75, the paper; the classic tutorial uses 1)")
-    g.add_argument("--pixel-weight", type=training.at_least(0.0, float), default=0.0, help="weight of an extra pixel MSE (default: 0, not in the paper)")
+    g.add_argument("--pixel-weight", type=training.at_least(0.0, float), default=0.0,
+                   help="weight of an extra pixel MSE (default: 0, not in the paper)")
     g.add_argument("--texture-weight", type=training.at_least(0.0, float), default=0.0,
                    help="weight of a Gram-matrix texture loss on the VGG features (default: 0 = off)")
     g.add_argument("--vgg-i", type=training.at_least(1), default=None,
@@ -227,7 +229,8 @@ def main(argv=None):
                 training.announce_resume(args, start)
                 content = (f"VGG19 i={args.vgg_i} j={args.vgg_j} ({args.vgg_weights})" if vgg is not None
                            else "pixel MSE")
-                print(f"SRGAN: generator {gen_args}, discriminator {d_args}, content loss {content}; on {ctx.device} x{ctx.world_size}, {ctx.precision}"
+                print(f"SRGAN: generator {gen_args}, discriminator {d_args}, content loss {content}; "
+                      f"on {ctx.device} x{ctx.world_size}, {ctx.precision}"
                       f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}")
 
             stop = training.StopSignal()
@@ -277,7 +280,8 @@ def main(argv=None):
                 with ctx.autocast():
                     real_logits = net_d(hr_norm).float()  # (N, 1)
                     fake_logits = net_d(sr_norm.detach()).float()  # (N, 1)
-                loss_d = bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits))
+                loss_d = (bce(real_logits, torch.ones_like(real_logits))
+                          + bce(fake_logits, torch.zeros_like(fake_logits)))
                 optimizer_d.zero_grad(set_to_none=True)
                 scaler.scale(loss_d).backward()
                 if args.grad_clip:

@@ -90,7 +90,8 @@ def add_common_arguments(parser, iterations, lr, lr_schedule):
                      + ", ".join(f"--{k.replace('_', '-')}" for k in ADJUSTABLE_ON_RESUME)
                      + " apply; any other flag that changes a setting is refused (use --init PATH for a new run).")
     g = parser.add_argument_group("data")
-    g.add_argument("--data-folder", default="data_lists", help="folder of create_data_lists.py's JSON lists (default: data_lists)")
+    g.add_argument("--data-folder", default="data_lists",
+                   help="folder of create_data_lists.py's JSON lists (default: data_lists)")
     g.add_argument("--crop-size", type=at_least(1), default=96, help="HR crop size (default: 96, the paper)")
     g.add_argument("--scaling-factor", type=int, default=None, choices=models.SCALES,
                    help="up-scaling factor (default: the --init file's, else 4)")
@@ -108,9 +109,12 @@ def add_common_arguments(parser, iterations, lr, lr_schedule):
     g.add_argument("--lr", type=positive_float, default=lr, help=f"Adam learning rate (default: {lr:g})")
     g.add_argument("--lr-schedule", choices=("constant", "cosine", "step"), default=lr_schedule,
                    help=f"constant, cosine decay to 0, or step (x0.1 at half-way) (default: {lr_schedule})")
-    g.add_argument("--iterations", type=at_least(1), default=iterations, help=f"training iterations (default: {iterations})")
-    g.add_argument("--grad-clip", type=positive_float, default=None, help="clip gradient values to [-x, x] (default: off)")
-    g.add_argument("--seed", type=at_least(0), default=0, help="seed of the initialisation, data order and crops (default: 0)")
+    g.add_argument("--iterations", type=at_least(1), default=iterations,
+                   help=f"training iterations (default: {iterations})")
+    g.add_argument("--grad-clip", type=positive_float, default=None,
+                   help="clip gradient values to [-x, x] (default: off)")
+    g.add_argument("--seed", type=at_least(0), default=0,
+                   help="seed of the initialisation, data order and crops (default: 0)")
     g = parser.add_argument_group("hardware")
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -119,14 +123,17 @@ def add_common_arguments(parser, iterations, lr, lr_schedule):
                    help="channels_last memory format (default: on with bf16 / fp16)")
     g = parser.add_argument_group("start, checkpoints and logs")
     g.add_argument("--resume", default=None, metavar="PATH", help="continue the run of this training checkpoint")
-    g.add_argument("--checkpoint-dir", default="checkpoints", help="where checkpoints and the log go (default: checkpoints)")
-    g.add_argument("--save-every", type=at_least(1), default=1000, help="save the latest checkpoint every N iterations (default: 1000)")
+    g.add_argument("--checkpoint-dir", default="checkpoints",
+                   help="where checkpoints and the log go (default: checkpoints)")
+    g.add_argument("--save-every", type=at_least(1), default=1000,
+                   help="save the latest checkpoint every N iterations (default: 1000)")
     g.add_argument("--keep-every", type=at_least(0), default=0,
                    help="also keep the model of every Nth iteration as <checkpoint-dir>/<script>_<iteration>.pth "
                         "(an inference file; default: 0 = none)")
     g.add_argument("--val-every", type=at_least(0), default=0,
                    help="validate every N iterations and keep the best model (default: 0 = at the end only)")
-    g.add_argument("--val-data", default="Set5", help="name of the test list used for validation; '' for none (default: Set5)")
+    g.add_argument("--val-data", default="Set5",
+                   help="name of the test list used for validation; '' for none (default: Set5)")
     g.add_argument("--log-every", type=at_least(1), default=10, help="write a log row every N iterations (default: 10)")
     g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (<checkpoint-dir>/tensorboard)")
 
@@ -570,7 +577,8 @@ def keep_snapshot(args, script, iteration, model, info):
     """With --keep-every N, the inference file of every Nth iteration (GAN generators are chosen
     after the run: the last one is not always the best)."""
     if due(iteration, args.keep_every):
-        save_best(os.path.join(args.checkpoint_dir, f"{script}_{iteration}.pth"), model, {**info, "iteration": iteration})
+        path = os.path.join(args.checkpoint_dir, f"{script}_{iteration}.pth")
+        save_best(path, model, {**info, "iteration": iteration})
 
 
 @torch.no_grad()
@@ -600,7 +608,7 @@ def validate(model, val_set, ctx, scale):
     model.eval()
     psnrs, ssims = [], []
     try:
-        for path, lr, hr in val_set:
+        for _path, lr, hr in val_set:
             with ctx.autocast():
                 sr = model(ctx.to_device(lr[None]))  # (1, 3, H, W) in [-1, 1]
             sr = images.convert_image(sr[0].float(), "[-1, 1]", "pil")
@@ -699,7 +707,8 @@ def check_due(iteration, args, ctx, stop):
     """Whether this iteration checks, saves, validates or logs. The same on every rank (a Ctrl-C is
     acted on at once by a single process, at the next log step by a torchrun job)."""
     return (iteration == args.iterations or due(iteration, args.log_every) or due(iteration, args.save_every)
-            or due(iteration, args.val_every) or due(iteration, args.keep_every) or (ctx.world_size == 1 and stop.requested))
+            or due(iteration, args.val_every) or due(iteration, args.keep_every)
+            or (ctx.world_size == 1 and stop.requested))
 
 
 def stop_if_bad(ctx, good, stop, iteration, last_good):

@@ -91,7 +91,7 @@ def _atomic_write_all(paths):
                 temporaries.append(tmp)
                 files.append(stack.enter_context(os.fdopen(fd, "wb")))
             yield files
-            for current, f in zip(paths, files):
+            for current, f in zip(paths, files):  # noqa: B007 - `current` names the file in an error below
                 f.flush()
                 os.fsync(f.fileno())
         umask = os.umask(0)

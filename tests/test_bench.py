@@ -134,9 +134,11 @@ def test_quick_run_measures_every_row_and_writes_the_json(tmp_path, capsys):
     assert _positive_finite(loader["decode_samples_per_s"]) and _positive_finite(loader["store_samples_per_s"])
 
     p = data["process"]
-    assert p["same_pixels"] is True and p["tiled_same_pixels"] is True  # test.py's written output is upscale_image's, pixel for pixel
+    # test.py's written output is upscale_image's, pixel for pixel
+    assert p["same_pixels"] is True and p["tiled_same_pixels"] is True
     per_image = [p[f"{s}_{k}"] for s in ("test.py", "eval.py") for k in ("default-malloc", "keep")]
-    runs = [p["classic"][0], p["test"][0], p["big_tile_0"], p["big_tile_16"]] + [r for x in per_image for r in x["runs"]]
+    runs = [p["classic"][0], p["test"][0], p["big_tile_0"], p["big_tile_16"]]
+    runs += [r for x in per_image for r in x["runs"]]
     for r in runs:
         assert _positive_finite(r["seconds"]) and _positive_finite(r["peak_rss_bytes"]) and r["minor_faults"] > 0
     for x in per_image:  # the second image's cost: a run on two copies minus a run on one

@@ -166,6 +166,6 @@ def test_malformed_model_entries_are_named(tmp_path):
             checkpoint.load_model(tmp_path / "c.pth")
     state = {k: v for k, v in good["model"]["state_dict"].items() if not k.startswith("residual_blocks.1.")}
     checkpoint.save_checkpoint(dict(good, model=dict(good["model"], state_dict=state)), tmp_path / "c.pth")
-    with pytest.raises(utils.UserError, match=r'c.pth: the weights do not fit SRResNet.*Missing key\(s\) in state_dict: '
-                                              r'"residual_blocks.1.conv_block1.*, \.\.\.$'):
+    with pytest.raises(utils.UserError, match=r'c.pth: the weights do not fit SRResNet.*Missing key\(s\) in '
+                                              r'state_dict: "residual_blocks.1.conv_block1.*, \.\.\.$'):
         checkpoint.load_model(tmp_path / "c.pth")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import images
 import datasets
+import images
 import utils
 from conftest import random_image
 
@@ -39,8 +39,8 @@ def test_train_crop_comes_from_the_image_and_is_deterministic(data_lists, image_
     # the crop is a window of the source image
     full = np.asarray(images.open_image(ds.images[1])).astype(np.float32)
     crop = ((hr.numpy().transpose(1, 2, 0) + 1) / 2 * 255).round()
-    found = any(np.array_equal(full[t:t + 40, l:l + 40], crop)
-                for t in range(full.shape[0] - 39) for l in range(full.shape[1] - 39))
+    found = any(np.array_equal(full[t:t + 40, left:left + 40], crop)
+                for t in range(full.shape[0] - 39) for left in range(full.shape[1] - 39))
     assert found
     assert lr.mean().abs() < 3  # ImageNet-normalised range
 
@@ -55,8 +55,9 @@ def test_every_crop_position_is_reachable(tmp_path):
     positions = set()
     for k in range(200):
         hr = ds[k][1].round().numpy().transpose(1, 2, 0)
-        positions.add(next((t, l) for t in range(2) for l in range(3) if np.array_equal(arr[t:t + 40, l:l + 40], hr)))
-    assert positions == {(t, l) for t in range(2) for l in range(3)}
+        positions.add(next((t, left) for t in range(2) for left in range(3)
+                           if np.array_equal(arr[t:t + 40, left:left + 40], hr)))
+    assert positions == {(t, left) for t in range(2) for left in range(3)}
 
 
 def test_test_split_whole_image_cropped_to_multiple(data_lists):

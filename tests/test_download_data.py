@@ -115,7 +115,7 @@ def test_downloads_checked_files_and_prints_the_next_command(server, tmp_path, c
     assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 0
     assert sorted(p.name for p in (out / "Set5").iterdir()) == [f"img_00{i}_SRF_4_HR.png" for i in (1, 2, 3)]
     for i in range(3):
-        path = "/mirror/data/Set5/image_SRF_4/img_00%d_SRF_4_HR.png" % (i + 1)
+        path = f"/mirror/data/Set5/image_SRF_4/img_00{i + 1}_SRF_4_HR.png"
         assert (out / "Set5" / path.rsplit("/", 1)[1]).read_bytes() == server.files[path]
     assert not (out / "Set14").exists()
     stdout = capsys.readouterr().out
@@ -245,7 +245,8 @@ def test_min_speed_must_be_positive(server, tmp_path, capsys):
 
 def test_default_source_is_the_pinned_repository():
     assert download_data.DEFAULT_BASE_URL == f"https://raw.githubusercontent.com/jbhuang0604/SelfExSR/{COMMIT}/"
-    assert download_data.file_url(download_data.DEFAULT_BASE_URL, "data/Set5/a.png").endswith(f"{COMMIT}/data/Set5/a.png")
+    url = download_data.file_url(download_data.DEFAULT_BASE_URL, "data/Set5/a.png")
+    assert url.endswith(f"{COMMIT}/data/Set5/a.png")
 
 
 def test_the_manifest_lists_the_four_sets():

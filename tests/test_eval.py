@@ -5,13 +5,12 @@ import json
 import pytest
 import torch
 
-import images
-import metrics
 import checkpoint
+import images
 import inference
+import metrics
 import utils
 from conftest import load_script, need_shared, random_image
-
 
 eval_script = load_script("eval")
 

@@ -9,7 +9,6 @@ import images
 import utils
 from conftest import random_image
 
-
 SPACES = ["[0, 1]", "[-1, 1]", "[0, 255]", "imagenet-norm"]
 
 

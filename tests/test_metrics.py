@@ -4,10 +4,9 @@ import math
 
 import numpy as np
 import pytest
-
-import metrics
 from PIL import Image, ImageFilter
 
+import metrics
 import utils
 from conftest import need_shared, random_image
 

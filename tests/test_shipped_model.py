@@ -6,8 +6,8 @@ import numpy as np
 
 import checkpoint
 import images
-import metrics
 import inference
+import metrics
 import models
 from conftest import ROOT
 

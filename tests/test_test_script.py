@@ -19,7 +19,6 @@ import models
 import utils
 from conftest import ROOT, TINY, load_script, random_image
 
-
 test_script = load_script("test")
 
 
@@ -172,7 +171,8 @@ def bad_checkpoint(tmp_path, kind):
         path.write_bytes(path.read_bytes()[:3000])
     elif kind == "discriminator-only checkpoint":
         disc = models.Discriminator(n_channels=4, n_blocks=2, fc_size=8)
-        checkpoint.save_checkpoint({"format_version": checkpoint.FORMAT_VERSION, "discriminator": checkpoint.model_spec(disc)}, path)
+        checkpoint.save_checkpoint({"format_version": checkpoint.FORMAT_VERSION,
+                                    "discriminator": checkpoint.model_spec(disc)}, path)
     elif kind == "not a checkpoint":
         torch.save({"weights": torch.zeros(3)}, path)
     return path
@@ -208,9 +208,9 @@ def test_command_line_in_a_subprocess(ckpt_file, tmp_path):
             "s.loader.exec_module(m); print('imported', callable(m.main))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "imported True" and done.stderr == ""
-    done = subprocess.run([sys.executable, "test.py", "--checkpoint", str(ckpt_file), "--img", str(tmp_path / "zero.png"),
-                           "--output-dir", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "test.py", "--checkpoint", str(ckpt_file),
+                           "--img", str(tmp_path / "zero.png"), "--output-dir", str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'zero.png'}: empty file (0 bytes)"]
     assert not (tmp_path / "out").exists()

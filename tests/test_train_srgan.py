@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import checkpoint
-import images
 import create_data_lists
 import datasets
+import images
 import models
 import train_srgan
 import train_srresnet
@@ -201,8 +201,8 @@ def test_init_of_another_size_or_scale(data, tmp_path, capsys, extra, match):
 
 def test_missing_or_bad_init(data, tmp_path, capsys):
     assert "--init PATH is required" in cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", init=False), capsys)
-    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", init=False) + ["--init", str(tmp_path / "nope.pth")],
-                     capsys)
+    argv = gan_argv(data, tmp_path / "ck", init=False) + ["--init", str(tmp_path / "nope.pth")]
+    line = cli_error(train_srgan.main, argv, capsys)
     assert "nope.pth: no such file" in line
     assert not (tmp_path / "ck").exists()
 
@@ -341,7 +341,8 @@ def test_a_flag_that_would_make_another_run_is_refused_on_resume(trained, flag, 
 
 def test_lr_given_with_resume_is_applied_to_both_networks(data, tmp_path, capsys):
     ck = tmp_path / "ck"
-    run_quietly(train_srgan.main, gan_argv(data, ck, "--iterations", "2", "--lr-schedule", "constant", "--val-data", ""))
+    run_quietly(train_srgan.main, gan_argv(data, ck, "--iterations", "2", "--lr-schedule", "constant",
+                                           "--val-data", ""))
     run_quietly(train_srgan.main, ["--resume", str(ck / "srgan_latest.pth"), "--iterations", "4", "--lr", "2e-5",
                                    "--log-every", "1"])
     ckpt = checkpoint.load_checkpoint(ck / "srgan_latest.pth")

@@ -181,7 +181,8 @@ def test_init_starts_a_new_run_from_any_checkpoint(tmp_path, data_lists):
 
 def test_pixel_loss_choice(tmp_path, data_lists, monkeypatch):
     calls = []
-    monkeypatch.setitem(train_srresnet.PIXEL_LOSSES, "l1", lambda a, b: calls.append(1) or torch.nn.functional.l1_loss(a, b))
+    monkeypatch.setitem(train_srresnet.PIXEL_LOSSES, "l1",
+                        lambda a, b: calls.append(1) or torch.nn.functional.l1_loss(a, b))
     train_srresnet.main(flags(data_lists, tmp_path / "ck", 2, "--pixel-loss", "l1", "--val-data", ""))
     assert len(calls) == 2
     assert checkpoint.load_checkpoint(tmp_path / "ck" / "srresnet_latest.pth")["training"]["args"]["pixel_loss"] == "l1"
@@ -350,7 +351,8 @@ def test_bad_flags(tmp_path, data_lists, capsys, extra, message):
 def test_device_cuda_without_a_gpu(tmp_path, data_lists, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert "no CUDA GPU" in cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 2, "--device", "cuda"), capsys)
+    argv = flags(data_lists, tmp_path / "ck", 2, "--device", "cuda")
+    assert "no CUDA GPU" in cli_error(train_srresnet.main, argv, capsys)
 
 
 def test_bad_init_files(tmp_path, data_lists, capsys):
