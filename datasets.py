@@ -159,6 +159,12 @@ def read_store_index(list_file, paths):
     return entries
 
 
+def check_crop_size(crop_size, scale, of="the scale"):
+    """UserError unless an HR crop of ``crop_size`` is a whole number of LR pixels at ``scale``."""
+    if crop_size % scale:
+        raise utils.UserError(f"--crop-size {crop_size} is not a multiple of {of} x{scale}")
+
+
 class SRDataset(Dataset):
     """Pairs of (LR, HR) image tensors.
 
@@ -189,8 +195,8 @@ class SRDataset(Dataset):
         split = split.lower()
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if split == "train" and crop_size % scaling_factor != 0:
-            raise utils.UserError(f"crop size {crop_size} is not a multiple of the scaling factor {scaling_factor}")
+        if split == "train":
+            check_crop_size(crop_size, scaling_factor)
         self.split = split
         self.crop_size = crop_size
         self.scaling_factor = scaling_factor

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 import checkpoint
 import datasets
+import evaluation
 import images
 import inference
 import metrics
@@ -107,44 +108,27 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
         with "niqe" beside "psnr" and "ssim" when asked, and an HR row that has only "niqe".
         Raises UserError naming the file for an unreadable or too small image.
     """
-    upscale = inference.upscale_tensor_x8 if self_ensemble else inference.upscale_tensor
     if niqe_params is not None:
         methods = [*methods, (HR_ROW, "hr")]
     results = {name: {} for name, _ in methods}
     for set_name, paths in test_sets:
         per_image = {name: {} for name, _ in methods}
         for path in tqdm(paths, desc=set_name, unit="img", leave=False, file=sys.stderr):
-            img = images.open_image(path)
-            hr = images.crop_to_multiple(img, scale)
-            if min(hr.size) < max(2 * crop_border + 11, scale):  # SSIM's 11x11 window must fit after the crop
-                raise utils.UserError(f"{path}: {img.width}x{img.height} is too small for x{scale} with "
-                                      f"--crop-border {crop_border} (needs {max(2 * crop_border + 11, scale)} "
-                                      "pixels on each side)")
-            if niqe_params is not None and min(hr.size) - 2 * crop_border < metrics.NIQE_BLOCK:
-                raise utils.UserError(f"{path}: {hr.width}x{hr.height} is too small for NIQE with --crop-border "
-                                      f"{crop_border} (needs {metrics.NIQE_BLOCK + 2 * crop_border} pixels on each "
-                                      "side: one 96x96 block after the crop)")
-            lr = images.bicubic_resize(hr, (hr.width // scale, hr.height // scale))
-            lr_tensor = None
+            hr, lr = evaluation.lr_pair(images.open_image(path), scale)
+            evaluation.check_size(hr, path, scale, crop_border, niqe=niqe_params is not None)
             for name, model in methods:
+                key = os.path.basename(path) if os.path.basename(path) not in per_image[name] else path
+                if model == "hr":  # no reference to compare with: NIQE only
+                    per_image[name][key] = {"niqe": metrics.calc_niqe(hr, crop_border, niqe_params)}
+                    continue
                 if model is None:
                     sr = images.bicubic_resize(lr, hr.size)
-                elif model == "hr":
-                    sr = hr
                 else:
-                    if lr_tensor is None:
-                        lr_tensor = images.convert_image(lr, "pil", "imagenet-norm")  # (3, h, w)
                     try:
-                        out = upscale(model, lr_tensor, scale, precision, device, tile)  # (3, H, W) in [-1, 1]
+                        sr = evaluation.super_resolve(model, lr, scale, precision, device, tile, self_ensemble)
                     except utils.UserError as e:
                         raise utils.UserError(f"{(sources or {}).get(name, name)}: {e} (on {path})") from None
-                    sr = images.convert_image(out, "[-1, 1]", "pil")  # quantised to uint8
-                key = os.path.basename(path) if os.path.basename(path) not in per_image[name] else path
-                scores = {} if model == "hr" else {"psnr": metrics.calc_psnr(sr, hr, crop_border),
-                                                   "ssim": metrics.calc_ssim(sr, hr, crop_border)}
-                if niqe_params is not None:
-                    scores["niqe"] = metrics.calc_niqe(sr, crop_border, niqe_params)
-                per_image[name][key] = scores
+                per_image[name][key] = evaluation.score(sr, hr, crop_border, niqe_params)
         for name, _ in methods:
             scores = per_image[name]
             metric_names = list(next(iter(scores.values())))

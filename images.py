@@ -18,6 +18,8 @@ IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", "
 # BT.601 luma weights for R, G, B in [0, 1], giving Y in [16, 235]
 Y_WEIGHTS = (65.481, 128.553, 24.966)
 _CONVERSIONS = ("pil", "[0, 1]", "[-1, 1]", "[0, 255]", "imagenet-norm", "y-channel")
+# PIL modes of images with more than 8 bits per sample (16-bit PNG and TIFF grayscale)
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def convert_image(img, source, target):
@@ -86,7 +88,7 @@ def open_image(path):
     cannot be decoded.
     """
     img = open_image_any_mode(path)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in HIGH_BIT_MODES:
         img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
     return img.convert("RGB")
 

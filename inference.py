@@ -34,7 +34,6 @@ DEFAULT_TILE = 512
 # slow (a 1-pixel tile: 82 s for what takes 0.05 s untiled) and gain nothing
 MIN_TILE = 32
 # modes upscale_image works in after normalize_mode
-_HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # what an allocation failure on the device raises (torch.OutOfMemoryError from torch 2.5 on)
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 # ITU-R 601-2 luma weights, as PIL's convert('L'), for the 16-bit grayscale output
@@ -439,7 +438,7 @@ def normalize_mode(img):
         return img.convert(mode + "A")
     if mode in ("RGB", "RGBA", "L", "LA"):
         return img
-    if mode in _HIGH_BIT_MODES:
+    if mode in images.HIGH_BIT_MODES:
         arr = np.asarray(img).astype(np.int64)
         return Image.fromarray(np.clip(arr, 0, 65535).astype(np.uint16))  # mode I;16
     if mode == "P":
@@ -455,7 +454,7 @@ def resize_image(img, size):
     """Bicubic resize (PIL's antialiased filter, as images.bicubic_resize) of an image of any mode
     normalize_mode returns, keeping the mode: alpha is resized on its own (as upscale_image does);
     16-bit images are resized in float and rounded back to 16 bits."""
-    if img.mode in _HIGH_BIT_MODES:
+    if img.mode in images.HIGH_BIT_MODES:
         resized = np.asarray(images.bicubic_resize(img.convert("F"), size))
         return Image.fromarray(np.clip(np.round(resized), 0, 65535).astype(np.uint16))
     if img.mode in ("RGBA", "LA"):
@@ -479,7 +478,7 @@ def image_to_input(img):
         at full precision, gray replicated to 3 channels; 8-bit grayscale likewise); alpha is the
         image's alpha channel as an L image, or None.
     """
-    if img.mode in _HIGH_BIT_MODES:
+    if img.mode in images.HIGH_BIT_MODES:
         gray = torch.from_numpy(np.asarray(img, dtype=np.float32) / 65535.0)  # (h, w) in [0, 1]
         x = gray.expand(3, -1, -1)  # (3, h, w)
         return images.convert_image(x, "[0, 1]", "imagenet-norm")[None], None
@@ -495,7 +494,7 @@ def output_to_image(sr, mode):
         mode: 'RGB'/'RGBA' give RGB, 'L'/'LA' give L (via PIL's RGB to L conversion), 'I;16' gives
             a 16-bit grayscale image (ITU-R 601-2 luma of the float output, not rounded to 8 bits).
     """
-    if mode in _HIGH_BIT_MODES:
+    if mode in images.HIGH_BIT_MODES:
         x = ((sr.float().cpu() + 1.0) / 2.0).clamp(0, 1)  # (3, H, W) in [0, 1]
         weights = torch.tensor(_GRAY_WEIGHTS).view(3, 1, 1)
         gray = (x * weights).sum(0)  # (H, W)
@@ -521,12 +520,12 @@ def upscale_image(model, img, scale, precision, device, tile=None, tile_pad=None
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    if img.mode in _HIGH_BIT_MODES:  # needs the float output
+    if img.mode in images.HIGH_BIT_MODES:  # needs the float output
         sr = _upscale(model, x, scale, precision, device, tile, tile_pad, uint8=False)  # (1, 3, h * s, w * s)
     else:  # 8 bits: quantised tile by tile, the float output never exists whole
         sr = _upscale(model, x, scale, precision, device, tile, tile_pad, uint8=True)  # (h * s, w * s, 3) uint8
     seconds = time.perf_counter() - start
-    if img.mode in _HIGH_BIT_MODES:
+    if img.mode in images.HIGH_BIT_MODES:
         out = output_to_image(sr[0], img.mode)
     else:
         out = Image.fromarray(sr.numpy(), "RGB")

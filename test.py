@@ -21,9 +21,9 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 import checkpoint
+import evaluation
 import images
 import inference
-import metrics
 import models
 import utils
 from utils import UserError
@@ -199,7 +199,7 @@ def hr_demo(model, img, scale, precision, device, tile=None, tile_pad=None, labe
         ssim_bicubic, psnr_sr, ssim_sr, seconds (model time).
     """
     hr = images.crop_to_multiple(inference.normalize_mode(img), scale)
-    min_side = 2 * scale + 11  # SSIM's 11x11 window must fit after the border crop
+    min_side = evaluation.min_side(scale, scale)
     if min(hr.size) < min_side:
         raise UserError(f"image is {img.width}x{img.height}; --hr needs at least {min_side} pixels on each side")
     lr = inference.resize_image(hr, (hr.width // scale, hr.height // scale))
@@ -207,10 +207,10 @@ def hr_demo(model, img, scale, precision, device, tile=None, tile_pad=None, labe
     bicubic = inference.resize_image(lr, hr.size)
     hr8, sr8, bicubic8 = to_rgb8(hr), to_rgb8(sr), to_rgb8(bicubic)
     comparison = make_comparison([("bicubic", bicubic8), (label, sr8), ("original", hr8)])
+    on_bicubic, on_sr = evaluation.score(bicubic8, hr8, scale), evaluation.score(sr8, hr8, scale)
     return dict(comparison=comparison, sr=sr, bicubic=bicubic, hr=hr, seconds=seconds,
-                psnr_bicubic=metrics.calc_psnr(bicubic8, hr8, scale),
-                ssim_bicubic=metrics.calc_ssim(bicubic8, hr8, scale),
-                psnr_sr=metrics.calc_psnr(sr8, hr8, scale), ssim_sr=metrics.calc_ssim(sr8, hr8, scale))
+                psnr_bicubic=on_bicubic["psnr"], ssim_bicubic=on_bicubic["ssim"],
+                psnr_sr=on_sr["psnr"], ssim_sr=on_sr["ssim"])
 
 
 def hr_demo_file(model, path, output_dir, scale, precision, device, tile=None, tile_pad=None, stem=None,
@@ -229,7 +229,7 @@ def hr_demo_file(model, path, output_dir, scale, precision, device, tile=None, t
 
 def to_rgb8(img):
     """An 8-bit RGB copy of an image of any mode (alpha dropped, 16 bits rounded to 8)."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    if img.mode in images.HIGH_BIT_MODES:
         img = inference.normalize_mode(img)
         img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257.0).astype(np.uint8))
     return img.convert("RGB")

@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import checkpoint
+import datasets
 import images
 import models
 import training
@@ -177,8 +178,7 @@ def main(argv=None):
         training.record_sizes(args, gen_args)
         training.record_sizes(args, {flag: d_args[key] for flag, key in DISCRIMINATOR_FLAGS.items()})
         scale = gen_args["scaling_factor"]
-        if args.crop_size % scale:
-            raise utils.UserError(f"--crop-size {args.crop_size} is not a multiple of the scale x{scale}")
+        datasets.check_crop_size(args.crop_size, scale)
         generator = models.Generator(**gen_args)
         if init is not None:
             generator.initialize_with_srresnet(init)
@@ -231,7 +231,8 @@ def main(argv=None):
                            else "pixel MSE")
                 print(f"SRGAN: generator {gen_args}, discriminator {d_args}, content loss {content}; "
                       f"on {ctx.device} x{ctx.world_size}, {ctx.precision}"
-                      f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}")
+                      f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}"
+                      + (f"; validation on {args.val_data} in {args.val_precision}" if val_set else ""))
 
             stop = training.StopSignal()
             bar = tqdm(total=args.iterations, initial=start, unit="it", desc="srgan", disable=not ctx.is_main)
@@ -311,7 +312,8 @@ def main(argv=None):
                 if ctx.is_main and val_set and (training.due(iteration, args.val_every) or last):
                     val, best_psnr = training.validate_and_keep_best(
                         generator, val_set, ctx, scale, iteration, best_psnr, best_path,
-                        {"script": "train_srgan.py", "val_data": args.val_data, "precision": ctx.precision}, bar)
+                        {"script": "train_srgan.py", "val_data": args.val_data, "precision": ctx.precision,
+                         "val_precision": args.val_precision}, bar, args.val_precision)
                 if ctx.is_main and (training.due(iteration, args.log_every) or val is not None or last):
                     training.log_row(log, writer, bar, {
                         "iteration": iteration, "perceptual": loss_g.item(),

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import datasets
 import models
 import training
 import utils
@@ -47,8 +48,7 @@ def main(argv=None):
         model_args = resume["model"]["args"] if resume else training.model_args(args, init)
         training.record_sizes(args, model_args)
         scale = model_args["scaling_factor"]
-        if args.crop_size % scale:
-            raise utils.UserError(f"--crop-size {args.crop_size} is not a multiple of the scale x{scale}")
+        datasets.check_crop_size(args.crop_size, scale)
         model = models.SRResNet(**model_args)
         if init is not None:
             model.load_state_dict((init.net if isinstance(init, models.Generator) else init).state_dict())
@@ -81,7 +81,8 @@ def main(argv=None):
                 training.announce_resume(args, start)
                 print(f"SRResNet {model_args} ({sum(p.numel() for p in model.parameters()):,} parameters), "
                       f"{args.pixel_loss} loss, on {ctx.device} x{ctx.world_size}, {ctx.precision}"
-                      f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}")
+                      f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}"
+                      + (f"; validation on {args.val_data} in {args.val_precision}" if val_set else ""))
 
             stop = training.StopSignal()
             bar = tqdm(total=args.iterations, initial=start, unit="it", desc="srresnet", disable=not ctx.is_main)
@@ -124,7 +125,8 @@ def main(argv=None):
                 if ctx.is_main and val_set and (training.due(iteration, args.val_every) or last):
                     val, best_psnr = training.validate_and_keep_best(
                         model, val_set, ctx, scale, iteration, best_psnr, best_path,
-                        {"script": "train_srresnet.py", "val_data": args.val_data, "precision": ctx.precision}, bar)
+                        {"script": "train_srresnet.py", "val_data": args.val_data, "precision": ctx.precision,
+                         "val_precision": args.val_precision}, bar, args.val_precision)
                 if ctx.is_main and (training.due(iteration, args.log_every) or val is not None or last):
                     training.log_row(log, writer, bar, {
                         "iteration": iteration, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],

@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader, Sampler
 
 import checkpoint
 import datasets
+import evaluation
 import images
-import metrics
+import inference
 import models
 import utils
 from utils import UserError
@@ -33,7 +34,8 @@ from utils import UserError
 # What a flag given with --resume may change. Everything else a run records (data, crop, batch,
 # model, losses, schedule, seed, precision...) would make it a different run, so it is refused.
 # The one list both scripts use.
-ADJUSTABLE_ON_RESUME = ("iterations", "lr", "val_every", "save_every", "keep_every", "log_every", "workers", "device",
+ADJUSTABLE_ON_RESUME = ("iterations", "lr", "val_every", "val_precision", "save_every", "keep_every", "log_every",
+                        "workers", "device",
                         "channels_last", "cache_images", "tensorboard", "checkpoint_dir")
 # flags that say how to start, not what the run is
 NOT_RECORDED = ("resume", "init", "resume_notes")
@@ -132,6 +134,9 @@ def add_common_arguments(parser, iterations, lr, lr_schedule):
                         "(an inference file; default: 0 = none)")
     g.add_argument("--val-every", type=at_least(0), default=0,
                    help="validate every N iterations and keep the best model (default: 0 = at the end only)")
+    g.add_argument("--val-precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="precision of validation: fp32 gives eval.py's numbers; bf16/fp16 are faster on some "
+                        "hardware (default: fp32)")
     g.add_argument("--val-data", default="Set5",
                    help="name of the test list used for validation; '' for none (default: Set5)")
     g.add_argument("--log-every", type=at_least(1), default=10, help="write a log row every N iterations (default: 10)")
@@ -185,8 +190,8 @@ def parse_args(parser, argv, script):
         if args.iterations <= iteration:
             raise UserError(f"--iterations {args.iterations}: the run in {args.resume} is already at "
                             f"iteration {iteration}; give a larger --iterations to train further")
-    if args.scaling_factor is not None and args.crop_size % args.scaling_factor:
-        raise UserError(f"--crop-size {args.crop_size} is not a multiple of --scaling-factor {args.scaling_factor}")
+    if args.scaling_factor is not None:
+        datasets.check_crop_size(args.crop_size, args.scaling_factor, "--scaling-factor")
     return args, resume
 
 
@@ -230,8 +235,7 @@ def load_init_model(args):
     if not args.init:
         return None
     model = checkpoint.load_model(args.init)
-    if args.crop_size % model.scaling_factor:
-        raise UserError(f"--crop-size {args.crop_size} is not a multiple of the x{model.scaling_factor} of {args.init}")
+    datasets.check_crop_size(args.crop_size, model.scaling_factor, f"the scale of {args.init},")
     return model
 
 
@@ -380,22 +384,22 @@ def train_batches(args, ctx, start_iteration, scale):
 
 
 def load_validation_set(args, scale):
-    """The validation images as [(path, LR tensor, HR PIL image)], all decoded and checked now, so
-    that a bad file stops the run before training rather than after it. [] without --val-data."""
+    """The validation images as [(path, HR, LR)] (evaluation.lr_pair), all decoded and checked now,
+    so that a bad file stops the run before training rather than after it. [] without --val-data."""
     if not args.val_data:
         return []
     list_file = datasets.list_path(args.data_folder, "test", args.val_data)
     if not os.path.isfile(list_file):
         raise UserError(f"{list_file}: no such validation list (make it with create_data_lists.py --test-folders "
                         f"datasets/{args.val_data}, or train without validation: --val-data '')")
-    dataset = datasets.SRDataset(args.data_folder, "test", args.crop_size, scale, "imagenet-norm", "pil",
-                                 test_data_name=args.val_data)
     pairs = []
-    for path, (lr, hr) in zip(dataset.images, dataset):
-        if min(hr.size) < 2 * scale + 11:  # SSIM's 11x11 window must fit after the border crop
-            raise UserError(f"{path}: too small to validate x{scale} (needs {2 * scale + 11} pixels on each side); "
-                            f"remove it from {list_file}")
-        pairs.append((path, lr, hr))
+    for path in datasets.read_image_list(list_file):
+        hr, lr = evaluation.lr_pair(images.open_image(path), scale)
+        try:
+            evaluation.check_size(hr, path, scale, scale)
+        except UserError as e:
+            raise UserError(f"{e}; remove it from {list_file}") from None
+        pairs.append((path, hr, lr))
     return pairs
 
 
@@ -600,23 +604,14 @@ def is_good(model, lr_imgs, ctx):
 # validation and logs
 
 
-@torch.no_grad()
-def validate(model, val_set, ctx, scale):
-    """Mean Y-PSNR and SSIM (border = scale) of the model on the validation set."""
-    model = checkpoint.unwrap_model(model)
-    was_training = model.training
-    model.eval()
-    psnrs, ssims = [], []
-    try:
-        for _path, lr, hr in val_set:
-            with ctx.autocast():
-                sr = model(ctx.to_device(lr[None]))  # (1, 3, H, W) in [-1, 1]
-            sr = images.convert_image(sr[0].float(), "[-1, 1]", "pil")
-            psnrs.append(metrics.calc_psnr(sr, hr, scale))
-            ssims.append(metrics.calc_ssim(sr, hr, scale))
-    finally:
-        model.train(was_training)
-    return float(np.mean(psnrs)), float(np.mean(ssims))
+def validate(model, val_set, ctx, scale, precision="fp32"):
+    """Mean Y-PSNR and SSIM (border = scale) of the model on the validation set, computed as eval.py
+    computes them (evaluation.py, on an inference copy of the model), so that the best checkpoint's
+    recorded PSNR is the one eval.py then prints for it."""
+    fast = inference.prepare_model(checkpoint.unwrap_model(model), ctx.device, precision)  # a copy, eval mode
+    scores = [evaluation.score(evaluation.super_resolve(fast, lr, scale, precision, ctx.device), hr, scale)
+              for _path, hr, lr in val_set]
+    return float(np.mean([s["psnr"] for s in scores])), float(np.mean([s["ssim"] for s in scores]))
 
 
 class CsvLog:
@@ -732,11 +727,11 @@ def best_psnr_so_far(best_path, stored):
         return stored
 
 
-def validate_and_keep_best(model, val_set, ctx, scale, iteration, best_psnr, best_path, info, bar):
-    """Validate; save the model as the best if it is; report. A failure is a warning, not the end
-    of the run. Returns ((psnr, ssim) or None, best_psnr)."""
+def validate_and_keep_best(model, val_set, ctx, scale, iteration, best_psnr, best_path, info, bar, precision):
+    """Validate (in ``precision``); save the model as the best if it is; report. A failure is a
+    warning, not the end of the run. Returns ((psnr, ssim) or None, best_psnr)."""
     try:
-        val = validate(model, val_set, ctx, scale)
+        val = validate(model, val_set, ctx, scale, precision)
     except Exception as e:  # noqa: BLE001 - a failed validation must not end a long run
         bar.write(f"warning: validation at iteration {iteration} failed ({type(e).__name__}: {e}); training goes on")
         return None, best_psnr

@@ -204,7 +204,7 @@ def test_a_truncated_validation_image_is_refused_before_training(tmp_path, data_
     random_image((10, 10)).save(tiny)
     (data_lists / "Val_test_images.json").write_text(json.dumps([str(tiny)]))
     line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 4), capsys)
-    assert "tiny.png: too small" in line and not (tmp_path / "ck").exists()
+    assert "tiny.png: 8x8 is too small for x4" in line and not (tmp_path / "ck").exists()
 
 
 def test_nan_stops_and_the_named_checkpoint_is_good(tmp_path, data_lists, capsys):
@@ -582,3 +582,18 @@ def test_two_sigterms_during_a_save_let_it_finish(tmp_path, data_lists, monkeypa
     assert "Traceback" not in err and err.rstrip().splitlines()[-1] == "terminated"
     assert checkpoint.load_checkpoint(ck / "srresnet_latest.pth")["training"]["iteration"] == 4
     assert os.listdir(ck) == ["srresnet_latest.pth"]  # no temporary, no lock
+
+
+def test_the_best_checkpoint_records_what_eval_py_prints(tmp_path, data_lists):
+    """Validation is eval.py's path (fp32 by default, whatever the training precision): the logged best
+    val_psnr and the best file's record equal eval.py's PSNR of that file on the same list."""
+    from conftest import load_script
+    ck = tmp_path / "ck"
+    train_srresnet.main(flags(data_lists, ck, 6, "--val-every", "2", "--log-every", "2", "--precision", "bf16"))
+    logged = max(float(r["val_psnr"]) for r in read_log(ck / "srresnet_log.csv") if r["val_psnr"])
+    info = checkpoint.load_checkpoint(ck / "srresnet_best.pth")["info"]
+    assert (info["precision"], info["val_precision"]) == ("bf16", "fp32")
+    results = load_script("eval").main(["--checkpoint", str(ck / "srresnet_best.pth"),
+                                        "--test-folders", str(data_lists / "Val_test_images.json")])
+    assert abs(results["srresnet_best.pth"]["Val"]["psnr"] - logged) < 1e-6
+    assert abs(info["val_psnr"] - logged) < 1e-6
