@@ -1,0 +1,44 @@
+"""README and docs/: a short front page that links every page, and commands whose flags exist."""
+
+import re
+
+import pytest
+
+from conftest import ROOT, load_script
+
+PAGES = sorted((ROOT / "docs").glob("*.md"))
+TEXTS = {str(p.relative_to(ROOT)): p.read_text() for p in [ROOT / "README.md", ROOT / "checkpoints" / "README.md",
+                                                             ROOT / "assets" / "README.md", *PAGES]}
+
+
+def test_the_front_page_is_short_and_links_every_page():
+    readme = TEXTS["README.md"]
+    assert len(readme.splitlines()) <= 200
+    for page in PAGES:
+        assert f"(docs/{page.name})" in readme, page.name
+
+
+def test_the_product_stands_on_its_own():
+    for name, text in TEXTS.items():
+        assert "../shared" not in text and "DESIGN.md" not in text, name
+
+
+def commands():
+    """(page, script, flags) of every `python X.py ...` / `torchrun ... X.py ...` line in a code block."""
+    found = []
+    for name, text in TEXTS.items():
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                match = re.search(r"(?:^|\s)(\w+)\.py\b(.*)", line.split("#")[0])
+                if match and match.group(1) != "conftest":
+                    found.append((name, match.group(1), re.findall(r"(?<![\w-])--[a-z][\w-]*", match.group(2))))
+    return found
+
+
+@pytest.mark.parametrize("page, script, flags", commands(), ids=lambda x: str(x)[:40])
+def test_every_flag_in_the_docs_exists(page, script, flags, capsys):
+    with pytest.raises(SystemExit):
+        load_script(script).main(["--help"])
+    help_text = capsys.readouterr().out
+    for flag in flags:
+        assert re.search(rf"{flag}(?![\w-])", help_text), f"{page}: {script}.py has no {flag}"
