@@ -1,0 +1,136 @@
+"""training.py's own rules, without running a training loop: the flag policy on --resume, the
+schedules, log pruning on resume, which checkpoint counts as the best, and when a step saves."""
+
+import argparse
+
+import pytest
+import torch
+
+import checkpoint
+import models
+import train_srresnet
+import training
+import utils
+from conftest import TINY
+
+
+@pytest.fixture
+def run_checkpoint(tmp_path):
+    """A training checkpoint of train_srresnet.py written by save_training_checkpoint, as after
+    iteration 7 of a run with --lr 3e-4 --crop-size 24 --seed 5."""
+    args = train_srresnet.build_parser().parse_args(["--lr", "3e-4", "--crop-size", "24", "--seed", "5",
+                                                     "--checkpoint-dir", str(tmp_path)])
+    training.record_sizes(args, TINY)
+    model = models.SRResNet(**TINY)
+    optimizer = training.make_optimizer(model.parameters(), args.lr)
+    scheduler = training.make_scheduler(optimizer, "constant", args.iterations)
+    path = tmp_path / "srresnet_latest.pth"
+    training.save_training_checkpoint(path, "srresnet", 7, 25.5, args, {"model": model}, {"optimizer": optimizer},
+                                      {"scheduler": scheduler}, torch.amp.GradScaler("cpu", enabled=False))
+    return path
+
+
+def parse(argv):
+    return training.parse_args(train_srresnet.build_parser(), [str(a) for a in argv], "srresnet")
+
+
+def test_resume_takes_the_runs_settings_and_applies_the_adjustable_ones(run_checkpoint):
+    args, resume = parse(["--resume", run_checkpoint])
+    assert (args.lr, args.crop_size, args.seed, args.n_channels) == (3e-4, 24, 5, TINY["n_channels"])
+    assert resume["training"]["iteration"] == 7 and args.resume_notes == []
+    args, _ = parse(["--resume", run_checkpoint, "--lr", "1e-5", "--val-every", "3", "--val-precision", "bf16"])
+    assert (args.lr, args.val_every, args.val_precision) == (1e-5, 3, "bf16")
+    assert {key for key, _, _ in args.resume_notes} == {"lr", "val_every", "val_precision"}
+    args, _ = parse(["--resume", run_checkpoint, "--lr", "3e-4"])  # the run's own value: nothing to announce
+    assert args.resume_notes == []
+
+
+@pytest.mark.parametrize("flag", [["--crop-size", "48"], ["--seed", "6"], ["--n-channels", "16"],
+                                  ["--pixel-loss", "l1"], ["--batch-size", "4"], ["--precision", "fp32"]])
+def test_resume_refuses_what_would_make_another_run(run_checkpoint, flag):
+    args, _ = parse(["--resume", run_checkpoint])
+    if flag == ["--precision", "fp32"] and args.precision == "fp32":
+        flag = ["--precision", "bf16"]
+    with pytest.raises(utils.UserError, match=rf"^{flag[0]} .*another run"):
+        parse(["--resume", run_checkpoint, *flag])
+
+
+def test_resume_and_init_together_and_too_few_iterations(run_checkpoint):
+    with pytest.raises(utils.UserError, match="give one of them"):
+        parse(["--resume", run_checkpoint, "--init", run_checkpoint])
+    with pytest.raises(utils.UserError, match="already at iteration 7"):
+        parse(["--resume", run_checkpoint, "--iterations", "7"])
+
+
+def test_every_recorded_flag_is_either_adjustable_or_refused():
+    """The lists are consistent: what may change on resume is a real flag of both scripts."""
+    import train_srgan
+    for build in (train_srresnet.build_parser, train_srgan.build_parser):
+        dests = {a.dest for a in build()._actions}
+        assert set(training.ADJUSTABLE_ON_RESUME) <= dests
+        assert set(training.NOT_RECORDED) - {"resume_notes"} <= dests
+
+
+@pytest.mark.parametrize("schedule, factors", [
+    ("constant", [1, 1, 1, 1]), ("step", [1, 1, 0.1, 0.1]), ("cosine", [1, None, None, 0]),
+])
+def test_schedules(schedule, factors):
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = training.make_scheduler(optimizer, schedule, 4)
+    seen = []
+    for _ in range(4):
+        seen.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    seen[-1] = scheduler.get_last_lr()[0] if schedule == "cosine" else seen[-1]
+    for got, want in zip(seen, factors):
+        if want is not None:
+            assert got == pytest.approx(want, abs=1e-9), (schedule, seen)
+    if schedule == "cosine":
+        assert seen == sorted(seen, reverse=True)
+
+
+def test_csv_log_drops_rows_after_the_resumed_iteration(tmp_path):
+    path = tmp_path / "log.csv"
+    fields = ["iteration", "loss"]
+    log = training.CsvLog(str(path), fields)
+    for i in range(1, 8):
+        log.write({"iteration": i, "loss": 1 / i})
+    log.close()
+    log = training.CsvLog(str(path), fields, resume_iteration=4)  # the checkpoint was at 4; 5-7 were after it
+    log.write({"iteration": 5, "loss": 0.5})
+    log.close()
+    assert [line.split(",")[0] for line in path.read_text().splitlines()] == ["iteration", "1", "2", "3", "4", "5"]
+    training.CsvLog(str(path), fields)  # a new run in the folder starts a new log
+    assert not path.exists()
+
+
+def test_best_psnr_so_far_takes_the_newer_best_file(tmp_path):
+    best = tmp_path / "best.pth"
+    assert training.best_psnr_so_far(str(best), 25.0) == 25.0  # no file yet
+    training.save_best(str(best), models.SRResNet(**TINY), {"val_psnr": 26.5})
+    assert training.best_psnr_so_far(str(best), 25.0) == 26.5
+    assert training.best_psnr_so_far(str(best), 27.0) == 27.0
+    best.write_bytes(b"broken")
+    assert training.best_psnr_so_far(str(best), 25.0) == 25.0
+
+
+def test_check_due_and_due():
+    args = argparse.Namespace(iterations=100, log_every=10, save_every=25, val_every=0, keep_every=40)
+    ctx = training.Context(torch.device("cpu"), "fp32", False)
+    stop = argparse.Namespace(requested=False)
+    due = [i for i in range(1, 101) if training.check_due(i, args, ctx, stop)]
+    assert due == sorted(set(range(10, 101, 10)) | {25, 75}) and training.due(5, 0) is False
+    stop.requested = True
+    assert training.check_due(3, args, ctx, stop)  # a Ctrl-C is acted on at the next iteration
+
+
+def test_is_good_sees_non_finite_weights():
+    model = models.SRResNet(**TINY)
+    ctx = training.Context(torch.device("cpu"), "fp32", False)
+    lr = torch.randn(1, 3, 8, 8)
+    assert training.is_good(model, lr, ctx)
+    with torch.no_grad():
+        model.conv_block1.conv_block[0].weight[0, 0, 0, 0] = float("nan")
+    assert not training.is_good(model, lr, ctx)
+    assert checkpoint.unwrap_model(model) is model
