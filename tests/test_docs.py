@@ -42,3 +42,10 @@ def test_every_flag_in_the_docs_exists(page, script, flags, capsys):
     help_text = capsys.readouterr().out
     for flag in flags:
         assert re.search(rf"{flag}(?![\w-])", help_text), f"{page}: {script}.py has no {flag}"
+
+
+def test_shipped_checkpoints_name_no_internal_paths():
+    import checkpoint
+    for path in (ROOT / "checkpoints").glob("*.pth"):
+        info = checkpoint.load_checkpoint(path).get("info", {})
+        assert not any("../shared" in str(v) or "DESIGN.md" in str(v) for v in info.values()), path.name
