@@ -3,7 +3,8 @@
     model = torch.hub.load("<owner>/<repo>", "srresnet", pretrained=True)                 # from GitHub
     model = torch.hub.load("path/to/clone", "srresnet", source="local", pretrained=True)  # a clone
 
-The pretrained weights are ``checkpoints/srresnet_x4.pth`` of the repository itself, so nothing
+The pretrained weights are ``checkpoints/srresnet_x4.pth`` (``srresnet``) and
+``checkpoints/srgan_mse_x4.pth`` (``srgan``) of the repository itself, so nothing
 beyond the repository is downloaded. Models take ImageNet-normalised RGB (N, 3, h, w) and return
 (N, 3, h * s, w * s) in [-1, 1]; ``inference.upscale_image`` in the repository does the conversions.
 """
@@ -73,7 +74,7 @@ def generator(pretrained=False, **kwargs):
     """SRGAN generator: an SRResNet under ``.net``, to be fine-tuned adversarially (train_srgan.py).
 
     Args:
-        pretrained: must be False: no trained SRGAN generator is shipped (a ValueError says so).
+        pretrained: must be False (a ValueError says so): the trained generator is the ``srgan`` entry.
             Initialise one from the SRResNet with
             ``g.initialize_with_srresnet(torch.hub.load(..., "srresnet", pretrained=True))``.
         **kwargs: the SRResNet's constructor arguments (defaults: the paper's x4 network).

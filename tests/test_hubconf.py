@@ -55,6 +55,8 @@ def test_srgan_entry(tmp_path, monkeypatch):
     error where that file is absent."""
     hubconf = load_script("hubconf")
     assert isinstance(hubconf.srgan(), models.Generator) and hubconf.srgan().training
+    shipped = hubconf.srgan(pretrained=True)  # checkpoints/srgan_mse_x4.pth
+    assert isinstance(shipped, models.Generator) and not shipped.training
     monkeypatch.setattr(hubconf, "SHIPPED_SRGAN", str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="no pretrained SRGAN generator weights are shipped"):
         hubconf.srgan(pretrained=True)
