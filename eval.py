@@ -114,8 +114,9 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
     for set_name, paths in test_sets:
         per_image = {name: {} for name, _ in methods}
         for path in tqdm(paths, desc=set_name, unit="img", leave=False, file=sys.stderr):
-            hr, lr = evaluation.lr_pair(images.open_image(path), scale)
-            evaluation.check_size(hr, path, scale, crop_border, niqe=niqe_params is not None)
+            img = images.open_image(path)
+            evaluation.check_size(img, path, scale, crop_border, niqe=niqe_params is not None)
+            hr, lr = evaluation.lr_pair(img, scale)
             for name, model in methods:
                 key = os.path.basename(path) if os.path.basename(path) not in per_image[name] else path
                 if model == "hr":  # no reference to compare with: NIQE only

@@ -17,13 +17,15 @@ def min_side(scale, crop_border, niqe=False):
     return max(2 * crop_border + (metrics.NIQE_BLOCK if niqe else 11), scale)
 
 
-def check_size(hr, path, scale, crop_border, niqe=False):
-    """UserError naming ``path`` if the (cropped) HR image is too small to score."""
+def check_size(img, path, scale, crop_border, niqe=False):
+    """UserError naming ``path`` and its size if the image, once cropped to a multiple of the scale,
+    is too small to score."""
     need = min_side(scale, crop_border, niqe)
-    if min(hr.size) < need:
-        what = "NIQE" if niqe and min(hr.size) >= min_side(scale, crop_border) else f"x{scale}"
-        raise UserError(f"{path}: {hr.width}x{hr.height} is too small for {what} with a {crop_border}-pixel border "
-                        f"(needs {need} pixels on each side)")
+    side = min(img.width - img.width % scale, img.height - img.height % scale)
+    if side < need:
+        what = "NIQE" if niqe and side >= min_side(scale, crop_border) else f"x{scale}"
+        raise UserError(f"{path}: {img.width}x{img.height} is too small for {what} with a {crop_border}-pixel "
+                        f"border (needs {need} pixels on each side)")
 
 
 def lr_pair(img, scale):

@@ -394,11 +394,12 @@ def load_validation_set(args, scale):
                         f"datasets/{args.val_data}, or train without validation: --val-data '')")
     pairs = []
     for path in datasets.read_image_list(list_file):
-        hr, lr = evaluation.lr_pair(images.open_image(path), scale)
+        img = images.open_image(path)
         try:
-            evaluation.check_size(hr, path, scale, scale)
+            evaluation.check_size(img, path, scale, scale)
         except UserError as e:
             raise UserError(f"{e}; remove it from {list_file}") from None
+        hr, lr = evaluation.lr_pair(img, scale)
         pairs.append((path, hr, lr))
     return pairs
 

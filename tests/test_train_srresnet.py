@@ -204,7 +204,7 @@ def test_a_truncated_validation_image_is_refused_before_training(tmp_path, data_
     random_image((10, 10)).save(tiny)
     (data_lists / "Val_test_images.json").write_text(json.dumps([str(tiny)]))
     line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 4), capsys)
-    assert "tiny.png: 8x8 is too small for x4" in line and not (tmp_path / "ck").exists()
+    assert "tiny.png: 10x10 is too small for x4" in line and not (tmp_path / "ck").exists()
 
 
 def test_nan_stops_and_the_named_checkpoint_is_good(tmp_path, data_lists, capsys):
