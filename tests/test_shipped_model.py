@@ -67,5 +67,5 @@ def test_shipped_srgan_trades_psnr_for_a_lower_niqe_on_the_sample():
                                         lr, 4, "fp32", "cpu")
         scores[name] = (metrics.calc_psnr(sr, hr, 4), metrics.calc_niqe(sr, 4))
     bicubic_psnr = metrics.calc_psnr(images.bicubic_resize(lr, hr.size), hr, 4)
-    assert scores["srgan"][1] < scores["srresnet"][1] - 0.5, scores  # measured: 4.99 vs 6.32
+    assert scores["srgan"][1] < scores["srresnet"][1] - 0.5, scores  # measured: 4.85 vs 6.32
     assert bicubic_psnr < scores["srgan"][0] < scores["srresnet"][0], (bicubic_psnr, scores)
