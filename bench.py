@@ -58,8 +58,9 @@ images.convert_image(sr[0], "[-1, 1]", "pil").save(sys.argv[3])
 # runs a script and prints its peak RSS at exit (the child's own figure: the one wait4 gives
 # includes the RSS of this process at the fork); 'default-malloc' leaves glibc's allocator at its
 # defaults (the reference of the page-fault rows)
-RUN = """import atexit, runpy, sys, utils
-if sys.argv[1] == "default-malloc":
+RUN = """import atexit, runpy, sys
+if sys.argv[1] == "default-malloc":  # (the scripts import utils anyway; a plain script need not)
+    import utils
     utils.keep_freed_memory = lambda: False
 def report():
     with open("/proc/self/status") as f:

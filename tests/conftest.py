@@ -1,7 +1,15 @@
-"""Shared fixtures: the repo root on sys.path, the shared data folder, tiny models, image folders."""
+"""Shared fixtures: the repo root on sys.path, the shared data folder, tiny models, image folders,
+and a way to run a script's command line in this process."""
 
+import contextlib
+import errno
 import importlib.util
+import io
+import os
+import runpy
+import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 # ../shared/data next to the project (read in place, never copied); tests that need it skip without it
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Under pytest-xdist (`-n 2`), each worker gets its share of the cores: with more threads than cores,
+# OpenMP threads spin against each other (a convolution test ran 20x slower beside a training run).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    import torch
+
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # and the scripts the tests start
+    torch.set_num_threads(_THREADS)
 
 TINY = dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=2, scaling_factor=4)
 
@@ -146,3 +164,81 @@ def cli_error(main, argv, capsys):
     assert err and err[-1].startswith("error: ") and sum(line.startswith("error:") for line in err) == 1, err
     assert not any(line.startswith("Traceback") for line in err), err
     return err[-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# a script's command line, in this process
+
+
+class _FillingFile:
+    """A file that takes 100 bytes and then fails for lack of space (a disk that fills up mid-write)."""
+
+    def __init__(self, f):
+        self._f, self._written = f, 0
+
+    def write(self, data):
+        self._written += len(data)
+        if self._written > 100:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@contextlib.contextmanager
+def full_disk(mode):
+    """Writes fail for lack of space: 'fsync' at os.fsync, 'write' after a file's first 100 bytes
+    (every write of the project goes through os.fdopen or os.fsync in utils.atomic_write_all)."""
+    real_fsync, real_fdopen = os.fsync, os.fdopen
+    if mode == "fsync":
+        os.fsync = _no_space
+    elif mode == "write":
+        os.fdopen = lambda *a, **k: _FillingFile(real_fdopen(*a, **k))
+    try:
+        yield
+    finally:
+        os.fsync, os.fdopen = real_fsync, real_fdopen
+
+
+def run_script(argv, disk=None):
+    """``python SCRIPT ARGS`` from the repo root, run in this process (no interpreter start-up):
+    the exit code, stdout and stderr as a CompletedProcess. As a process would, an uncaught exception
+    gives its traceback on stderr and exit code 1. For cases that need no process of their own (not
+    another user, a signal, a memory measurement). ``disk``: None, or full_disk's mode.
+    utils.keep_freed_memory is left out (it would change malloc for the rest of the test session;
+    it changes no output)."""
+    import utils
+
+    argv = [str(a) for a in argv]
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv, os.getcwd(), os.environ.pop("SR_DEBUG", None), utils.keep_freed_memory
+    sys.argv, code = argv, 0
+    os.chdir(ROOT)
+    utils.keep_freed_memory = lambda: False
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), full_disk(disk):
+            runpy.run_path(str(ROOT / argv[0]), run_name="__main__")
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            err.write(e.code + "\n")
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Exception:
+        err.write(traceback.format_exc())
+        code = 1
+    finally:
+        sys.argv, cwd, debug, utils.keep_freed_memory = saved
+        os.chdir(cwd)
+        if debug is not None:
+            os.environ["SR_DEBUG"] = debug
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())

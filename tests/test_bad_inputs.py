@@ -1,8 +1,9 @@
 """Bad inputs to test.py, eval.py, create_data_lists.py and convert_checkpoint.py, each run as the real
-command in a subprocess: exit code 2, one `error:` line naming the offending file, no traceback, and
-no new, partial or temporary file anywhere in the case's folder (except the outputs of the good
-images of a batch)."""
+command line (in this process; in a subprocess where another user is needed): exit code 2, one
+`error:` line naming the offending file, no traceback, and no new, partial or temporary file
+anywhere in the case's folder (except the outputs of the good images of a batch)."""
 
+import json
 import os
 import re
 import shutil
@@ -22,41 +23,9 @@ from PIL import Image
 import checkpoint
 import inference
 import models
-from conftest import ROOT, TINY, random_image
+from conftest import ROOT, TINY, random_image, run_script
 
 NOBODY = 65534
-# Runs a script as __main__ with its writes failing for lack of space: "fsync" fails at os.fsync,
-# "write" lets the first 100 bytes reach the file and then fails (a disk that fills up mid-write).
-FULL_DISK = r"""
-import errno, os, runpy, sys
-
-def no_space(*args, **kwargs):
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-class Filling:
-    def __init__(self, f):
-        self._f, self._written = f, 0
-    def write(self, data):
-        self._written += len(data)
-        if self._written > 100:
-            no_space()
-        return self._f.write(data)
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-    def __enter__(self):
-        return self
-    def __exit__(self, *exc):
-        self._f.close()
-
-mode = sys.argv.pop(1)
-if mode == "fsync":
-    os.fsync = no_space
-else:
-    real_fdopen = os.fdopen
-    os.fdopen = lambda *a, **k: Filling(real_fdopen(*a, **k))
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,14 +104,24 @@ def zip_checkpoint(path, data_pkl):
 # the cases: each builds its inputs in folder d and returns dict(argv, names, ...)
 #   argv: the command (first item the script); names: the file each `error:` line must name, in
 #   order (several for a batch, whose last line is the failure count); new: files the run may add
-#   (the good images' outputs); nobody: run as an unprivileged user; full_disk: 'fsync' or 'write';
-#   has / has_not: words the error line must (not) contain.
+#   (the good images' outputs); full_disk: 'fsync' or 'write'; has / has_not: words the error line
+#   must (not) contain. @as_nobody cases run as an unprivileged user, in a process of that user.
 
 CASES = {}
 
 
+NOBODY_CASES = set()
+
+
 def case(fn):
     CASES[fn.__name__] = fn
+    return fn
+
+
+def as_nobody(fn):
+    """A case run as a user without root's file privileges."""
+    NOBODY_CASES.add(fn.__name__)
+    CASES[fn.__name__] = lambda d: dict(fn(d), nobody=True)
     return fn
 
 
@@ -175,18 +154,18 @@ def decompression_bomb(d):
     return dict(argv=run_test_py(d, bomb_png(d / "bomb.png")), names=["bomb.png"], has=["too large"])
 
 
-@case
+@as_nobody
 def unreadable_image(d):
     os.chmod(image(d / "secret.png"), 0o600)
-    return dict(argv=run_test_py(d, d / "secret.png"), names=["secret.png"], nobody=True,
+    return dict(argv=run_test_py(d, d / "secret.png"), names=["secret.png"],
                 has=["permission denied"], has_not=["decode", "corrupt", "damaged"])
 
 
-@case
+@as_nobody
 def unlistable_folder(d):
     image(d / "private" / "a.png")
     os.chmod(d / "private", 0o700)
-    return dict(argv=run_test_py(d, d / "private"), names=["private"], nobody=True, has=["permission denied"])
+    return dict(argv=run_test_py(d, d / "private"), names=["private"], has=["permission denied"])
 
 
 @case
@@ -204,10 +183,10 @@ def random_bytes_checkpoint(d):
                 has=["not a pytorch checkpoint"], has_not=["unsupported operand", "222"])
 
 
-@case
+@as_nobody
 def unreadable_checkpoint(d):
     os.chmod(save_ckpt(d / "locked.pth"), 0o600)
-    return dict(argv=run_test_py(d, image(d / "a.png"), ckpt=d / "locked.pth"), names=["locked.pth"], nobody=True,
+    return dict(argv=run_test_py(d, image(d / "a.png"), ckpt=d / "locked.pth"), names=["locked.pth"],
                 has=["permission denied"], has_not=["corrupt", "damaged", "not a pytorch"])
 
 
@@ -275,11 +254,11 @@ def a_folder_where_an_output_goes(d):
                 new=["out/b_sr.png", "out/b_bicubic.png"], has=["folder is in the way"])
 
 
-@case
+@as_nobody
 def output_dir_without_permission(d):
     (d / "out").mkdir()
     os.chmod(d / "out", 0o555)
-    return dict(argv=run_test_py(d, image(d / "a.png")), names=[f"{d / 'out'}:"], nobody=True,
+    return dict(argv=run_test_py(d, image(d / "a.png")), names=[f"{d / 'out'}:"],
                 has=["permission denied"])
 
 
@@ -339,11 +318,11 @@ def eval_one_pixel_image(d):
     return dict(argv=run_eval(d, d / "Tiny"), names=["dot.png"], has=["1x1"], has_not=["0x0"])
 
 
-@case
+@as_nobody
 def eval_unreadable_test_image(d):
     folder = make_test_set(d)
     os.chmod(image(folder / "secret.png", (48, 40)), 0o600)
-    return dict(argv=run_eval(d, folder), names=["secret.png"], nobody=True, has=["permission denied"])
+    return dict(argv=run_eval(d, folder), names=["secret.png"], has=["permission denied"])
 
 
 @case
@@ -353,12 +332,12 @@ def eval_json_is_a_folder(d):
                 has=["folder is in the way"], no_stdout=True)
 
 
-@case
+@as_nobody
 def eval_json_without_permission(d):
     (d / "locked").mkdir()
     os.chmod(d / "locked", 0o555)
     return dict(argv=run_eval(d, make_test_set(d), extra=["--json", str(d / "locked" / "r.json")]), names=["r.json"],
-                nobody=True, has=["permission denied"], no_stdout=True)
+                has=["permission denied"], no_stdout=True)
 
 
 @case
@@ -415,11 +394,11 @@ def lists_a_folder_where_a_list_goes(d):
                 names=["Set_test_images.json"], has=["folder is in the way"])
 
 
-@case
+@as_nobody
 def lists_output_without_permission(d):
     (d / "lists").mkdir()
     os.chmod(d / "lists", 0o555)
-    return dict(argv=run_lists(d, "--test-folders", make_test_set(d)), names=[f"{d / 'lists'}:"], nobody=True,
+    return dict(argv=run_lists(d, "--test-folders", make_test_set(d)), names=[f"{d / 'lists'}:"],
                 has=["permission denied"])
 
 
@@ -429,11 +408,11 @@ def lists_full_disk(d):
                 names=["_images.json"], full_disk="write", has=["no space left"])
 
 
-@case
+@as_nobody
 def lists_unlistable_folder(d):
     folder = make_test_set(d)
     os.chmod(folder, 0o700)
-    return dict(argv=run_lists(d, "--test-folders", folder), names=[f"{folder}:"], nobody=True,
+    return dict(argv=run_lists(d, "--test-folders", folder), names=[f"{folder}:"],
                 has=["permission denied"])
 
 
@@ -491,11 +470,11 @@ def convert_output_inside_a_file(d):
                 has=["is a file, not a folder"])
 
 
-@case
+@as_nobody
 def convert_output_without_permission(d):
     (d / "locked").mkdir()
     os.chmod(d / "locked", 0o555)
-    return dict(argv=run_convert(d, d.parent / "tiny.pth", d / "locked" / "new.pth"), names=["new.pth"], nobody=True,
+    return dict(argv=run_convert(d, d.parent / "tiny.pth", d / "locked" / "new.pth"), names=["new.pth"],
                 has=["permission denied"])
 
 
@@ -589,33 +568,40 @@ def snapshot(folder):
     return found
 
 
-def run_case(spec, d, unprivileged):
-    """The finished subprocess of a case, or the reason it was not run."""
-    prefix, preexec = [], None
-    if spec.get("nobody"):
-        if isinstance(unprivileged, str):
-            return unprivileged
-        prefix, preexec, chown = unprivileged
-        if chown:  # root without capabilities is 'other' to files of NOBODY, as NOBODY is to root's
+# the cases that need another user, run one after another in one process of that user
+NOBODY_RUNNER = """
+import json, sys
+sys.path.insert(0, "tests")
+from conftest import run_script
+print(json.dumps([run_script(argv).__dict__ for argv in json.loads(sys.argv[1])]))
+"""
+
+
+def run_as_nobody(specs, folders, unprivileged):
+    """CompletedProcess-likes of the cases ``specs`` (built in ``folders``) run as a user without
+    root's file privileges, or the reason they were not run."""
+    if isinstance(unprivileged, str):
+        return [unprivileged] * len(specs)
+    prefix, preexec, chown = unprivileged
+    if chown:  # root without capabilities is 'other' to files of NOBODY, as NOBODY is to root's
+        for d in folders:
             for root, dirs, files in os.walk(d):
                 for name in [root] + [os.path.join(root, n) for n in dirs + files]:
                     os.lchown(name, NOBODY, NOBODY)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     env.pop("SR_DEBUG", None)
-    argv = spec["argv"]
-    command = [sys.executable, "-c", FULL_DISK, spec["full_disk"], *argv] if spec.get("full_disk") else \
-        [sys.executable, *argv]
-    return subprocess.run([*prefix, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                          preexec_fn=preexec)
+    done = subprocess.run([*prefix, sys.executable, "-c", NOBODY_RUNNER, json.dumps([s["argv"] for s in specs])],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, preexec_fn=preexec)
+    assert done.returncode == 0, done.stderr
+    return [subprocess.CompletedProcess(**r) for r in json.loads(done.stdout)]
 
 
 @pytest.fixture(scope="module")
-def launched(request, base, unprivileged):
-    """The selected cases built and started, two at a time (the cost is interpreter start-up, ~1.5 s
-    each): {name: (spec, case folder, its listing before the run, future of run_case)}."""
+def launched(request, base):
+    """The selected cases built, those that need another user started in the background:
+    {name: (spec, case folder, its listing before the run, future of their results or None)}."""
     selected = [item.callspec.params["name"] for item in request.session.items
                 if item.path == request.path and item.originalname == "test_bad_input"]
-    pool = ThreadPoolExecutor(max_workers=2)
     cases = {}
     for name in selected:
         build = CASES[name]
@@ -623,15 +609,28 @@ def launched(request, base, unprivileged):
         d.mkdir()
         spec = build(d)
         os.chmod(d, 0o777)  # the unprivileged user may write in d (inputs are world-readable, umask 022)
-        cases[name] = (spec, d, snapshot(d), pool.submit(run_case, spec, d, unprivileged))
-    yield cases
+        cases[name] = (spec, d, snapshot(d))
+    nobody = [name for name in selected if cases[name][0].get("nobody")]
+    pool = ThreadPoolExecutor(max_workers=1)
+    if nobody:  # (the quick lane leaves them out)
+        future = pool.submit(run_as_nobody, [cases[n][0] for n in nobody], [cases[n][1] for n in nobody],
+                             request.getfixturevalue("unprivileged"))
+    yield {name: (*case, future if name in nobody else None) for name, case in cases.items()}
     pool.shutdown(wait=True)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+def _param(name):
+    """A case; those run as another user need a process of their own: slow."""
+    return pytest.param(name, marks=pytest.mark.slow) if name in NOBODY_CASES else name
+
+
+@pytest.mark.parametrize("name", [_param(name) for name in CASES])
 def test_bad_input(name, launched):
     spec, d, before, future = launched[name]
-    done = future.result()
+    if future:
+        done = future.result()[[n for n, c in launched.items() if c[3]].index(name)]
+    else:
+        done = run_script(spec["argv"], disk=spec.get("full_disk"))
     if isinstance(done, str):
         pytest.skip(done)
 
@@ -671,9 +670,7 @@ def test_an_animated_gif_in_a_folder_is_found_and_its_first_frame_used_with_a_no
     folder.mkdir()
     frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
     out = folder / "out"
-    done = subprocess.run([sys.executable, "test.py", "--checkpoint", str(base / "tiny.pth"), "--img", str(folder),
-                           "--output-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    done = run_script(["test.py", "--checkpoint", base / "tiny.pth", "--img", folder, "--output-dir", out])
     assert done.returncode == 0, done.stderr
     notes = [line for line in done.stderr.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "anim.gif" in notes[0] and "3 frames" in notes[0] and "first" in notes[0]
@@ -691,14 +688,11 @@ def test_data_lists_skip_undecodable_files_and_bombs(base):
     bomb_png(folder / "Train" / "bomb.png")
     (folder / "Train" / "text.jpg").write_text("hello")
     (folder / "Train" / "zero.bmp").write_bytes(b"")
-    done = subprocess.run([sys.executable, "create_data_lists.py", "--train-folders", str(folder / "Train"),
-                           "--min-size", "16", "--output-folder", str(folder / "lists")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    done = run_script(["create_data_lists.py", "--train-folders", folder / "Train", "--min-size", "16",
+                       "--output-folder", folder / "lists"])
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "error" not in done.stderr.lower()
     assert "3 unreadable skipped" in done.stdout and "bomb.png, text.jpg, zero.bmp" in done.stdout
-    import json
-
     listed = json.loads((folder / "lists" / "train_images.json").read_text())
     assert [os.path.basename(p) for p in listed] == ["0.png", "1.png"]
     assert sorted(os.listdir(folder / "lists")) == ["train_images.json"]

@@ -49,3 +49,10 @@ def test_shipped_checkpoints_name_no_internal_paths():
     for path in (ROOT / "checkpoints").glob("*.pth"):
         info = checkpoint.load_checkpoint(path).get("info", {})
         assert not any("../shared" in str(v) or "DESIGN.md" in str(v) for v in info.values()), path.name
+
+
+def test_the_readme_gives_ci_s_test_command_and_the_quick_lane():
+    ci = (ROOT / ".ci" / "run").read_text()
+    (command,) = re.findall(r"-m (pytest [^\n]*)", ci)
+    assert f"python -m {command.strip()}`" in TEXTS["README.md"]
+    assert f'python -m {command.strip()} -m "not slow"`' in TEXTS["README.md"]

@@ -37,7 +37,8 @@ def tiny_file(tmp_path, arch, scale):
     return path
 
 
-@pytest.mark.parametrize("arch, scale, exporter", [("SRResNet", 4, "dynamo"), ("Generator", 2, "dynamo"),
+@pytest.mark.parametrize("arch, scale, exporter", [pytest.param("SRResNet", 4, "dynamo", marks=pytest.mark.slow),
+                                                   pytest.param("Generator", 2, "dynamo", marks=pytest.mark.slow),
                                                    ("SRResNet", 2, "torchscript")])
 def test_onnx_matches_pytorch_on_odd_sizes_and_batches(tmp_path, capsys, arch, scale, exporter):
     ckpt = tiny_file(tmp_path, arch, scale)
@@ -59,6 +60,7 @@ def test_onnx_matches_pytorch_on_odd_sizes_and_batches(tmp_path, capsys, arch, s
     assert meta["scale"] == str(scale) and meta["arch"] == arch
 
 
+@pytest.mark.slow
 def test_max_difference_sees_a_wrong_graph(tmp_path):
     # the built-in check is not vacuous: a graph of other weights fails it
     a = models.SRResNet(**TINY).eval()

@@ -24,6 +24,7 @@ def test_notebook_is_stored_without_outputs():
     assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.slow
 def test_notebook_runs_end_to_end(monkeypatch):
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws the figures
     nb = nbformat.read(NOTEBOOK, as_version=4)

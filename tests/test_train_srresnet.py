@@ -19,7 +19,7 @@ import models
 import train_srresnet
 import training
 import utils
-from conftest import ROOT, TINY, assert_identical, cli_error, need_shared, random_image, read_log, sigint_at
+from conftest import ROOT, TINY, assert_identical, cli_error, need_shared, random_image, read_log, run_script, sigint_at
 
 TINY_FLAGS = ["--n-blocks", "1", "--n-channels", "8", "--crop-size", "24", "--batch-size", "2", "--workers", "0"]
 
@@ -29,6 +29,7 @@ def flags(data_lists, ckpt_dir, iterations, *extra):
             "--val-data", "Val", *TINY_FLAGS, *[str(x) for x in extra]]
 
 
+@pytest.mark.slow
 def test_loss_goes_down_on_real_images(tmp_path):
     t91 = need_shared("T91")
     folder = tmp_path / "few"
@@ -256,6 +257,7 @@ def _start(argv, log, rows):
     return proc
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_says_how_to_resume(tmp_path, data_lists):
     ck = tmp_path / "ck"
     proc = _start(flags(data_lists, ck, 100000, "--val-data", "", "--save-every", "100000", "--log-every", "1"),
@@ -268,6 +270,7 @@ def test_sigint_saves_and_says_how_to_resume(tmp_path, data_lists):
     assert not [p for p in os.listdir(ck) if p.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_leaves_no_temporary_and_no_repeated_row(tmp_path, data_lists):
     ck = tmp_path / "ck"
     proc = _start(flags(data_lists, ck, 100000, "--val-data", "", "--save-every", "3", "--log-every", "1"),
@@ -379,12 +382,20 @@ def test_a_new_run_never_overwrites_another(tmp_path, data_lists, capsys):
     assert (ck / "srresnet_latest.pth").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_errors_in_a_real_process_have_no_traceback(tmp_path, data_lists):
-    for extra in (["--workers", "-1"], ["--device", "gpu"]):
-        done = subprocess.run([sys.executable, "train_srresnet.py", *flags(data_lists, tmp_path / "ck", 2, *extra)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and "Traceback" not in done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
+    argv = flags(data_lists, tmp_path / "ck", 2, "--workers", "-1")
+    done = subprocess.run([sys.executable, "train_srresnet.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
+
+
+def test_a_command_line_error_is_one_line(tmp_path, data_lists):
+    done = run_script(["train_srresnet.py", *flags(data_lists, tmp_path / "ck", 2, "--device", "gpu")])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
+    assert not (tmp_path / "ck").exists()
 
 
 def test_the_scales_come_from_models():
@@ -426,6 +437,7 @@ def _torchrun(cmd, env):
     raise AssertionError(proc.stderr[-3000:])
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path, data_lists):
     script = tmp_path / "ddp.py"
     script.write_text(TORCHRUN_SCRIPT.format(root=str(ROOT), out=str(tmp_path)))
@@ -528,6 +540,7 @@ def test_a_new_run_is_refused_before_it_has_saved_anything(tmp_path, data_lists,
     assert not ck.exists()
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     """kill -9 of the lock's owner: the OS drops the lock, so the next run takes the folder at once."""
     ck = tmp_path / "ck"
