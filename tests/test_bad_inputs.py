@@ -530,35 +530,6 @@ def _ways_to_drop_privileges():
     return ways
 
 
-@pytest.fixture(scope="module")
-def unprivileged(base):
-    """How to run a case without the privileges that ignore file permissions:
-    (command prefix, preexec_fn, chown) or, where there is no way here, the reason as a string."""
-    if os.geteuid() != 0:
-        return [], None, False  # permissions already apply
-    locked = base / "locked.txt"
-    locked.write_text("secret")
-    os.chown(locked, NOBODY, NOBODY)
-    os.chmod(locked, 0o600)
-    probe = ("import numpy, PIL, torch, tqdm; open('test.py').close()\n"
-             f"try:\n    open({str(locked)!r}).close()\nexcept PermissionError:\n    print('denied')")
-    reasons = []
-    try:
-        for description, prefix, preexec, chown in _ways_to_drop_privileges():
-            try:
-                done = subprocess.run([*prefix, sys.executable, "-c", probe], cwd=ROOT, preexec_fn=preexec,
-                                      capture_output=True, text=True, timeout=120)
-            except OSError as e:
-                reasons.append(f"{description}: {e}")
-                continue
-            if done.returncode == 0 and done.stdout.strip() == "denied":
-                return prefix, preexec, chown
-            reasons.append(f"{description}: {(done.stderr.strip().splitlines() or [done.stdout.strip()])[-1]}")
-    finally:
-        locked.unlink()
-    return "cannot run the scripts without root's file privileges here (" + "; ".join(reasons) + ")"
-
-
 def snapshot(folder):
     """Every file and folder under ``folder`` (relative paths)."""
     found = set()
@@ -568,32 +539,57 @@ def snapshot(folder):
     return found
 
 
-# the cases that need another user, run one after another in one process of that user
+# The cases that need another user, run one after another in one process of that user. It first
+# checks that file permissions apply to it (root's would not), and says so before any case runs.
 NOBODY_RUNNER = """
 import json, sys
+locked, argvs = sys.argv[1], json.loads(sys.argv[2])
+if locked:
+    try:
+        open(locked).close()
+        sys.exit("file permissions do not apply: " + locked + " could be read")
+    except PermissionError:
+        pass
 sys.path.insert(0, "tests")
 from conftest import run_script
-print(json.dumps([run_script(argv).__dict__ for argv in json.loads(sys.argv[1])]))
+print("permissions apply", flush=True)
+print(json.dumps([run_script(argv).__dict__ for argv in argvs]))
 """
 
 
-def run_as_nobody(specs, folders, unprivileged):
+def run_as_nobody(specs, folders, base):
     """CompletedProcess-likes of the cases ``specs`` (built in ``folders``) run as a user without
-    root's file privileges, or the reason they were not run."""
-    if isinstance(unprivileged, str):
-        return [unprivileged] * len(specs)
-    prefix, preexec, chown = unprivileged
-    if chown:  # root without capabilities is 'other' to files of NOBODY, as NOBODY is to root's
-        for d in folders:
-            for root, dirs, files in os.walk(d):
-                for name in [root] + [os.path.join(root, n) for n in dirs + files]:
-                    os.lchown(name, NOBODY, NOBODY)
+    root's file privileges; or, where there is no way to be such a user here, the reason (a string)
+    for each."""
+    if os.geteuid() != 0:  # permissions already apply
+        ways, locked = [("this user", [], None, False)], ""
+    else:
+        ways, locked = _ways_to_drop_privileges(), base / "locked.txt"
+        locked.write_text("secret")
+        os.chown(locked, NOBODY, NOBODY)
+        os.chmod(locked, 0o600)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     env.pop("SR_DEBUG", None)
-    done = subprocess.run([*prefix, sys.executable, "-c", NOBODY_RUNNER, json.dumps([s["argv"] for s in specs])],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, preexec_fn=preexec)
-    assert done.returncode == 0, done.stderr
-    return [subprocess.CompletedProcess(**r) for r in json.loads(done.stdout)]
+    command = [sys.executable, "-c", NOBODY_RUNNER, str(locked), json.dumps([s["argv"] for s in specs])]
+    reasons = []
+    for description, prefix, preexec, chown in ways:
+        if chown:  # root without capabilities is 'other' to files of NOBODY, as NOBODY is to root's
+            for d in folders:
+                for root, dirs, files in os.walk(d):
+                    for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+                        os.lchown(name, NOBODY, NOBODY)
+        try:
+            done = subprocess.run([*prefix, *command], cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=600, preexec_fn=preexec)
+        except OSError as e:
+            reasons.append(f"{description}: {e}")
+            continue
+        if done.stdout.startswith("permissions apply\n"):  # from here on, a failure is a real one
+            assert done.returncode == 0, done.stderr
+            return [subprocess.CompletedProcess(**r) for r in json.loads(done.stdout.splitlines()[1])]
+        reasons.append(f"{description}: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    reason = "cannot run the scripts without root's file privileges here (" + "; ".join(reasons) + ")"
+    return [reason] * len(specs)
 
 
 @pytest.fixture(scope="module")
@@ -614,7 +610,7 @@ def launched(request, base):
     pool = ThreadPoolExecutor(max_workers=1)
     if nobody:  # (the quick lane leaves them out)
         future = pool.submit(run_as_nobody, [cases[n][0] for n in nobody], [cases[n][1] for n in nobody],
-                             request.getfixturevalue("unprivileged"))
+                             base)
     yield {name: (*case, future if name in nobody else None) for name, case in cases.items()}
     pool.shutdown(wait=True)
 
