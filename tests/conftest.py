@@ -31,6 +31,15 @@ if _WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # and the scripts the tests start
     torch.set_num_threads(_THREADS)
 
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With -n, a file's tests go to one worker (xdist's loadfile): module fixtures are built once."""
+    from xdist.scheduler import LoadFileScheduling
+
+    return LoadFileScheduling(config, log)
+
+
 TINY = dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=2, scaling_factor=4)
 
 
