@@ -121,8 +121,7 @@ def case(fn):
 def as_nobody(fn):
     """A case run as a user without root's file privileges."""
     NOBODY_CASES.add(fn.__name__)
-    CASES[fn.__name__] = lambda d: dict(fn(d), nobody=True)
-    return fn
+    return case(fn)
 
 
 def run_test_py(d, img, ckpt=None, out=None, extra=()):
@@ -595,7 +594,7 @@ def run_as_nobody(specs, folders, base):
 @pytest.fixture(scope="module")
 def launched(request, base):
     """The selected cases built, those that need another user started in the background:
-    {name: (spec, case folder, its listing before the run, future of their results or None)}."""
+    {name: (spec, case folder, its listing before the run)}, and a future of {name: result} of the latter."""
     selected = [item.callspec.params["name"] for item in request.session.items
                 if item.path == request.path and item.originalname == "test_bad_input"]
     cases = {}
@@ -606,12 +605,14 @@ def launched(request, base):
         spec = build(d)
         os.chmod(d, 0o777)  # the unprivileged user may write in d (inputs are world-readable, umask 022)
         cases[name] = (spec, d, snapshot(d))
-    nobody = [name for name in selected if cases[name][0].get("nobody")]
+    nobody = [name for name in selected if name in NOBODY_CASES]  # (the quick lane leaves them out)
+
+    def run_nobody():
+        if not nobody:
+            return {}
+        return dict(zip(nobody, run_as_nobody([cases[n][0] for n in nobody], [cases[n][1] for n in nobody], base)))
     pool = ThreadPoolExecutor(max_workers=1)
-    if nobody:  # (the quick lane leaves them out)
-        future = pool.submit(run_as_nobody, [cases[n][0] for n in nobody], [cases[n][1] for n in nobody],
-                             base)
-    yield {name: (*case, future if name in nobody else None) for name, case in cases.items()}
+    yield cases, pool.submit(run_nobody)
     pool.shutdown(wait=True)
 
 
@@ -622,11 +623,9 @@ def _param(name):
 
 @pytest.mark.parametrize("name", [_param(name) for name in CASES])
 def test_bad_input(name, launched):
-    spec, d, before, future = launched[name]
-    if future:
-        done = future.result()[[n for n, c in launched.items() if c[3]].index(name)]
-    else:
-        done = run_script(spec["argv"], disk=spec.get("full_disk"))
+    cases, nobody = launched
+    spec, d, before = cases[name]
+    done = nobody.result()[name] if name in NOBODY_CASES else run_script(spec["argv"], disk=spec.get("full_disk"))
     if isinstance(done, str):
         pytest.skip(done)
 
