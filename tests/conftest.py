@@ -1,6 +1,7 @@
 """Shared fixtures: the repo root on sys.path, the shared data folder, tiny models, image folders,
 and a way to run a script's command line in this process."""
 
+import collections
 import contextlib
 import errno
 import importlib.util
@@ -34,10 +35,20 @@ if _WORKERS > 1:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """With -n, a file's tests go to one worker (xdist's loadfile): module fixtures are built once."""
+    """With -n, a file's tests go to one worker (xdist's loadfile): module fixtures are built once.
+    The files go out in the order of pytest_collection_modifyitems below, not by their test count."""
     from xdist.scheduler import LoadFileScheduling
 
+    config.option.loadscopereorder = False
     return LoadFileScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with the most slow tests (real processes, the notebook) first, then the files with the
+    most tests: the long ones start early and the short ones fill the workers' last minutes."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    count = collections.Counter(item.path for item in items)
+    items.sort(key=lambda item: (-slow[item.path], -count[item.path], str(item.path)))  # stable within a file
 
 
 TINY = dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=2, scaling_factor=4)

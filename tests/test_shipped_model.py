@@ -1,8 +1,8 @@
 """The shipped checkpoints, the x4 SRResNet and the SRGAN-MSE generator: they load, record how they
 were made, and do on the shipped sample images what each is for."""
 
-
 import numpy as np
+import pytest
 
 import checkpoint
 import images
@@ -27,6 +27,7 @@ def test_shipped_checkpoint_is_small_and_documented():
         assert key in info, key
 
 
+@pytest.mark.slow  # full-size models on real photos
 def test_shipped_model_beats_bicubic_on_the_sample():
     model = checkpoint.load_model(CHECKPOINT)
     hr = images.open_image(SAMPLE).crop((160, 80, 352, 272))  # 192 x 192: the face and suit
@@ -56,6 +57,7 @@ def test_shipped_srgan_is_a_documented_generator():
     assert info["content_loss"] == "mse" and info["iteration"] == info["iterations"]
 
 
+@pytest.mark.slow
 def test_shipped_srgan_trades_psnr_for_a_lower_niqe_on_the_sample():
     """What the adversarial phase is for, on the shipped photo (x4 down, then up): the SRGAN output
     scores a clearly lower (better) NIQE than the SRResNet's, at a lower PSNR that still beats bicubic."""
