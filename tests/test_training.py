@@ -134,3 +134,12 @@ def test_is_good_sees_non_finite_weights():
         model.conv_block1.conv_block[0].weight[0, 0, 0, 0] = float("nan")
     assert not training.is_good(model, lr, ctx)
     assert checkpoint.unwrap_model(model) is model
+
+
+@pytest.mark.parametrize("flags, expected", [([], True), (["--precision", "fp32"], True),
+                                             (["--no-channels-last"], False)])
+def test_a_cpu_trains_channels_last_by_default_in_any_precision(monkeypatch, flags, expected):
+    monkeypatch.setattr(utils, "keep_freed_memory", lambda: False)  # it would change this process's malloc
+    args, _ = parse(["--device", "cpu", *flags])
+    with training.distributed(args) as ctx:
+        assert ctx.channels_last is expected
