@@ -454,7 +454,8 @@ def test_torchrun_resumes_a_run_and_two_cpu_processes_keep_identical_weights(tmp
     script.write_text(TORCHRUN_SCRIPT.format(root=str(ROOT), out=str(tmp_path)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            "--resume", str(latest), "--iterations", "6"]
-    _torchrun(cmd, {**os.environ, "OMP_NUM_THREADS": "1"})
+    # TMPDIR: torchrun's own temporary folders go with the test's, not into /tmp for good
+    _torchrun(cmd, {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)})
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for k in a:  # each rank restored the same state and the gradients were averaged
         assert torch.equal(a[k], b[k]), k
