@@ -405,7 +405,9 @@ def build_parser():
                                                  "prints a Markdown table (progress on stderr).")
     parser.add_argument("--checkpoint", metavar="PATH", help="the model (default: an SRResNet x4 with random weights)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:k] (default: auto)")
-    parser.add_argument("--quick", action="store_true", help="tiny model and sizes: a smoke run of seconds")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny model and sizes: a smoke run (under a minute, mostly the process rows' 11 "
+                             "Python starts; the numbers mean nothing)")
     parser.add_argument("--skip", nargs="+", default=[], choices=["model", "training", "loader", "process"],
                         help="leave these rows out")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast model paths")
