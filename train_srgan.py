@@ -295,7 +295,7 @@ def main(argv=None):
                 finite &= torch.isfinite(loss_g) & torch.isfinite(loss_d)  # on the device: no sync here
                 bar.update(1)
 
-                # every few iterations: NaN check, checkpoint, validation, log (rank 0 writes the files)
+                # every few iterations: NaN check, validation, log, checkpoint (rank 0 writes the files)
                 if not training.check_due(iteration, args, ctx, stop):
                     continue
                 last = iteration == args.iterations
@@ -303,9 +303,6 @@ def main(argv=None):
                 # never let a broken model replace the last good checkpoint (bool() is a sync point)
                 good = bool(finite) and (not ctx.is_main or training.is_good(generator, lr_imgs, ctx))
                 stopping = training.stop_if_bad(ctx, good, stop, iteration, last_good)
-                if (save or stopping) and ctx.is_main:
-                    training.save_training_checkpoint(latest_path, "srgan", iteration, best_psnr, args, **state)
-                    last_good = f"{latest_path} (iteration {iteration})"
                 if ctx.is_main:
                     training.keep_snapshot(args, "srgan", iteration, generator, {"script": "train_srgan.py"})
                 val = None
@@ -322,6 +319,11 @@ def main(argv=None):
                         "d_fake": torch.sigmoid(fake_logits).mean().item(), "lr": scheduler_g.get_last_lr()[0],
                         "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "",
                         "seconds": round(time.time() - started, 1)})
+                # the checkpoint last: a kill before it resumes from the previous one and redoes these
+                # rows; a kill after it has lost nothing (a save before the row lost the row)
+                if (save or stopping) and ctx.is_main:
+                    training.save_training_checkpoint(latest_path, "srgan", iteration, best_psnr, args, **state)
+                    last_good = f"{latest_path} (iteration {iteration})"
                 if stopping:
                     bar.write(f"interrupted: saved {latest_path} at iteration {iteration}; "
                               f"continue with: python train_srgan.py --resume {latest_path}")

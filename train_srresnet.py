@@ -108,7 +108,7 @@ def main(argv=None):
                 finite &= torch.isfinite(loss)  # stays on the device: no sync at every step
                 bar.update(1)
 
-                # every few iterations: NaN check, checkpoint, validation, log (rank 0 writes the files)
+                # every few iterations: NaN check, validation, log, checkpoint (rank 0 writes the files)
                 if not training.check_due(iteration, args, ctx, stop):
                     continue
                 last = iteration == args.iterations
@@ -116,9 +116,6 @@ def main(argv=None):
                 # never let a broken model replace the last good checkpoint (bool() is a sync point)
                 good = bool(finite) and (not ctx.is_main or training.is_good(model, lr_imgs, ctx))
                 stopping = training.stop_if_bad(ctx, good, stop, iteration, last_good)
-                if (save or stopping) and ctx.is_main:
-                    training.save_training_checkpoint(latest_path, "srresnet", iteration, best_psnr, args, **state)
-                    last_good = f"{latest_path} (iteration {iteration})"
                 if ctx.is_main:
                     training.keep_snapshot(args, "srresnet", iteration, model, {"script": "train_srresnet.py"})
                 val = None
@@ -132,6 +129,11 @@ def main(argv=None):
                         "iteration": iteration, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
                         "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "",
                         "seconds": round(time.time() - started, 1)})
+                # the checkpoint last: a kill before it resumes from the previous one and redoes these
+                # rows; a kill after it has lost nothing (a save before the row lost the row)
+                if (save or stopping) and ctx.is_main:
+                    training.save_training_checkpoint(latest_path, "srresnet", iteration, best_psnr, args, **state)
+                    last_good = f"{latest_path} (iteration {iteration})"
                 if stopping:
                     bar.write(f"interrupted: saved {latest_path} at iteration {iteration}; "
                               f"continue with: python train_srresnet.py --resume {latest_path}")

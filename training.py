@@ -722,7 +722,7 @@ def stop_if_bad(ctx, good, stop, iteration, last_good):
 
 def best_psnr_so_far(best_path, stored):
     """The best validation PSNR of a resumed run: its checkpoint's, or its best file's if higher (that
-    file can be newer: the checkpoint is saved before the validation of its iteration)."""
+    file can be newer: a run stopped between its validation and its checkpoint)."""
     try:
         info = checkpoint.load_checkpoint(best_path).get("info", {})
         return max(stored, float(info.get("val_psnr", float("-inf"))))
