@@ -55,8 +55,8 @@ def srresnet(pretrained=False, **kwargs):
 
     Args:
         pretrained: True for the shipped x4 model (``checkpoints/srresnet_x4.pth``, trained with
-            MSE on T91, BSDS200 and BSDS500's test images), in eval mode on the CPU. False for a freshly initialised
-            model in training mode.
+            MSE on T91, BSDS200 and BSDS500's test images), in eval mode on the CPU. False for a
+            freshly initialised model in training mode.
         **kwargs: constructor arguments for a fresh model (large_kernel_size=9, small_kernel_size=3,
             n_channels=64, n_blocks=16, scaling_factor=4 (2, 4 or 8)); not with pretrained=True.
 
