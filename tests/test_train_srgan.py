@@ -328,6 +328,31 @@ def test_readme_resume_command_continues_an_interrupted_run_exactly(data, tmp_pa
     assert read_log(tmp_path / "straight" / "srgan_log.csv") == read_log(tmp_path / "split" / "srgan_log.csv")
 
 
+class _Killed(BaseException):
+    """A stand-in for kill -9 at one exact point of the loop."""
+
+
+def test_a_kill_just_after_a_checkpoint_loses_no_log_row(data, tmp_path, monkeypatch):
+    """The checkpoint of iteration 4 comes after its validation and log row: killed right after it, the
+    resumed run still logs every iteration once (test_train_srresnet checks a kill before the row too)."""
+    real_save = train_srgan.training.save_training_checkpoint
+
+    def save(path, kind, iteration, *args, **kwargs):
+        real_save(path, kind, iteration, *args, **kwargs)
+        if iteration == 4:
+            raise _Killed
+
+    extra = ["--iterations", "6", "--save-every", "2", "--log-every", "1", "--val-every", "4"]
+    with monkeypatch.context() as m:
+        m.setattr(train_srgan.training, "save_training_checkpoint", save)
+        with pytest.raises(_Killed):
+            run_quietly(train_srgan.main, gan_argv(data, tmp_path / "ck", *extra))
+    run_quietly(train_srgan.main, ["--resume", str(tmp_path / "ck" / "srgan_latest.pth")])
+    rows = read_log(tmp_path / "ck" / "srgan_log.csv")
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["iteration"]) for r in rows if r["val_psnr"]] == [4, 6]
+
+
 @pytest.mark.parametrize("flag", [["--beta", "0.01"], ["--content-scale", "1"], ["--d-n-channels", "16"],
                                   ["--vgg-j", "1"], ["--vgg-weights", "imagenet"], ["--texture-weight", "1"],
                                   ["--scaling-factor", "2"], ["--crop-size", "64"]])
