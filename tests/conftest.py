@@ -152,6 +152,10 @@ def assert_identical(a, b, where="checkpoint"):
         assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), f"{where}: {a!r} != {b!r}"
 
 
+class Killed(BaseException):
+    """A stand-in for kill -9 at one exact point of a training loop (no handler catches a BaseException)."""
+
+
 def sigint_at(monkeypatch, iteration):
     """Make training send itself a real SIGINT while it loads the batch of ``iteration`` (1-based)."""
     import os

@@ -20,7 +20,7 @@ import images
 import models
 import train_srgan
 import train_srresnet
-from conftest import assert_identical, cli_error, random_image, read_log, sigint_at
+from conftest import Killed, assert_identical, cli_error, random_image, read_log, sigint_at
 
 TINY_G = dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1, scaling_factor=4)
 
@@ -328,10 +328,6 @@ def test_readme_resume_command_continues_an_interrupted_run_exactly(data, tmp_pa
     assert read_log(tmp_path / "straight" / "srgan_log.csv") == read_log(tmp_path / "split" / "srgan_log.csv")
 
 
-class _Killed(BaseException):
-    """A stand-in for kill -9 at one exact point of the loop."""
-
-
 def test_a_kill_just_after_a_checkpoint_loses_no_log_row(data, tmp_path, monkeypatch):
     """The checkpoint of iteration 4 comes after its validation and log row: killed right after it, the
     resumed run still logs every iteration once (test_train_srresnet checks a kill before the row too)."""
@@ -340,12 +336,12 @@ def test_a_kill_just_after_a_checkpoint_loses_no_log_row(data, tmp_path, monkeyp
     def save(path, kind, iteration, *args, **kwargs):
         real_save(path, kind, iteration, *args, **kwargs)
         if iteration == 4:
-            raise _Killed
+            raise Killed
 
     extra = ["--iterations", "6", "--save-every", "2", "--log-every", "1", "--val-every", "4"]
     with monkeypatch.context() as m:
         m.setattr(train_srgan.training, "save_training_checkpoint", save)
-        with pytest.raises(_Killed):
+        with pytest.raises(Killed):
             run_quietly(train_srgan.main, gan_argv(data, tmp_path / "ck", *extra))
     run_quietly(train_srgan.main, ["--resume", str(tmp_path / "ck" / "srgan_latest.pth")])
     rows = read_log(tmp_path / "ck" / "srgan_log.csv")

@@ -19,7 +19,18 @@ import models
 import train_srresnet
 import training
 import utils
-from conftest import ROOT, TINY, assert_identical, cli_error, need_shared, random_image, read_log, run_script, sigint_at
+from conftest import (
+    ROOT,
+    TINY,
+    Killed,
+    assert_identical,
+    cli_error,
+    need_shared,
+    random_image,
+    read_log,
+    run_script,
+    sigint_at,
+)
 
 TINY_FLAGS = ["--n-blocks", "1", "--n-channels", "8", "--crop-size", "24", "--batch-size", "2", "--workers", "0"]
 
@@ -293,10 +304,6 @@ def test_kill_9_then_resume_leaves_no_stale_lock_no_temporary_and_no_repeated_ro
     assert iterations == list(range(1, saved + 5))
 
 
-class _Killed(BaseException):
-    """A stand-in for kill -9 at one exact point of the loop (no handler catches a BaseException)."""
-
-
 @pytest.mark.parametrize("where", ["before the row", "after the checkpoint"])
 def test_a_kill_around_a_save_loses_no_log_row(tmp_path, data_lists, monkeypatch, where):
     """Iteration 6 validates, logs and saves; a run killed just before its log row, or just after its
@@ -307,22 +314,21 @@ def test_a_kill_around_a_save_loses_no_log_row(tmp_path, data_lists, monkeypatch
 
     def log_row(log, writer, bar, row):
         if where == "before the row" and row["iteration"] == 6:
-            raise _Killed
+            raise Killed
         real_log_row(log, writer, bar, row)
 
     def save(path, kind, iteration, *args, **kwargs):
         real_save(path, kind, iteration, *args, **kwargs)
         if where == "after the checkpoint" and iteration == 6:
-            raise _Killed
+            raise Killed
 
-    monkeypatch.setattr(training, "log_row", log_row)
-    monkeypatch.setattr(training, "save_training_checkpoint", save)
-    with pytest.raises(_Killed):
-        train_srresnet.main(flags(data_lists, ck, 8, "--val-every", "3", "--save-every", "3", "--log-every", "1"))
+    with monkeypatch.context() as m:
+        m.setattr(training, "log_row", log_row)
+        m.setattr(training, "save_training_checkpoint", save)
+        with pytest.raises(Killed):
+            train_srresnet.main(flags(data_lists, ck, 8, "--val-every", "3", "--save-every", "3", "--log-every", "1"))
     saved = checkpoint.load_checkpoint(ck / "srresnet_latest.pth")["training"]["iteration"]
     assert saved == (3 if where == "before the row" else 6)
-    monkeypatch.setattr(training, "log_row", real_log_row)
-    monkeypatch.setattr(training, "save_training_checkpoint", real_save)
     train_srresnet.main(["--resume", str(ck / "srresnet_latest.pth")])
     rows = read_log(ck / "srresnet_log.csv")
     assert [int(r["iteration"]) for r in rows] == list(range(1, 9))
