@@ -206,6 +206,12 @@ def main(argv=None):
             if args.lr != resume["training"]["args"].get("lr"):
                 training.set_base_lr(optimizer_g, scheduler_g, args.lr)
                 training.set_base_lr(optimizer_d, scheduler_d, args.lr)
+        # --ema: an averaged copy of the weights (saved to resume too); validation judges and files keep
+        # that copy when there is one
+        ema = training.ema_copy(generator, args.ema, resume)
+        if ema is not None:
+            state["models_"]["ema"] = ema
+        kept = ema if ema is not None else generator
         net_g = DistributedDataParallel(generator) if ctx.world_size > 1 else generator
         net_d = DistributedDataParallel(discriminator) if ctx.world_size > 1 else discriminator
         bce = torch.nn.BCEWithLogitsLoss()
@@ -232,7 +238,8 @@ def main(argv=None):
                 print(f"SRGAN: generator {gen_args}, discriminator {d_args}, content loss {content}; "
                       f"on {ctx.device} x{ctx.world_size}, {ctx.precision}"
                       f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}"
-                      + (f"; validation on {args.val_data} in {args.val_precision}" if val_set else ""))
+                      + (f"; validation on {args.val_data} in {args.val_precision}" if val_set else "")
+                      + (f"; EMA of the weights (decay {args.ema:g})" if ema is not None else ""))
 
             stop = training.StopSignal()
             bar = tqdm(total=args.iterations, initial=start, unit="it", desc="srgan", disable=not ctx.is_main)
@@ -292,6 +299,8 @@ def main(argv=None):
                 scaler.update()
                 scheduler_g.step()
                 scheduler_d.step()
+                if ema is not None:
+                    training.update_ema(ema, generator, args.ema)
                 finite &= torch.isfinite(loss_g) & torch.isfinite(loss_d)  # on the device: no sync here
                 bar.update(1)
 
@@ -304,13 +313,14 @@ def main(argv=None):
                 good = bool(finite) and (not ctx.is_main or training.is_good(generator, lr_imgs, ctx))
                 stopping = training.stop_if_bad(ctx, good, stop, iteration, last_good)
                 if ctx.is_main:
-                    training.keep_snapshot(args, "srgan", iteration, generator, {"script": "train_srgan.py"})
+                    training.keep_snapshot(args, "srgan", iteration, kept,
+                                           {"script": "train_srgan.py", "ema": args.ema})
                 val = None
                 if ctx.is_main and val_set and (training.due(iteration, args.val_every) or last):
                     val, best_psnr = training.validate_and_keep_best(
-                        generator, val_set, ctx, scale, iteration, best_psnr, best_path,
-                        {"script": "train_srgan.py", "val_data": args.val_data, "precision": ctx.precision,
-                         "val_precision": args.val_precision}, bar, args.val_precision)
+                        kept, val_set, ctx, scale, iteration, best_psnr, best_path,
+                        {"script": "train_srgan.py", "val_data": args.val_data, "ema": args.ema,
+                         "precision": ctx.precision, "val_precision": args.val_precision}, bar, args.val_precision)
                 if ctx.is_main and (training.due(iteration, args.log_every) or val is not None or last):
                     training.log_row(log, writer, bar, {
                         "iteration": iteration, "perceptual": loss_g.item(),

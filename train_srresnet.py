@@ -64,6 +64,12 @@ def main(argv=None):
             best_psnr = training.best_psnr_so_far(best_path, best_psnr)
             if args.lr != resume["training"]["args"].get("lr"):
                 training.set_base_lr(optimizer, scheduler, args.lr)
+        # --ema: an averaged copy of the weights (saved to resume too); validation judges and files keep
+        # that copy when there is one
+        ema = training.ema_copy(model, args.ema, resume)
+        if ema is not None:
+            state["models_"]["ema"] = ema
+        kept = ema if ema is not None else model
         net = DistributedDataParallel(model) if ctx.world_size > 1 else model
         pixel_loss = PIXEL_LOSSES[args.pixel_loss]
 
@@ -82,7 +88,8 @@ def main(argv=None):
                 print(f"SRResNet {model_args} ({sum(p.numel() for p in model.parameters()):,} parameters), "
                       f"{args.pixel_loss} loss, on {ctx.device} x{ctx.world_size}, {ctx.precision}"
                       f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}"
-                      + (f"; validation on {args.val_data} in {args.val_precision}" if val_set else ""))
+                      + (f"; validation on {args.val_data} in {args.val_precision}" if val_set else "")
+                      + (f"; EMA of the weights (decay {args.ema:g})" if ema is not None else ""))
 
             stop = training.StopSignal()
             bar = tqdm(total=args.iterations, initial=start, unit="it", desc="srresnet", disable=not ctx.is_main)
@@ -105,6 +112,8 @@ def main(argv=None):
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if ema is not None:
+                    training.update_ema(ema, model, args.ema)
                 finite &= torch.isfinite(loss)  # stays on the device: no sync at every step
                 bar.update(1)
 
@@ -117,13 +126,14 @@ def main(argv=None):
                 good = bool(finite) and (not ctx.is_main or training.is_good(model, lr_imgs, ctx))
                 stopping = training.stop_if_bad(ctx, good, stop, iteration, last_good)
                 if ctx.is_main:
-                    training.keep_snapshot(args, "srresnet", iteration, model, {"script": "train_srresnet.py"})
+                    training.keep_snapshot(args, "srresnet", iteration, kept,
+                                           {"script": "train_srresnet.py", "ema": args.ema})
                 val = None
                 if ctx.is_main and val_set and (training.due(iteration, args.val_every) or last):
                     val, best_psnr = training.validate_and_keep_best(
-                        model, val_set, ctx, scale, iteration, best_psnr, best_path,
-                        {"script": "train_srresnet.py", "val_data": args.val_data, "precision": ctx.precision,
-                         "val_precision": args.val_precision}, bar, args.val_precision)
+                        kept, val_set, ctx, scale, iteration, best_psnr, best_path,
+                        {"script": "train_srresnet.py", "val_data": args.val_data, "ema": args.ema,
+                         "precision": ctx.precision, "val_precision": args.val_precision}, bar, args.val_precision)
                 if ctx.is_main and (training.due(iteration, args.log_every) or val is not None or last):
                     training.log_row(log, writer, bar, {
                         "iteration": iteration, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],

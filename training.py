@@ -7,6 +7,7 @@ the CSV log and Ctrl-C. Plain functions and small records; no training logic hid
 
 import argparse
 import contextlib
+import copy
 import csv
 import fcntl
 import io
@@ -34,8 +35,8 @@ from utils import UserError
 # What a flag given with --resume may change. Everything else a run records (data, crop, batch,
 # model, losses, schedule, seed, precision...) would make it a different run, so it is refused.
 # The one list both scripts use.
-ADJUSTABLE_ON_RESUME = ("iterations", "lr", "val_every", "val_precision", "save_every", "keep_every", "log_every",
-                        "workers", "device",
+ADJUSTABLE_ON_RESUME = ("iterations", "lr", "ema", "val_every", "val_precision", "save_every", "keep_every",
+                        "log_every", "workers", "device",
                         "channels_last", "cache_images", "tensorboard", "checkpoint_dir")
 # flags that say how to start, not what the run is
 NOT_RECORDED = ("resume", "init", "resume_notes")
@@ -86,6 +87,14 @@ def positive_float(text):
     return value
 
 
+def decay(text):
+    """argparse type: a number in [0, 1)."""
+    value = at_least(0, float)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
+    return value
+
+
 def add_common_arguments(parser, iterations, lr, lr_schedule):
     """Flags of both training scripts (defaults: the paper's settings)."""
     parser.epilog = ("--resume PATH alone continues that run with all its settings. Given with it, "
@@ -115,6 +124,9 @@ def add_common_arguments(parser, iterations, lr, lr_schedule):
                    help=f"training iterations (default: {iterations})")
     g.add_argument("--grad-clip", type=positive_float, default=None,
                    help="clip gradient values to [-x, x] (default: off)")
+    g.add_argument("--ema", type=decay, default=0.0, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights, updated each "
+                        "iteration with this decay, e.g. 0.999 (default: 0 = off)")
     g.add_argument("--seed", type=at_least(0), default=0,
                    help="seed of the initialisation, data order and crops (default: 0)")
     g = parser.add_argument_group("hardware")
@@ -170,7 +182,8 @@ def parse_args(parser, argv, script):
         resume = load_training_checkpoint(args.resume, script)
         given = explicit_flags(parser, argv)
         notes = args.resume_notes
-        for key, stored in resume["training"]["args"].items():
+        stored_args = {"ema": 0.0, **resume["training"]["args"]}  # runs from before --ema had none
+        for key, stored in stored_args.items():
             if key in NOT_RECORDED or not hasattr(args, key):
                 continue
             value = getattr(args, key)
@@ -204,6 +217,10 @@ def announce_resume(args, iteration):
                     f"is recomputed for {new} iterations from iteration {iteration} on")
         elif key == "lr":
             what = f"the base learning rate changes from {old:g} to {new:g} from iteration {iteration} on"
+        elif key == "ema":
+            kept = f"the weights' moving average (decay {new:g})" if new else "the trained weights"
+            what = (f"validation and the kept models use {kept} from iteration {iteration} on"
+                    + ("; the average starts from the current weights" if new and not old else ""))
         else:
             what = f"{old} -> {new}"
         print(f"resume: {flag} {new}: {what}", file=sys.stderr)
@@ -528,11 +545,15 @@ def load_training_checkpoint(path, script):
     for key, kind in needed.items():
         if not isinstance(training.get(key), kind) or isinstance(training.get(key), bool):
             raise UserError(f"{path}: malformed training checkpoint: '{key}' is missing or not a {kind.__name__}")
-    for name, arch in (("model", "Generator"), ("discriminator", "Discriminator")) if script == "srgan" \
-            else (("model", "SRResNet"),):
+    entries = {"model": "Generator", "discriminator": "Discriminator"} if script == "srgan" else {"model": "SRResNet"}
+    if "ema" in ckpt:  # --ema: the moving average of the model's weights
+        entries["ema"] = entries["model"]
+    for name, arch in entries.items():
         if name not in ckpt:
             raise UserError(f"{path}: malformed training checkpoint: no '{name}' entry")
         checkpoint.build_from_spec(ckpt[name], path, name, archs=(arch,))  # every way it can be broken
+    if "ema" in ckpt and ckpt["ema"]["args"] != ckpt["model"]["args"]:
+        raise UserError(f"{path}: malformed training checkpoint: its 'ema' and 'model' differ in size")
     return ckpt
 
 
@@ -557,6 +578,29 @@ def restore(ckpt, path, models_, optimizers, schedulers, scaler):
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     best = training.get("best_psnr", float("-inf"))
     return training["iteration"], float(best) if isinstance(best, (int, float)) else float("-inf")
+
+
+def ema_copy(model, decay, resume=None):
+    """--ema: a frozen copy of ``model`` that update_ema moves towards the trained weights after each
+    step (None when ``decay`` is 0). A resumed run's 'ema' entry is loaded; a run that turns --ema on
+    at a resume starts the average from its current weights."""
+    if not decay:
+        return None
+    ema = copy.deepcopy(checkpoint.unwrap_model(model)).requires_grad_(False)
+    if resume is not None and "ema" in resume:  # checked by load_training_checkpoint
+        ema.load_state_dict(resume["ema"]["state_dict"])
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, for the weights and the BatchNorm statistics (which
+    then match the averaged weights); integer buffers are copied."""
+    for averaged, current in zip(ema.state_dict().values(), checkpoint.unwrap_model(model).state_dict().values()):
+        if averaged.is_floating_point():
+            averaged.lerp_(current, 1 - decay)
+        else:
+            averaged.copy_(current)
 
 
 def save_training_checkpoint(path, script, iteration, best_psnr, args, models_, optimizers, schedulers, scaler):

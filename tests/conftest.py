@@ -266,3 +266,16 @@ def run_script(argv, disk=None):
         if debug is not None:
             os.environ["SR_DEBUG"] = debug
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def assert_ema_step(ema, previous, current, decay):
+    """State dicts: ema == decay * previous + (1 - decay) * current for floating tensors (weights and
+    BatchNorm statistics); integer buffers (batches seen) equal current's."""
+    import torch
+
+    assert set(ema) == set(previous) == set(current)
+    for k in ema:
+        if ema[k].is_floating_point():
+            torch.testing.assert_close(ema[k], decay * previous[k] + (1 - decay) * current[k], msg=k)
+        else:
+            assert torch.equal(ema[k], current[k]), k

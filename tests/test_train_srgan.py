@@ -20,7 +20,7 @@ import images
 import models
 import train_srgan
 import train_srresnet
-from conftest import Killed, assert_identical, cli_error, random_image, read_log, sigint_at
+from conftest import Killed, assert_ema_step, assert_identical, cli_error, random_image, read_log, sigint_at
 
 TINY_G = dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1, scaling_factor=4)
 
@@ -306,11 +306,31 @@ def test_keep_every_keeps_the_generator_of_every_nth_iteration(data, tmp_path):
     assert isinstance(checkpoint.load_model(tmp_path / "ck" / "srgan_4.pth"), models.Generator)
 
 
+def test_ema_averages_the_generator_and_is_the_generator_kept(data, tmp_path):
+    """--ema 0.5: after one step the average is half the SRResNet start, half the trained generator;
+    after the next, half that and half the new weights; the kept files hold the average."""
+    ck = tmp_path / "ck"
+    run_quietly(train_srgan.main, gan_argv(data, ck, "--iterations", "1", "--ema", "0.5", "--keep-every", "1",
+                                           "--val-data", "", "--lr", "1e-3"))
+    start = {f"net.{k}": v for k, v in checkpoint.load_checkpoint(data["srresnet"])["model"]["state_dict"].items()}
+    latest = checkpoint.load_checkpoint(ck / "srgan_latest.pth")
+    ema1 = latest["ema"]["state_dict"]
+    assert_ema_step(ema1, start, latest["model"]["state_dict"], 0.5)
+    assert latest["ema"]["arch"] == "Generator"
+    run_quietly(train_srgan.main, ["--resume", str(ck / "srgan_latest.pth"), "--iterations", "2"])
+    latest = checkpoint.load_checkpoint(ck / "srgan_latest.pth")
+    assert_ema_step(latest["ema"]["state_dict"], ema1, latest["model"]["state_dict"], 0.5)
+    assert_identical(checkpoint.load_checkpoint(ck / "srgan_2.pth")["model"]["state_dict"],
+                     latest["ema"]["state_dict"])
+
+
 def test_readme_resume_command_continues_an_interrupted_run_exactly(data, tmp_path, monkeypatch):
-    """Non-default settings (cosine, --lr, crop 32, batch 2, extra loss terms), SIGINT at iteration 5, then
-    `--resume PATH` alone: G, D, both optimizers, schedulers, scaler, RNG and log equal the straight run's."""
+    """Non-default settings (cosine, --lr, crop 32, batch 2, extra loss terms, --ema), SIGINT at iteration 5,
+    then `--resume PATH` alone: G, its average, D, both optimizers, schedulers, scaler, RNG and log equal the
+    straight run's."""
     extra = ["--iterations", "9", "--save-every", "4", "--log-every", "1", "--val-every", "3", "--lr", "3e-4",
-             "--lr-schedule", "cosine", "--pixel-weight", "0.1", "--texture-weight", "1", "--seed", "2"]
+             "--lr-schedule", "cosine", "--pixel-weight", "0.1", "--texture-weight", "1", "--seed", "2",
+             "--ema", "0.9"]
     run_quietly(train_srgan.main, gan_argv(data, tmp_path / "straight", *extra))
     with monkeypatch.context() as m:
         sigint_at(m, 5)
@@ -324,6 +344,7 @@ def test_readme_resume_command_continues_an_interrupted_run_exactly(data, tmp_pa
     b = checkpoint.load_checkpoint(latest)
     for ckpt in (a, b):
         assert ckpt["training"]["args"].pop("checkpoint_dir")
+    assert "ema" in b
     assert_identical(a, b)
     assert read_log(tmp_path / "straight" / "srgan_log.csv") == read_log(tmp_path / "split" / "srgan_log.csv")
 

@@ -23,6 +23,7 @@ from conftest import (
     ROOT,
     TINY,
     Killed,
+    assert_ema_step,
     assert_identical,
     cli_error,
     need_shared,
@@ -82,14 +83,16 @@ RUN = [24, "--lr-schedule", "cosine", "--lr", "3e-4", "--log-every", "1", "--sav
        "--val-every", "8", "--seed", "3", "--precision", "bf16"]
 
 
-def test_readme_resume_command_continues_an_interrupted_run_exactly(tmp_path, data_lists, monkeypatch):
+@pytest.mark.parametrize("ema", [[], ["--ema", "0.9"]])
+def test_readme_resume_command_continues_an_interrupted_run_exactly(tmp_path, data_lists, monkeypatch, ema):
     """A run with non-default settings, SIGINT at iteration 11, then `--resume PATH` alone (the README's
-    command): weights, optimizer, schedule, scaler, RNG and log equal the uninterrupted run's, bit for bit."""
-    train_srresnet.main(flags(data_lists, tmp_path / "straight", *RUN))
+    command): weights (and their --ema average), optimizer, schedule, scaler, RNG and log equal the
+    uninterrupted run's, bit for bit."""
+    train_srresnet.main(flags(data_lists, tmp_path / "straight", *RUN, *ema))
     with monkeypatch.context() as m:
         sigint_at(m, 11)
         with pytest.raises(KeyboardInterrupt):
-            train_srresnet.main(flags(data_lists, tmp_path / "split", *RUN))
+            train_srresnet.main(flags(data_lists, tmp_path / "split", *RUN, *ema))
     latest = tmp_path / "split" / "srresnet_latest.pth"
     assert checkpoint.load_checkpoint(latest)["training"]["iteration"] == 11
     train_srresnet.main(["--resume", str(latest)])
@@ -99,6 +102,7 @@ def test_readme_resume_command_continues_an_interrupted_run_exactly(tmp_path, da
     for ckpt in (a, b):
         assert ckpt["training"]["args"].pop("checkpoint_dir")  # the one setting that differs
     assert b["training"]["args"]["lr_schedule"] == "cosine" and b["training"]["args"]["crop_size"] == 24
+    assert ("ema" in b) == bool(ema)
     assert_identical(a, b)
     assert read_log(tmp_path / "straight" / "srresnet_log.csv") == read_log(tmp_path / "split" / "srresnet_log.csv")
     assert len(read_log(tmp_path / "split" / "srresnet_log.csv")) == 24
@@ -121,6 +125,62 @@ def test_decoded_store_trains_and_resumes_exactly_as_decoding(tmp_path, data_lis
     for ckpt in (a, b):
         assert ckpt["training"]["args"].pop("checkpoint_dir")
     assert_identical(a, b)
+
+
+def _weights(path, entry="model"):
+    return checkpoint.load_checkpoint(path)[entry]["state_dict"]
+
+
+def test_ema_averages_the_trained_weights_and_is_the_model_validated_and_kept(tmp_path, data_lists):
+    """--ema 0.75 from known weights W0: after each step E = 0.75 E + 0.25 W (E starts at W0); the
+    trained weights are those of a run without --ema; snapshots and the best file hold E."""
+    torch.manual_seed(2)
+    start = tmp_path / "start.pth"
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**{**TINY, "n_blocks": 1})), start)
+    run = ["--init", start, "--lr", "1e-3", "--keep-every", "1", "--log-every", "1"]
+    train_srresnet.main(flags(data_lists, tmp_path / "plain", 2, *run))
+    ck = tmp_path / "ck"
+    train_srresnet.main(flags(data_lists, ck, 1, *run, "--ema", "0.75"))
+    latest = ck / "srresnet_latest.pth"
+    ema1, w1 = _weights(latest, "ema"), _weights(latest)
+    assert_ema_step(ema1, _weights(start), w1, 0.75)
+    assert any(not torch.equal(ema1[k], w1[k]) for k in w1)
+    train_srresnet.main(["--resume", str(latest), "--iterations", "2"])
+    ema2, w2 = _weights(latest, "ema"), _weights(latest)
+    assert_ema_step(ema2, ema1, w2, 0.75)
+    assert_identical(w2, _weights(tmp_path / "plain" / "srresnet_latest.pth"))  # training is not changed
+    for iteration, ema in ((1, ema1), (2, ema2)):
+        snapshot = checkpoint.load_checkpoint(ck / f"srresnet_{iteration}.pth")
+        assert snapshot["info"]["ema"] == 0.75
+        assert_identical(snapshot["model"]["state_dict"], ema)
+    best = checkpoint.load_checkpoint(ck / "srresnet_best.pth")  # validated at iterations 1 and 2
+    assert best["info"]["ema"] == 0.75
+    assert_identical(best["model"]["state_dict"], {1: ema1, 2: ema2}[best["info"]["iteration"]])
+    from conftest import load_script
+    results = load_script("eval").main(["--checkpoint", str(ck / "srresnet_best.pth"),
+                                        "--test-folders", str(data_lists / "Val_test_images.json")])
+    assert abs(results["srresnet_best.pth"]["Val"]["psnr"] - best["info"]["val_psnr"]) < 1e-6  # E was judged
+
+
+def test_ema_turned_on_and_off_at_a_resume(finished_run, capsys):
+    """A run from before --ema existed (no 'ema' in its settings) takes --ema at a resume, announced;
+    the average starts from the current weights. --ema 0 later drops it."""
+    ckpt = checkpoint.load_checkpoint(finished_run)
+    del ckpt["training"]["args"]["ema"]
+    checkpoint.save_checkpoint(ckpt, finished_run)
+    train_srresnet.main(["--resume", str(finished_run), "--iterations", "8", "--ema", "0.9"])
+    assert ("resume: --ema 0.9: validation and the kept models use the weights' moving average (decay 0.9) "
+            "from iteration 6 on; the average starts from the current weights") in capsys.readouterr().err
+    ckpt = checkpoint.load_checkpoint(finished_run)
+    assert ckpt["training"]["args"]["ema"] == 0.9 and "ema" in ckpt
+    assert any(not torch.equal(ckpt["ema"]["state_dict"][k], v) for k, v in ckpt["model"]["state_dict"].items())
+    train_srresnet.main(["--resume", str(finished_run), "--iterations", "9"])  # kept without the flag
+    assert "resume: --ema" not in capsys.readouterr().err
+    assert "ema" in checkpoint.load_checkpoint(finished_run)
+    train_srresnet.main(["--resume", str(finished_run), "--iterations", "10", "--ema", "0"])
+    assert ("resume: --ema 0.0: validation and the kept models use the trained weights from iteration 9 on"
+            in capsys.readouterr().err)
+    assert "ema" not in checkpoint.load_checkpoint(finished_run)
 
 
 def test_loader_workers_give_the_same_batches_from_the_store(tmp_path, data_lists):
@@ -357,7 +417,10 @@ def _bad_checkpoints(tmp_path, data_lists):
                          "args missing": lambda c: c["training"].pop("args"),
                          "srgan": lambda c: c["training"].update(script="srgan"),
                          "optimizer of another model": lambda c: c["training"]["optimizers"].update(
-                             optimizer={"state": {}, "param_groups": []})}.items():
+                             optimizer={"state": {}, "param_groups": []}),
+                         "ema not a model": lambda c: c.update(ema={"arch": "SRResNet"}),
+                         "ema of another size": lambda c: c.update(ema=checkpoint.model_spec(
+                             models.SRResNet(**{**TINY, "n_blocks": 1, "n_channels": 4})))}.items():
         ckpt = checkpoint.load_checkpoint(good)
         change(ckpt)
         path = tmp_path / f"{name.replace(' ', '_')}.pth"
@@ -390,6 +453,8 @@ def test_bad_resume_checkpoints(tmp_path, data_lists, capsys):
     (["--scaling-factor", "3"], "--scaling-factor: invalid choice"),
     (["--pixel-loss", "l3"], "--pixel-loss: invalid choice"),
     (["--save-every", "0"], "--save-every: must be a number >= 1"),
+    (["--ema", "1"], "--ema: must be below 1"),
+    (["--ema", "-0.5"], "--ema: must be a number >= 0"),
     (["--batch-size", "7"], "fewer than one batch"),
     (["--val-data", "Nope"], "Nope_test_images.json: no such validation list"),
 ])
