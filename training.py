@@ -594,8 +594,8 @@ def ema_copy(model, decay, resume=None):
 
 @torch.no_grad()
 def update_ema(ema, model, decay):
-    """ema <- decay * ema + (1 - decay) * model, for the weights and the BatchNorm statistics (which
-    then match the averaged weights); integer buffers are copied."""
+    """ema <- decay * ema + (1 - decay) * model, for the weights and the BatchNorm statistics alike;
+    integer buffers (batches seen) are copied."""
     for averaged, current in zip(ema.state_dict().values(), checkpoint.unwrap_model(model).state_dict().values()):
         if averaged.is_floating_point():
             averaged.lerp_(current, 1 - decay)
