@@ -2,6 +2,7 @@
 
     python convert_checkpoint.py checkpoint_srresnet.pth.tar checkpoints/imported.pth   # classic tutorial
     python convert_checkpoint.py runs/x4/srresnet_best.pth checkpoints/mine.pth --info data=DIV2K
+    python convert_checkpoint.py runs/x4/srresnet_latest.pth latest_average.pth --ema   # a run with --ema
 
 The classic PyTorch tutorial saved whole pickled models (``{'epoch', 'model'}`` or ``{'epoch',
 'generator', 'discriminator', 'optimizer_g', ...}``). Unpickling runs code, so those files are read
@@ -139,11 +140,21 @@ def convert_tutorial(path, info=None):
     return ckpt
 
 
-def convert_project(path, info=None):
-    """The inference-only part of a checkpoint of this project (its generator and info)."""
-    model = checkpoint.load_model(path)  # checks the entry completely
-    old_info = checkpoint.load_checkpoint(path).get("info")
-    return checkpoint.inference_checkpoint(model, {**(old_info if isinstance(old_info, dict) else {}), **(info or {})})
+def convert_project(path, info=None, ema=False):
+    """The inference-only part of a checkpoint of this project: its generator (with ``ema``, the
+    moving average of the weights that a training checkpoint of a run with --ema holds) and info."""
+    ckpt = checkpoint.load_checkpoint(path)
+    old_info = ckpt.get("info") if isinstance(ckpt.get("info"), dict) else {}
+    if not ema:
+        model = checkpoint.load_model(path)  # checks the entry completely
+    elif "ema" in ckpt:
+        model = checkpoint.build_from_spec(ckpt["ema"], path, "ema")
+        training = ckpt.get("training") if isinstance(ckpt.get("training"), dict) else {}
+        old_info = {**old_info, "ema": training["args"].get("ema") if isinstance(training.get("args"), dict) else None}
+    else:
+        raise UserError(f"{path}: --ema: holds no moving average of the weights (the training checkpoint "
+                        "of a run with --ema has one)")
+    return checkpoint.inference_checkpoint(model, {**old_info, **(info or {})})
 
 
 def _is_project_checkpoint(path):
@@ -177,6 +188,9 @@ def main(argv=None):
     parser.add_argument("output", help="where to write the new checkpoint (e.g. checkpoints/imported.pth)")
     parser.add_argument("--info", nargs="*", default=[], metavar="KEY=VALUE",
                         help="entries for the file's 'info' record (numbers are stored as numbers)")
+    parser.add_argument("--ema", action="store_true",
+                        help="from a training checkpoint of a run with --ema: take the moving average of the "
+                             "weights instead of the trained weights")
     args = parser.parse_args(argv)
     info = dict(_parse_info(x) for x in args.info)
     if os.path.isdir(args.output) or args.output.endswith(os.sep):
@@ -184,8 +198,12 @@ def main(argv=None):
     utils.refuse_overwriting_input(args.output, [args.source])
     utils.check_writable(args.output)  # before the work
     utils.remove_stale_temporaries(args.output)
-    ckpt = convert_project(args.source, info) if _is_project_checkpoint(args.source) \
-        else convert_tutorial(args.source, info)
+    if _is_project_checkpoint(args.source):
+        ckpt = convert_project(args.source, info, args.ema)
+    elif args.ema:
+        raise UserError(f"{args.source}: --ema: a tutorial checkpoint holds no moving average of the weights")
+    else:
+        ckpt = convert_tutorial(args.source, info)
     for part in ("model", "discriminator"):  # weights of a diverged run make a useless file
         broken = [k for k, v in ckpt.get(part, {}).get("state_dict", {}).items()
                   if v.is_floating_point() and not torch.isfinite(v).all()]

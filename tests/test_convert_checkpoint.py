@@ -90,6 +90,29 @@ def test_a_project_checkpoint_becomes_an_inference_file_with_info(tmp_path):
     assert "training" not in out and out["info"] == {"a": 1, "b": 2.5, "c": "text"}
 
 
+def test_ema_takes_the_moving_average_of_a_training_checkpoint(tmp_path, capsys):
+    torch.manual_seed(0)
+    trained, averaged = models.SRResNet(**TINY), models.SRResNet(**TINY)
+    src = tmp_path / "latest.pth"
+    checkpoint.save_checkpoint({**checkpoint.inference_checkpoint(trained), "ema": checkpoint.model_spec(averaged),
+                                "training": {"args": {"ema": 0.999}}}, src)
+    convert_checkpoint.main([str(src), str(tmp_path / "ema.pth"), "--ema"])
+    convert_checkpoint.main([str(src), str(tmp_path / "model.pth")])
+    for name, model in (("ema", averaged), ("model", trained)):
+        out = checkpoint.load_checkpoint(tmp_path / f"{name}.pth")
+        assert set(out) == {"format_version", "model", "info"}
+        for key, value in model.state_dict().items():
+            assert torch.equal(out["model"]["state_dict"][key], value), (name, key)
+    assert checkpoint.load_checkpoint(tmp_path / "ema.pth")["info"] == {"ema": 0.999}
+    # a file without an average: one line, nothing written
+    plain = tmp_path / "plain.pth"
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(trained), plain)
+    with pytest.raises(SystemExit):
+        utils.run_cli(convert_checkpoint.main, [str(plain), str(tmp_path / "none.pth"), "--ema"])
+    assert "plain.pth: --ema: holds no moving average" in capsys.readouterr().err
+    assert not (tmp_path / "none.pth").exists()
+
+
 def _pickle_calling(module, name, *args, protocol=2):
     """Pickle bytes of {'model': module.name(*args)}, written opcode by opcode (GLOBAL, REDUCE)."""
     def text(s):
