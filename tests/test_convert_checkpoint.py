@@ -111,6 +111,11 @@ def test_ema_takes_the_moving_average_of_a_training_checkpoint(tmp_path, capsys)
         utils.run_cli(convert_checkpoint.main, [str(plain), str(tmp_path / "none.pth"), "--ema"])
     assert "plain.pth: --ema: holds no moving average" in capsys.readouterr().err
     assert not (tmp_path / "none.pth").exists()
+    _, tutorial, *_ = _classic_checkpoint(tmp_path, False)
+    with pytest.raises(SystemExit):
+        utils.run_cli(convert_checkpoint.main, [str(tutorial), str(tmp_path / "none.pth"), "--ema"])
+    assert "--ema: a tutorial checkpoint holds no moving average" in capsys.readouterr().err
+    assert not (tmp_path / "none.pth").exists()
 
 
 def _pickle_calling(module, name, *args, protocol=2):
