@@ -150,7 +150,8 @@ def convert_project(path, info=None, ema=False):
     elif "ema" in ckpt:
         model = checkpoint.build_from_spec(ckpt["ema"], path, "ema")
         training = ckpt.get("training") if isinstance(ckpt.get("training"), dict) else {}
-        old_info = {**old_info, "ema": training["args"].get("ema") if isinstance(training.get("args"), dict) else None}
+        run_args = training.get("args") if isinstance(training.get("args"), dict) else {}
+        old_info = {**old_info, "ema": run_args.get("ema")}  # the decay, as the best files record it
     else:
         raise UserError(f"{path}: --ema: holds no moving average of the weights (the training checkpoint "
                         "of a run with --ema has one)")
