@@ -152,6 +152,9 @@ def convert_project(path, info=None, ema=False):
         training = ckpt.get("training") if isinstance(ckpt.get("training"), dict) else {}
         run_args = training.get("args") if isinstance(training.get("args"), dict) else {}
         old_info = {**old_info, "ema": run_args.get("ema")}  # the decay, as the best files record it
+    elif old_info.get("ema"):  # a best or --keep-every file of a run with --ema: already the average
+        raise UserError(f"{path}: --ema: its weights already are the moving average (its info says ema "
+                        f"{old_info['ema']}); convert it without --ema, or use it as it is")
     else:
         raise UserError(f"{path}: --ema: holds no moving average of the weights (the training checkpoint "
                         "of a run with --ema has one)")

@@ -89,7 +89,7 @@ def main(argv=None):
                       f"{args.pixel_loss} loss, on {ctx.device} x{ctx.world_size}, {ctx.precision}"
                       f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}"
                       + (f"; validation on {args.val_data} in {args.val_precision}" if val_set else "")
-                      + (f"; EMA of the weights (decay {args.ema:g})" if ema is not None else ""))
+                      + (f"; EMA of the weights (decay {args.ema})" if ema is not None else ""))
 
             stop = training.StopSignal()
             bar = tqdm(total=args.iterations, initial=start, unit="it", desc="srresnet", disable=not ctx.is_main)

@@ -218,7 +218,7 @@ def announce_resume(args, iteration):
         elif key == "lr":
             what = f"the base learning rate changes from {old:g} to {new:g} from iteration {iteration} on"
         elif key == "ema":
-            kept = f"the weights' moving average (decay {new:g})" if new else "the trained weights"
+            kept = f"the weights' moving average (decay {new})" if new else "the trained weights"
             what = (f"validation and the kept models use {kept} from iteration {iteration} on"
                     + ("; the average starts from the current weights" if new and not old else ""))
         else:

@@ -111,6 +111,12 @@ def test_ema_takes_the_moving_average_of_a_training_checkpoint(tmp_path, capsys)
         utils.run_cli(convert_checkpoint.main, [str(plain), str(tmp_path / "none.pth"), "--ema"])
     assert "plain.pth: --ema: holds no moving average" in capsys.readouterr().err
     assert not (tmp_path / "none.pth").exists()
+    # a best file of a run with --ema already is the average: said so
+    with pytest.raises(SystemExit):
+        utils.run_cli(convert_checkpoint.main, [str(tmp_path / "ema.pth"), str(tmp_path / "none.pth"), "--ema"])
+    assert "ema.pth: --ema: its weights already are the moving average (its info says ema 0.999)" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "none.pth").exists()
     _, tutorial, *_ = _classic_checkpoint(tmp_path, False)
     with pytest.raises(SystemExit):
         utils.run_cli(convert_checkpoint.main, [str(tutorial), str(tmp_path / "none.pth"), "--ema"])
