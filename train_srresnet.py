@@ -38,7 +38,7 @@ def build_parser():
 
 
 def main(argv=None):
-    """Parse flags and train; returns {'iteration', 'best_psnr', 'losses'}."""
+    """Parse flags and train; returns {'iteration', 'best_psnr', 'loss': the last step's}."""
     args, resume = training.parse_args(build_parser(), argv, "srresnet")
     latest_path, best_path, log_path = training.run_files(args, "srresnet")
     with training.distributed(args) as ctx:
