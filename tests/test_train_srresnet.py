@@ -26,6 +26,7 @@ from conftest import (
     assert_ema_step,
     assert_identical,
     cli_error,
+    load_script,
     need_shared,
     random_image,
     read_log,
@@ -156,7 +157,6 @@ def test_ema_averages_the_trained_weights_and_is_the_model_validated_and_kept(tm
     best = checkpoint.load_checkpoint(ck / "srresnet_best.pth")  # validated at iterations 1 and 2
     assert best["info"]["ema"] == 0.75
     assert_identical(best["model"]["state_dict"], {1: ema1, 2: ema2}[best["info"]["iteration"]])
-    from conftest import load_script
     results = load_script("eval").main(["--checkpoint", str(ck / "srresnet_best.pth"),
                                         "--test-folders", str(data_lists / "Val_test_images.json")])
     assert abs(results["srresnet_best.pth"]["Val"]["psnr"] - best["info"]["val_psnr"]) < 1e-6  # E was judged
@@ -694,7 +694,6 @@ def test_two_sigterms_during_a_save_let_it_finish(tmp_path, data_lists, monkeypa
 def test_the_best_checkpoint_records_what_eval_py_prints(tmp_path, data_lists):
     """Validation is eval.py's path (fp32 by default, whatever the training precision): the logged best
     val_psnr and the best file's record equal eval.py's PSNR of that file on the same list."""
-    from conftest import load_script
     ck = tmp_path / "ck"
     train_srresnet.main(flags(data_lists, ck, 6, "--val-every", "2", "--log-every", "2", "--precision", "bf16"))
     logged = max(float(r["val_psnr"]) for r in read_log(ck / "srresnet_log.csv") if r["val_psnr"])
