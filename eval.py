@@ -6,7 +6,9 @@
 Each HR image is cropped to a multiple of the scale and shrunk with PIL bicubic; the output is
 quantised to uint8 and compared on the Y channel with ``--crop-border`` pixels removed (metrics.py).
 ``--niqe`` adds the no-reference NIQE (lower is better; metrics.niqe) and a row for the HR images
-themselves. Prints a Markdown table; ``--json`` also writes every number, per image too.
+themselves; ``--artifacts`` adds the artifact measures (grid over flat regions and over all pixels,
+border ratio; docs/artifacts.md) and the flat-field probe of each checkpoint. Prints Markdown
+tables; ``--json`` also writes every number, per image too.
 """
 
 import argparse
@@ -42,6 +44,10 @@ def build_parser():
     parser.add_argument("--niqe", action="store_true",
                         help="add NIQE (no-reference, lower is better; Mittal et al. 2013, the MATLAB release's "
                              "model) on the same Y channel and border, and a row for the HR images")
+    parser.add_argument("--artifacts", action="store_true",
+                        help="add the artifact measures: grid at the scale's period over flat regions and over all "
+                             "pixels, border ratio (lower is cleaner), the flat-field probe, and an HR row "
+                             "(docs/artifacts.md)")
     parser.add_argument("--self-ensemble", action="store_true",
                         help="average the model's outputs over the 8 flips / 90-degree rotations (x8 slower)")
     parser.add_argument("--json", default=None, metavar="OUT",
@@ -89,8 +95,23 @@ def resolve_test_sets(items):
 HR_ROW = "HR (ground truth)"
 
 
+def set_means(per_image):
+    """{metric: mean over the images that have a finite value, or None} of {image: {metric: value}};
+    '<metric>_count' says how many images a mean is over when some have none (grid_flat: too few
+    flat pixels)."""
+    names = list(dict.fromkeys(m for scores in per_image.values() for m in scores))
+    means = {}
+    for m in names:
+        values = [v[m] for v in per_image.values() if v.get(m) is not None and np.isfinite(v[m])]
+        infinite = [v[m] for v in per_image.values() if v.get(m) is not None and np.isinf(v[m])]
+        means[m] = float(np.mean(values + infinite)) if values or infinite else None
+        if len(values) + len(infinite) < len(per_image):
+            means[f"{m}_count"] = len(values) + len(infinite)
+    return means
+
+
 def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="cpu", tile=None, self_ensemble=False,
-             sources=None, niqe_params=None):
+             sources=None, niqe_params=None, artifacts=False):
     """PSNR / SSIM (and NIQE) of each method on each test set.
 
     Args:
@@ -102,25 +123,30 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
         self_ensemble: average each model's outputs over the 8 flips / rotations.
         sources: {method: checkpoint path}, to name the file when a model's output is not finite.
         niqe_params: metrics.load_niqe_params()'s model to add NIQE (and an HR row), or None.
+        artifacts: add metrics.artifact_scores (grid_flat, grid, border) and an HR row.
 
     Returns:
         {method: {set: {"psnr": mean, "ssim": mean, "count": n, "images": {file name: {"psnr", "ssim"}}}}},
-        with "niqe" beside "psnr" and "ssim" when asked, and an HR row that has only "niqe".
+        with "niqe" and the artifact measures beside "psnr" and "ssim" when asked, and an HR row that
+        has only those. A mean is over the images that have the measure (see set_means).
         Raises UserError naming the file for an unreadable or too small image.
     """
-    if niqe_params is not None:
+    if niqe_params is not None or artifacts:
         methods = [*methods, (HR_ROW, "hr")]
     results = {name: {} for name, _ in methods}
     for set_name, paths in test_sets:
         per_image = {name: {} for name, _ in methods}
         for path in tqdm(paths, desc=set_name, unit="img", leave=False, file=sys.stderr):
             img = images.open_image(path)
-            evaluation.check_size(img, path, scale, crop_border, niqe=niqe_params is not None)
+            evaluation.check_size(img, path, scale, crop_border, niqe_params is not None, artifacts)
             hr, lr = evaluation.lr_pair(img, scale)
             for name, model in methods:
                 key = os.path.basename(path) if os.path.basename(path) not in per_image[name] else path
-                if model == "hr":  # no reference to compare with: NIQE only
-                    per_image[name][key] = {"niqe": metrics.calc_niqe(hr, crop_border, niqe_params)}
+                if model == "hr":  # no reference to compare with: NIQE and the artifact measures only
+                    scores = metrics.artifact_scores(hr, hr, scale, crop_border) if artifacts else {}
+                    if niqe_params is not None:
+                        scores = {"niqe": metrics.calc_niqe(hr, crop_border, niqe_params), **scores}
+                    per_image[name][key] = scores
                     continue
                 if model is None:
                     sr = images.bicubic_resize(lr, hr.size)
@@ -129,26 +155,47 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
                         sr = evaluation.super_resolve(model, lr, scale, precision, device, tile, self_ensemble)
                     except utils.UserError as e:
                         raise utils.UserError(f"{(sources or {}).get(name, name)}: {e} (on {path})") from None
-                per_image[name][key] = evaluation.score(sr, hr, crop_border, niqe_params)
+                per_image[name][key] = evaluation.score(sr, hr, crop_border, niqe_params, scale if artifacts else None)
         for name, _ in methods:
             scores = per_image[name]
-            metric_names = list(next(iter(scores.values())))
-            results[name][set_name] = {**{m: float(np.mean([v[m] for v in scores.values()])) for m in metric_names},
-                                       "count": len(scores), "images": scores}
+            results[name][set_name] = {**set_means(scores), "count": len(scores), "images": scores}
     return results
 
 
+COLUMNS = [("psnr", "PSNR", ".2f"), ("ssim", "SSIM", ".4f"), ("niqe", "NIQE", ".2f"),
+           ("grid_flat", "grid flat", ".2f"), ("grid", "grid", ".2f"), ("border", "border", ".2f")]
+
+
 def format_table(results):
-    """Markdown table: one row per method, PSNR (dB), SSIM (and NIQE) columns per test set."""
+    """Markdown table: one row per method, PSNR (dB), SSIM (and NIQE, the artifact measures) columns
+    per test set; '-' where a method has no value."""
     set_names = list(next(iter(results.values())))
-    columns = [("psnr", "PSNR", ".2f"), ("ssim", "SSIM", ".4f")]
-    if any("niqe" in sets[s] for sets in results.values() for s in set_names):
-        columns.append(("niqe", "NIQE", ".2f"))
+    columns = [c for c in COLUMNS if any(c[0] in sets[s] for sets in results.values() for s in set_names)]
     header = "| Method | " + " | ".join(f"{s} {title}" for s in set_names for _, title, _ in columns) + " |"
     rule = "|---|" + "---:|" * len(columns) * len(set_names)
-    rows = [f"| {name} | " + " | ".join(format(sets[s][key], fmt) if key in sets[s] else "-"
+    rows = [f"| {name} | " + " | ".join(format(sets[s][key], fmt) if sets[s].get(key) is not None else "-"
                                         for s in set_names for key, _, fmt in columns) + " |"
             for name, sets in results.items()]
+    return "\n".join([header, rule] + rows)
+
+
+def format_notes(results):
+    """One line per set whose flat-region grid is a mean over fewer than all its images."""
+    notes = []
+    for set_name, sets in next(iter(results.values())).items():
+        if "grid_flat_count" in sets or ("grid_flat" in sets and sets["grid_flat"] is None):
+            n = sets.get("grid_flat_count", 0)
+            notes.append(f"{set_name} grid flat: over the {n} of {sets['count']} images with at least "
+                         f"{metrics.GRID_FLAT_MIN_PIXELS} flat pixels" + (" (none: '-')" if not n else ""))
+    return notes
+
+
+def format_probe_table(probes):
+    """Markdown table of {method: {value: largest deviation}} from evaluation.flat_field_probe."""
+    header = "| Method | " + " | ".join(f"flat {v}: max dev" for v in evaluation.PROBE_VALUES) + " |"
+    rule = "|---|" + "---:|" * len(evaluation.PROBE_VALUES)
+    rows = [f"| {name} | " + " | ".join(str(dev[v]) for v in evaluation.PROBE_VALUES) + " |"
+            for name, dev in probes.items()]
     return "\n".join([header, rule] + rows)
 
 
@@ -162,10 +209,21 @@ def method_names(checkpoints):
     return names if len(set(names)) == len(names) else list(checkpoints)
 
 
+def strict(obj):
+    """``obj`` with every non-finite float as None: strict JSON has no NaN or Infinity."""
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(obj, path):
-    """Write ``obj`` as indented JSON atomically (utils.atomic_write)."""
+    """Write ``obj`` as indented, strict JSON (non-finite numbers as null) atomically (utils.atomic_write)."""
     with utils.atomic_write(path) as f:
-        f.write(json.dumps(obj, indent=1).encode())
+        f.write(json.dumps(strict(obj), indent=1, allow_nan=False).encode())
 
 
 def main(argv=None):
@@ -205,14 +263,26 @@ def main(argv=None):
         raise utils.UserError("--crop-border must be >= 0")
 
     results = evaluate(methods, test_sets, scale, crop_border, precision, device, args.tile, args.self_ensemble,
-                       sources=dict(zip(names, args.checkpoint)), niqe_params=niqe_params)
-    print(f"x{scale}, Y-channel PSNR (dB) / SSIM{' / NIQE' if args.niqe else ''}, border {crop_border}"
+                       sources=dict(zip(names, args.checkpoint)), niqe_params=niqe_params, artifacts=args.artifacts)
+    probes = None
+    if args.artifacts:
+        probes = {name: ({v: 0 for v in evaluation.PROBE_VALUES} if model is None
+                         else evaluation.flat_field_probe(model, scale, precision, device)) for name, model in methods}
+    print(f"x{scale}, Y-channel PSNR (dB) / SSIM{' / NIQE' if args.niqe else ''}"
+          f"{' / grid (grey levels) / border ratio' if args.artifacts else ''}, border {crop_border}"
           f"{', self-ensemble x8' if args.self_ensemble else ''}, {precision} on {device}")
     print(format_table(results))
+    for note in format_notes(results):
+        print(note)
+    if probes:
+        print(f"\nflat-field probe: constant {evaluation.PROBE_SIZE[0]}x{evaluation.PROBE_SIZE[1]} LR images, "
+              "largest |SR - value| in grey levels")
+        print(format_probe_table(probes))
     if args.json:
         write_json({"scale": scale, "crop_border": crop_border, "self_ensemble": args.self_ensemble,
-                    "precision": precision, "niqe": args.niqe, "checkpoints": dict(zip(names, args.checkpoint)),
-                    "results": results}, args.json)
+                    "precision": precision, "niqe": args.niqe, "artifacts": args.artifacts,
+                    "checkpoints": dict(zip(names, args.checkpoint)), "results": results,
+                    **({"flat_field_probe": probes} if probes else {})}, args.json)
         print(f"wrote {args.json}")
     return results
 

@@ -33,6 +33,11 @@ DEFAULT_TILE = 512
 # the smallest tile the scripts accept and the out-of-memory retry goes down to: tinier tiles are
 # slow (a 1-pixel tile: 82 s for what takes 0.05 s untiled) and gain nothing
 MIN_TILE = 32
+# LR pixels of mirrored image added on every side before the model runs, cut from the output after.
+# The network zero-pads each convolution, so at an image edge it sees a black surround: next to a
+# dark or flat edge that draws a bright frame. With the image mirrored outwards, the zeros are this
+# far away and the edge looks like the interior (docs/artifacts.md has the measurements).
+PRE_PAD = 10
 # modes upscale_image works in after normalize_mode
 # what an allocation failure on the device raises (torch.OutOfMemoryError from torch 2.5 on)
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -203,7 +208,7 @@ def check_tile(tile):
                               "(smaller tiles are very slow)")
 
 
-def upscale_tensor(model, lr, scale, precision, device, tile=None, tile_pad=None):
+def upscale_tensor(model, lr, scale, precision, device, tile=None, tile_pad=None, pre_pad=PRE_PAD):
     """Super-resolve a batch of LR images, optionally in tiles.
 
     Args:
@@ -217,6 +222,8 @@ def upscale_tensor(model, lr, scale, precision, device, tile=None, tile_pad=None
         tile_pad: LR pixels of real image context around each tile; the default (None) is the
             model's receptive-field radius, with which tiling does not change the output. Tiles at
             the image border are not padded beyond it: they see the border as the whole image does.
+        pre_pad: LR pixels of mirrored image around the whole input (see PRE_PAD), cut from the
+            output; 0 runs the model on the image as it is.
 
     Returns:
         Float32 tensor in [-1, 1], (N, 3, h * scale, w * scale) (or without N, as ``lr``), on the
@@ -224,23 +231,39 @@ def upscale_tensor(model, lr, scale, precision, device, tile=None, tile_pad=None
         a warning), down to MIN_TILE pixels; after that a UserError is raised.
     """
     single = lr.dim() == 3
-    out = _upscale(model, lr[None] if single else lr, scale, precision, device, tile, tile_pad, uint8=False)
+    out = _upscale(model, lr[None] if single else lr, scale, precision, device, tile, tile_pad, uint8=False,
+                   pre_pad=pre_pad)
     return out[0] if single else out
 
 
-def _upscale(model, lr, scale, precision, device, tile, tile_pad, uint8):
+def mirror_pad(x, top_bottom, left_right):
+    """``x`` (..., h, w) mirrored outwards by that many pixels on each side, the edge pixel repeated
+    (MATLAB's 'symmetric'; each at most the side's length). 'reflect', which does not repeat the
+    edge, makes it a ridge that the models sharpen: a brighter border band in docs/artifacts.md."""
+    h, w = x.shape[-2:]
+    p, q = top_bottom, left_right
+    x = torch.cat([x[..., :p, :].flip(-2), x, x[..., h - p:, :].flip(-2)], dim=-2)
+    return torch.cat([x[..., :q].flip(-1), x, x[..., w - q:].flip(-1)], dim=-1)
+
+
+def _upscale(model, lr, scale, precision, device, tile, tile_pad, uint8, pre_pad=PRE_PAD):
     """:func:`upscale_tensor` of (N, 3, h, w) images; with ``uint8`` (N = 1 only) the output is the
     (h * s, w * s, 3) uint8 array that convert_image(..., '[-1, 1]', 'pil') makes of the float output,
     filled tile by tile (a quarter of the float output's memory)."""
     device = torch.device(device)
     h, w = lr.shape[-2:]
+    py, px = min(pre_pad, h), min(pre_pad, w)  # a tiny image is mirrored as far as it reaches
+    padded = mirror_pad(lr, py, px)
+    region = (py, py + h, px, px + w)  # the image inside the padded input
     tile_size = int(tile) if tile else max(h, w)
     pad = None if tile_pad is None else int(tile_pad)
     while True:
         if pad is None and tile_size < max(h, w):  # (only tiles need it: a stand-in model may have no args)
             pad = receptive_radius(model)
         try:
-            return _upscale_tiles(model, lr, scale, precision, device, tile_size, pad or 0, uint8)
+            # one tile: its context is all the padding; several: the receptive field, within the padded input
+            context = max(py, px) if tile_size >= max(h, w) else pad or 0
+            return _upscale_tiles(model, padded, scale, precision, device, tile_size, context, uint8, region)
         except _OUT_OF_MEMORY:
             if tile_size <= MIN_TILE:
                 raise utils.UserError(f"out of memory on {device} even with {tile_size}-pixel tiles; "
@@ -252,22 +275,26 @@ def _upscale(model, lr, scale, precision, device, tile, tile_pad, uint8):
         warnings.warn(f"out of memory on {device}: retrying with {tile_size}-pixel tiles", RuntimeWarning, stacklevel=3)
 
 
-def _upscale_tiles(model, lr, scale, precision, device, tile, pad, uint8=False):
-    """Run the model on tiles of ``lr`` (N, 3, h, w) and paste their centres into the output."""
-    n, _, h, w = lr.shape
+def _upscale_tiles(model, lr, scale, precision, device, tile, pad, uint8, region):
+    """Run the model on tiles of the box ``region`` (top, bottom, left, right) of ``lr`` (N, 3, H, W),
+    each with ``pad`` pixels of context from all of ``lr``, and paste their centres into the output."""
+    n = lr.shape[0]
+    H, W = lr.shape[-2:]
+    r_top, r_bottom, r_left, r_right = region
+    h, w = r_bottom - r_top, r_right - r_left
     if uint8:
         out = torch.empty(h * scale, w * scale, 3, dtype=torch.uint8)
     else:
         out = torch.empty(n, 3, h * scale, w * scale, dtype=torch.float32, device=lr.device)
     channels_last = _is_channels_last(model)
     with torch.inference_mode(), utils.autocast(device, precision):
-        for top in range(0, h, tile):
-            bottom = min(top + tile, h)
-            for left in range(0, w, tile):
-                right = min(left + tile, w)
-                # the tile plus its context, clipped to the image (never zero-padded inside it)
-                ptop, pbottom = max(top - pad, 0), min(bottom + pad, h)
-                pleft, pright = max(left - pad, 0), min(right + pad, w)
+        for top in range(r_top, r_bottom, tile):
+            bottom = min(top + tile, r_bottom)
+            for left in range(r_left, r_right, tile):
+                right = min(left + tile, r_right)
+                # the tile plus its context, clipped to the (pre-padded) input, never zero-padded inside it
+                ptop, pbottom = max(top - pad, 0), min(bottom + pad, H)
+                pleft, pright = max(left - pad, 0), min(right + pad, W)
                 x = lr[:, :, ptop:pbottom, pleft:pright].to(device, non_blocking=True)  # (N, 3, ph, pw)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -276,7 +303,7 @@ def _upscale_tiles(model, lr, scale, precision, device, tile, pad, uint8=False):
                     if not torch.isfinite(y).all():  # a broken model would otherwise give a black image
                         raise utils.UserError("the model's output is not finite (NaN or inf): the weights are broken")
                     y = y.float().clamp_(-1, 1)  # (N, 3, rows, (right - left) * s)
-                    r0, c0 = top * scale + row, left * scale
+                    r0, c0 = (top - r_top) * scale + row, (left - r_left) * scale
                     r1, c1 = r0 + y.shape[-2], c0 + y.shape[-1]
                     if uint8:  # the arithmetic of images.convert_image(y, '[-1, 1]', 'pil')
                         y = ((y + 1.0) / 2.0).clamp(0, 1) * 255.0

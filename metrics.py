@@ -192,3 +192,86 @@ def calc_niqe(img, crop_border, params=None):
     if crop_border > 0:
         y = y[crop_border:-crop_border, crop_border:-crop_border]
     return niqe(y, params)
+
+
+# ----------------------------------------------------------------------------------------------
+# Artifact measures (docs/artifacts.md). A GAN generator can score a NIQE below the HR images' own
+# while it paints a grid at the up-sampling period, a frame along the edges or strays on flat
+# areas: NIQE fits natural-scene statistics of 96x96 blocks and counts such patterns as detail.
+# These measures look for each pattern directly, on the Y channel (0-255) after the border crop.
+
+GRID_FLAT_STD = 2.0  # a pixel is "flat" where the HR image's 7x7 standard deviation is below this
+GRID_FLAT_MIN_PIXELS = 2000  # fewer flat pixels than this: no flat-region grid for the image
+BORDER_BAND = 8  # the outer band of the border ratio, in pixels
+
+
+def _box_mean(img, size):
+    """Mean over size x size windows (size odd) of a 2-D array, with reflect padding: same shape."""
+    r = size // 2
+    p = np.pad(img, r, mode="reflect") if min(img.shape) > r else np.pad(img, r, mode="edge")
+    c = np.cumsum(np.pad(p, ((1, 0), (1, 0))), axis=0)
+    c = np.cumsum(c, axis=1)
+    h, w = img.shape
+    total = c[size:size + h, size:size + w] - c[:h, size:size + w] - c[size:size + h, :w] + c[:h, :w]
+    return total / (size * size)
+
+
+def high_pass(y):
+    """r = y - (3x3 box mean of y, reflect padding): the residual the grid and border measures read."""
+    return y - _box_mean(y, 3)
+
+
+def flat_mask(y_hr):
+    """True where the HR luma's 7x7 standard deviation is below GRID_FLAT_STD grey levels."""
+    mean = _box_mean(y_hr, 7)
+    var = np.maximum(_box_mean(y_hr * y_hr, 7) - mean * mean, 0.0)
+    return var < GRID_FLAT_STD**2
+
+
+def grid_strength(y, period, mask=None):
+    """Strength of a pattern repeating every ``period`` pixels, in grey levels.
+
+    M[a, b] is the mean high-pass residual (:func:`high_pass`) over the pixels (i, j) with
+    i mod period = a and j mod period = b (those in ``mask`` only, if given); the result is the
+    standard deviation of that period x period table: the energy at the DFT bins (k/period, l/period),
+    where a sub-pixel convolution's checkerboard lives and natural images have almost none.
+    The phase is counted from the array's top-left pixel: crop borders in multiples of the period.
+    None if a phase has no pixel (an image smaller than period x period, or an empty mask).
+    """
+    r = high_pass(np.asarray(y, dtype=np.float64))
+    h, w = r.shape
+    phase = (np.arange(h)[:, None] % period) * period + np.arange(w)[None, :] % period  # (h, w)
+    keep = np.ones_like(r, dtype=bool) if mask is None else mask
+    counts = np.bincount(phase[keep], minlength=period * period)
+    if counts.min() == 0:
+        return None
+    table = np.bincount(phase[keep], weights=r[keep], minlength=period * period) / counts
+    return float(table.std())
+
+
+def border_ratio(y, band=BORDER_BAND):
+    """Mean |high-pass residual| in the outer ``band`` pixels over that inside it: about 1 for an
+    image whose edges look like its interior, above 1 for a frame. None if nothing is inside, or the
+    inside has no detail at all."""
+    a = np.abs(high_pass(np.asarray(y, dtype=np.float64)))
+    if min(a.shape) <= 2 * band:
+        return None
+    inner = a[band:-band, band:-band]
+    outer_sum = a.sum() - inner.sum()
+    inner_mean = inner.mean()
+    if inner_mean == 0:
+        return None
+    return float(outer_sum / (a.size - inner.size) / inner_mean)
+
+
+def artifact_scores(sr, hr, scale, crop_border):
+    """{'grid_flat', 'grid', 'border'} of an 8-bit RGB image (PIL or array) against its HR image.
+
+    On the Y channel with ``crop_border`` pixels cut; the grid's period is ``scale``, and the flat
+    mask comes from the HR image, so every method is measured on the same pixels. 'grid_flat' is None
+    when the HR image has fewer than GRID_FLAT_MIN_PIXELS flat pixels (its mean would be noise).
+    """
+    y_sr, y_hr = _y_pair(sr, hr, crop_border)
+    mask = flat_mask(y_hr)
+    flat = grid_strength(y_sr, scale, mask) if mask.sum() >= GRID_FLAT_MIN_PIXELS else None
+    return {"grid_flat": flat, "grid": grid_strength(y_sr, scale), "border": border_ratio(y_sr)}

@@ -15,7 +15,11 @@ used), the discriminator from scratch. Each iteration is one generator step on t
         + beta * BCE(D(SR), real)                            adversarial loss (beta = 1e-3)
         + pixel_weight * MSE(SR, HR)                         optional, off by default
         + texture_weight * MSE(Gram(VGG(SR)), Gram(VGG(HR)))  optional, off by default
+        + artifact_weight * |M * (SR - HR)|                  optional (Liang et al. 2022), off by default
     l_D = BCE(D(HR), real) + BCE(D(SR), fake)
+
+(--gan-loss relativistic: ESRGAN's relativistic average form of both adversarial losses;
+--freeze-bn: the generator's BatchNorm keeps its statistics. See adversarial_losses and srgan_step.)
 
 Both use Adam at 1e-4, divided by 10 half-way (the paper: 1e5 + 1e5 iterations). Writes
 <checkpoint-dir>/srgan_latest.pth (to --resume), srgan_best.pth (the best generator by validation
@@ -24,7 +28,6 @@ too) and srgan_log.csv.
 """
 
 import argparse
-import contextlib
 import math
 import sys
 import time
@@ -49,6 +52,7 @@ PAPER_CONTENT_SCALE = 1 / 12.75
 DISCRIMINATOR_DEFAULTS = dict(kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024)
 # the content losses of the paper's table 1: name -> the VGG19 layer (i, j), or None for the pixel MSE
 CONTENT_LOSSES = {"vgg54": (5, 4), "vgg22": (2, 2), "mse": None}
+GAN_LOSSES = ("standard", "relativistic")
 DISCRIMINATOR_FLAGS = dict(d_kernel_size="kernel_size", d_n_channels="n_channels", d_n_blocks="n_blocks",
                            fc_size="fc_size")
 
@@ -84,6 +88,17 @@ def build_parser():
                    help="weight of an extra pixel MSE (default: 0, not in the paper)")
     g.add_argument("--texture-weight", type=training.at_least(0.0, float), default=0.0,
                    help="weight of a Gram-matrix texture loss on the VGG features (default: 0 = off)")
+    g.add_argument("--gan-loss", choices=GAN_LOSSES, default="standard",
+                   help="adversarial loss: the paper's (standard) or the relativistic average one of ESRGAN "
+                        "(Wang et al. 2018), in which D judges whether HR looks more real than SR on average "
+                        "(default: standard)")
+    g.add_argument("--artifact-weight", type=training.at_least(0.0, float), default=0.0,
+                   help="weight of an artifact-map loss (Liang et al., CVPR 2022, 'LDL'): an L1 loss on the pixels "
+                        "whose residual varies locally, where the moving average (--ema) does better "
+                        "(default: 0 = off)")
+    g.add_argument("--freeze-bn", action="store_true",
+                   help="keep the generator's BatchNorm statistics fixed at the --init model's (eval mode) during "
+                        "the fine-tuning, so training and inference normalise alike (not in the paper)")
     g.add_argument("--vgg-i", type=training.at_least(1), default=None,
                    help="VGG19 features before max-pool i (default: --content-loss's, 5 for vgg54)")
     g.add_argument("--vgg-j", type=training.at_least(1), default=None,
@@ -108,17 +123,110 @@ def gram_matrix(features):
     return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)  # (N, C, C)
 
 
-@contextlib.contextmanager
-def frozen(module):
-    """Parameters of ``module`` do not require gradients inside the block (its inputs still get theirs)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+def adversarial_losses(real_logits, fake_logits, kind="standard"):
+    """(the generator's adversarial loss, the discriminator's loss) from D's logits of an HR and an SR batch.
+
+    standard (the paper): l_adv = BCE(D(SR), real) and l_D = BCE(D(HR), real) + BCE(D(SR), fake).
+    relativistic (ESRGAN, Wang et al. 2018): D judges x against the other batch's mean logit,
+    D_Ra(x, y) = sigmoid(C(x) - mean C(y)); l_D = (BCE(D_Ra(HR, SR), real) + BCE(D_Ra(SR, HR), fake)) / 2 and
+    l_adv is the same with the labels swapped, so the generator gets gradients from the HR term too.
+    """
+    bce = F.binary_cross_entropy_with_logits
+    ones, zeros = torch.ones_like(real_logits), torch.zeros_like(real_logits)
+    if kind == "relativistic":
+        real, fake = real_logits - fake_logits.mean(), fake_logits - real_logits.mean()
+        return (bce(real, zeros) + bce(fake, ones)) / 2, (bce(real, ones) + bce(fake, zeros)) / 2
+    return bce(fake_logits, ones), bce(real_logits, ones) + bce(fake_logits, zeros)
+
+
+def artifact_map_loss(sr, hr, sr_ema=None, window=7):
+    """The artifact-map loss of Liang et al. (CVPR 2022, "Details or Artifacts"): mean |M * (SR - HR)|.
+
+    The residual |HR - SR| (summed over channels) is noise-like where the generator invents wrong
+    texture and smooth where it is merely blurred, so M, a pixel's weight, is the residual's local
+    variance (window x window) times the image's residual variance to the power 1/5. Given the moving
+    average's output ``sr_ema``, M is 0 wherever the average's residual is not smaller: only what the
+    current weights do worse than the stable average is penalised. M itself carries no gradient.
+    """
+    with torch.no_grad():
+        residual = (hr - sr).abs().sum(1, keepdim=True)  # (N, 1, H, W)
+        padded = F.pad(residual, [window // 2] * 4, mode="reflect")
+        local_mean = F.avg_pool2d(padded, window, stride=1)
+        local_var = (F.avg_pool2d(padded**2, window, stride=1) - local_mean**2).clamp_(min=0)  # (N, 1, H, W)
+        weight = local_var * residual.var(dim=(1, 2, 3), keepdim=True) ** 0.2
+        if sr_ema is not None:
+            weight *= (hr - sr_ema).abs().sum(1, keepdim=True) < residual
+    return (weight * (sr - hr)).abs().mean()
+
+
+def freeze_batchnorm(model):
+    """--freeze-bn: the model's BatchNorm layers normalise with their stored statistics and keep them."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def srgan_step(net_g, net_d, vgg, ema, optimizer_g, optimizer_d, scaler, lr_imgs, hr_imgs, weights, args, ctx):
+    """One iteration: a generator step on the perceptual loss and a discriminator step, on one SR batch.
+
+    The discriminator runs once on the HR batch and once on the SR batch, and both steps use those
+    logits: the generator's backward takes gradients for the generator's weights only, the
+    discriminator's for its own only. Both gradients are taken before either network moves, so each
+    step sees the other network as it was (the paper's alternating updates, without a second pass).
+
+    Args:
+        net_g, net_d: the generator and the discriminator (DDP-wrapped under torchrun).
+        vgg: the frozen TruncatedVGG19 of the content loss, or None for the pixel MSE.
+        ema: the moving average of the generator (for --artifact-weight), or None.
+        lr_imgs, hr_imgs: (N, 3, c/s, c/s) ImageNet-normalised and (N, 3, c, c) in [-1, 1], on the device.
+        weights: {term: weight} of the generator's loss; a term of weight 0 is not computed.
+        args: the run's flags (content_scale, gan_loss, grad_clip).
+
+    Returns:
+        {"perceptual", each term, "discriminator", "d_real", "d_fake"}: 0-d tensors (no device sync).
+    """
+    hr_norm = images.convert_image(hr_imgs, "[-1, 1]", "imagenet-norm")  # what VGG and D see
+    with ctx.autocast():
+        sr_imgs = net_g(lr_imgs).float()  # (N, 3, c, c) in [-1, 1]
+        sr_norm = images.convert_image(sr_imgs, "[-1, 1]", "imagenet-norm")
+        if vgg is not None:
+            with torch.no_grad():
+                hr_features = vgg(hr_norm).float()  # (N, C, c', c'), the content target
+            sr_features = vgg(sr_norm).float()
+        real_logits = net_d(hr_norm).float()  # (N, 1)
+        fake_logits = net_d(sr_norm).float()  # (N, 1)
+        sr_ema = None
+        if weights.get("artifact") and ema is not None:
+            with torch.no_grad():
+                sr_ema = ema(lr_imgs).float()
+    adversarial, loss_d = adversarial_losses(real_logits, fake_logits, args.gan_loss)
+    terms = {  # each a function, so that a term whose weight is 0 costs nothing
+        # MSE of the feature maps scaled by content_scale = content_scale**2 * MSE of the raw ones
+        "content": lambda: (args.content_scale**2 * F.mse_loss(sr_features, hr_features) if vgg is not None
+                            else F.mse_loss(sr_imgs, hr_imgs)),
+        "adversarial": lambda: adversarial,
+        "pixel": lambda: F.mse_loss(sr_imgs, hr_imgs),
+        "texture": lambda: F.mse_loss(gram_matrix(sr_features), gram_matrix(hr_features)),
+        "artifact": lambda: artifact_map_loss(sr_imgs, hr_imgs, sr_ema),
+    }
+    losses = {name: terms[name]() for name, w in weights.items() if w}
+    loss_g = sum(weights[name] * value for name, value in losses.items())
+
+    g_params = [p for p in net_g.parameters() if p.requires_grad]
+    d_params = [p for p in net_d.parameters() if p.requires_grad]
+    optimizer_g.zero_grad(set_to_none=True)
+    optimizer_d.zero_grad(set_to_none=True)
+    # the discriminator's part of the graph serves both backwards: keep it for the second
+    scaler.scale(loss_g).backward(inputs=g_params, retain_graph=True)
+    scaler.scale(loss_d).backward(inputs=d_params)
+    for optimizer, params in ((optimizer_g, g_params), (optimizer_d, d_params)):
+        if args.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_value_(params, args.grad_clip)
+        scaler.step(optimizer)
+    scaler.update()
+    return {"perceptual": loss_g, **losses, "discriminator": loss_d,
+            "d_real": torch.sigmoid(real_logits).mean(), "d_fake": torch.sigmoid(fake_logits).mean()}
 
 
 def resolve_content_loss(args):
@@ -187,6 +295,8 @@ def main(argv=None):
         if args.vgg_weights == "random" and ctx.is_main:
             print("WARNING: --vgg-weights random: the content loss uses an UNTRAINED VGG19. The result is NOT an "
                   "SRGAN; use this for smoke tests only.", file=sys.stderr)
+        if args.freeze_bn:
+            freeze_batchnorm(generator)
         generator, discriminator = ctx.prepare(generator), ctx.prepare(discriminator)
         vgg = ctx.prepare(vgg) if vgg is not None else None
         optimizer_g = training.make_optimizer(generator.parameters(), args.lr)
@@ -214,10 +324,9 @@ def main(argv=None):
         kept = ema if ema is not None else generator
         net_g = DistributedDataParallel(generator) if ctx.world_size > 1 else generator
         net_d = DistributedDataParallel(discriminator) if ctx.world_size > 1 else discriminator
-        bce = torch.nn.BCEWithLogitsLoss()
         # the generator's loss: weight * term, summed over this table (a weight of 0 leaves a term out)
         loss_weights = {"content": 1.0, "adversarial": args.beta, "pixel": args.pixel_weight,
-                        "texture": args.texture_weight}
+                        "texture": args.texture_weight, "artifact": args.artifact_weight}
         log_terms = [name for name, w in loss_weights.items() if w]
 
         # --- everything that can fail on a bad file fails now, before the first iteration
@@ -250,58 +359,13 @@ def main(argv=None):
             for iteration in range(start + 1, args.iterations + 1):
                 lr_imgs, hr_imgs = next(batches)  # (N, 3, c/s, c/s) ImageNet-normalised, (N, 3, c, c) in [-1, 1]
                 lr_imgs, hr_imgs = ctx.to_device(lr_imgs), ctx.to_device(hr_imgs)
-                hr_norm = images.convert_image(hr_imgs, "[-1, 1]", "imagenet-norm")  # what VGG and D see
-                if vgg is not None:
-                    with torch.no_grad(), ctx.autocast():
-                        hr_features = vgg(hr_norm).float()  # (N, C, c', c'), the content target
-
-                # generator step: minimise the perceptual loss
-                with ctx.autocast():
-                    sr_imgs = net_g(lr_imgs).float()  # (N, 3, c, c) in [-1, 1]
-                    sr_norm = images.convert_image(sr_imgs, "[-1, 1]", "imagenet-norm")
-                    if vgg is not None:
-                        sr_features = vgg(sr_norm).float()  # (N, C, c', c')
-                    # the plain module (not the DDP wrapper) with frozen weights: only the gradient
-                    # with respect to SR is wanted, and no all-reduce of discriminator gradients
-                    with frozen(discriminator):
-                        sr_logits = discriminator(sr_norm).float()  # (N, 1)
-                terms = {  # each a function, so that a term whose weight is 0 costs nothing
-                    # MSE of the feature maps scaled by content_scale = content_scale**2 * MSE of the raw ones
-                    "content": lambda: (args.content_scale**2 * F.mse_loss(sr_features, hr_features) if vgg is not None
-                                        else F.mse_loss(sr_imgs, hr_imgs)),
-                    "adversarial": lambda: bce(sr_logits, torch.ones_like(sr_logits)),
-                    "pixel": lambda: F.mse_loss(sr_imgs, hr_imgs),
-                    "texture": lambda: F.mse_loss(gram_matrix(sr_features), gram_matrix(hr_features)),
-                }
-                losses = {name: terms[name]() for name in log_terms}
-                loss_g = sum(loss_weights[name] * losses[name] for name in log_terms)
-                optimizer_g.zero_grad(set_to_none=True)
-                scaler.scale(loss_g).backward()
-                if args.grad_clip:
-                    scaler.unscale_(optimizer_g)
-                    torch.nn.utils.clip_grad_value_(generator.parameters(), args.grad_clip)
-                scaler.step(optimizer_g)
-
-                # discriminator step, on the SR images of the generator step (before its update). Real
-                # and fake go through separate forward passes, so BatchNorm sees single-kind batches as
-                # in the generator step; one backward for both, which is what DDP needs.
-                with ctx.autocast():
-                    real_logits = net_d(hr_norm).float()  # (N, 1)
-                    fake_logits = net_d(sr_norm.detach()).float()  # (N, 1)
-                loss_d = (bce(real_logits, torch.ones_like(real_logits))
-                          + bce(fake_logits, torch.zeros_like(fake_logits)))
-                optimizer_d.zero_grad(set_to_none=True)
-                scaler.scale(loss_d).backward()
-                if args.grad_clip:
-                    scaler.unscale_(optimizer_d)
-                    torch.nn.utils.clip_grad_value_(discriminator.parameters(), args.grad_clip)
-                scaler.step(optimizer_d)
-                scaler.update()
+                step = srgan_step(net_g, net_d, vgg, ema, optimizer_g, optimizer_d, scaler, lr_imgs, hr_imgs,
+                                  loss_weights, args, ctx)
                 scheduler_g.step()
                 scheduler_d.step()
                 if ema is not None:
                     training.update_ema(ema, generator, args.ema)
-                finite &= torch.isfinite(loss_g) & torch.isfinite(loss_d)  # on the device: no sync here
+                finite &= torch.isfinite(step["perceptual"]) & torch.isfinite(step["discriminator"])  # no sync here
                 bar.update(1)
 
                 # every few iterations: NaN check, validation, log, checkpoint (rank 0 writes the files)
@@ -323,10 +387,8 @@ def main(argv=None):
                          "precision": ctx.precision, "val_precision": args.val_precision}, bar, args.val_precision)
                 if ctx.is_main and (training.due(iteration, args.log_every) or val is not None or last):
                     training.log_row(log, writer, bar, {
-                        "iteration": iteration, "perceptual": loss_g.item(),
-                        **{name: value.item() for name, value in losses.items()},
-                        "discriminator": loss_d.item(), "d_real": torch.sigmoid(real_logits).mean().item(),
-                        "d_fake": torch.sigmoid(fake_logits).mean().item(), "lr": scheduler_g.get_last_lr()[0],
+                        "iteration": iteration, **{name: value.item() for name, value in step.items()},
+                        "lr": scheduler_g.get_last_lr()[0],
                         "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "",
                         "seconds": round(time.time() - started, 1)})
                 # the checkpoint last: a kill before it resumes from the previous one and redoes these
@@ -350,8 +412,7 @@ def main(argv=None):
             if run_lock is not None:
                 run_lock.release()
         return {"iteration": args.iterations, "best_psnr": best_psnr if math.isfinite(best_psnr) else None,
-                "losses": {"perceptual": loss_g.item(), **{k: v.item() for k, v in losses.items()},
-                           "discriminator": loss_d.item()}}
+                "losses": {k: v.item() for k, v in step.items() if k not in ("d_real", "d_fake")}}
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from utils import UserError
 ADJUSTABLE_ON_RESUME = ("iterations", "lr", "ema", "val_every", "val_precision", "save_every", "keep_every",
                         "log_every", "workers", "device",
                         "channels_last", "cache_images", "tensorboard", "checkpoint_dir")
+# settings added after runs were started, with the value that a run without them had
+ADDED_LATER = {"ema": 0.0, "gan_loss": "standard", "artifact_weight": 0.0, "freeze_bn": False}
 # flags that say how to start, not what the run is
 NOT_RECORDED = ("resume", "init", "resume_notes")
 # size flags that default to "the checkpoint's": on resume they are compared with the stored model
@@ -182,7 +184,7 @@ def parse_args(parser, argv, script):
         resume = load_training_checkpoint(args.resume, script)
         given = explicit_flags(parser, argv)
         notes = args.resume_notes
-        stored_args = {"ema": 0.0, **resume["training"]["args"]}  # runs from before --ema had none
+        stored_args = {**ADDED_LATER, **resume["training"]["args"]}
         for key, stored in stored_args.items():
             if key in NOT_RECORDED or not hasattr(args, key):
                 continue
@@ -639,11 +641,12 @@ def is_good(model, lr_imgs, ctx):
     model = checkpoint.unwrap_model(model)
     if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
         return False
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # per module: --freeze-bn keeps BatchNorm in eval mode
     model.eval()
     with ctx.autocast():
         out = model(lr_imgs[:1])
-    model.train(was_training)
+    for m, training in modes.items():
+        m.training = training
     return bool(torch.isfinite(out).all())
 
 

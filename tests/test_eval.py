@@ -169,3 +169,48 @@ def test_json_never_replaces_an_input_and_leftovers_go(ckpt_file, test_set, tmp_
     (tmp_path / ".r.json.abc.tmp").write_bytes(b"")
     eval_script.main(["--bicubic", "--scale", "4", "--test-folders", str(folder), "--json", str(tmp_path / "r.json")])
     assert not (tmp_path / ".r.json.abc.tmp").exists() and (tmp_path / "r.json").is_file()
+
+
+def test_artifacts_columns_hr_row_probe_and_strict_json(ckpt_file, tmp_path, capsys):
+    """--artifacts: grid flat / grid / border columns from metrics.artifact_scores, an HR row, the
+    flat-field probe table, per-image values in --json (null where an image has too few flat pixels)."""
+    folder = tmp_path / "Art"
+    folder.mkdir()
+    from PIL import Image
+    Image.new("RGB", (120, 100), (40, 60, 80)).save(folder / "flat.png")  # all flat
+    random_image((64, 64), seed=6).save(folder / "busy.png")  # no flat pixels
+    out = tmp_path / "a.json"
+    results = eval_script.main(["--checkpoint", str(ckpt_file), "--bicubic", "--artifacts", "--test-folders",
+                                str(folder), "--json", str(out), "--device", "cpu"])
+    assert list(results) == ["Bicubic", "tiny.pth", "HR (ground truth)"]
+    hr = images.crop_to_multiple(images.open_image(folder / "busy.png"), 4)
+    assert results["HR (ground truth)"]["Art"]["images"]["busy.png"] == metrics.artifact_scores(hr, hr, 4, 4)
+    tiny = results["tiny.pth"]["Art"]
+    assert set(tiny["images"]["busy.png"]) == {"psnr", "ssim", "grid_flat", "grid", "border"}
+    assert tiny["images"]["busy.png"]["grid_flat"] is None and tiny["images"]["flat.png"]["grid_flat"] is not None
+    assert tiny["grid_flat"] == tiny["images"]["flat.png"]["grid_flat"] and tiny["grid_flat_count"] == 1
+    printed = capsys.readouterr().out
+    assert "| Method | Art PSNR | Art SSIM | Art grid flat | Art grid | Art border |" in printed
+    assert "Art grid flat: over the 1 of 2 images" in printed
+    assert "| Bicubic | 0 | 0 | 0 |" in printed  # the probe table
+    saved = json.loads(out.read_text())  # strict JSON: the PSNR of the flat image is inf for bicubic
+    assert saved["results"]["Bicubic"]["Art"]["images"]["flat.png"]["psnr"] is None
+    probe = saved["flat_field_probe"]["tiny.pth"]
+    model = inference.prepare_model(checkpoint.load_model(ckpt_file), "cpu", "fp32")
+    import evaluation
+    assert {int(k): v for k, v in probe.items()} == evaluation.flat_field_probe(model, 4)
+    assert "Infinity" not in out.read_text() and "NaN" not in out.read_text()
+
+
+def test_artifacts_on_too_small_images_and_sets_without_flat_pixels(test_set, tmp_path, capsys):
+    folder = tmp_path / "Small"
+    folder.mkdir()
+    random_image((24, 40), seed=1).save(folder / "s.png")  # enough for SSIM, not for two 8-pixel bands
+    with pytest.raises(SystemExit) as e:
+        utils.run_cli(eval_script.main, ["--bicubic", "--scale", "4", "--artifacts", "--test-folders", str(folder)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "s.png: 24x40 is too small for the artifact measures" in line, line
+    busy, _ = test_set
+    results = eval_script.main(["--bicubic", "--scale", "4", "--artifacts", "--test-folders", str(busy)])
+    assert results["Bicubic"]["Mini"]["grid_flat"] is None
+    assert "(none: '-')" in capsys.readouterr().out

@@ -131,7 +131,8 @@ def test_out_of_memory_retries_with_halved_tiles():
     with pytest.warns(RuntimeWarning, match="out of memory"):
         out = inference.upscale_tensor(model, x, 4, "fp32", "cpu", tile=None, tile_pad=2)
     assert torch.allclose(out, expected, atol=1e-6)
-    assert model.sides[0] == 100 and max(model.sides[-4:]) <= 40  # whole image, then 50, then 25 px tiles
+    # the whole image with its mirrored margins, then 50, then 25 px tiles
+    assert model.sides[0] == 100 + 2 * inference.PRE_PAD and max(model.sides[-4:]) <= 40
     with pytest.raises(utils.UserError, match="out of memory"), pytest.warns(RuntimeWarning):
         inference.upscale_tensor(NearestUpscaler(max_side=8), x, 4, "fp32", "cpu", tile_pad=2)
 
@@ -335,3 +336,42 @@ def test_upscale_image_quantises_tiles_as_the_whole_float_output():
     x = images.convert_image(img.convert("L"), "pil", "imagenet-norm")
     expected = images.convert_image(inference.upscale_tensor(model, x, 4, "bf16", "cpu"), "[-1, 1]", "pil")
     assert gray.mode == "L" and np.array_equal(np.asarray(gray), np.asarray(expected.convert("L")))
+
+
+def test_mirror_pad_is_matlab_symmetric_and_holds_tiny_images():
+    x = torch.arange(2 * 5 * 7, dtype=torch.float32).view(1, 2, 5, 7)
+    padded = inference.mirror_pad(x, 3, 4)
+    expected = np.pad(x.numpy(), ((0, 0), (0, 0), (3, 3), (4, 4)), mode="symmetric")
+    assert np.array_equal(padded.numpy(), expected)
+    assert inference.mirror_pad(x, 0, 0).shape == x.shape
+    one = torch.rand(1, 3, 1, 1)
+    out = inference.upscale_tensor(inference.prepare_model(tiny_model(), "cpu", "fp32"), one, 4, "fp32", "cpu")
+    assert out.shape == (1, 3, 4, 4)
+
+
+def test_pre_pad_changes_only_the_edges_and_keeps_tiles_exact():
+    """The mirrored margin changes what the model sees near the edges only: beyond the receptive
+    field the output is the one without it; and tiles still give the untiled output."""
+    model = inference.prepare_model(tiny_model(), "cpu", "fp32")
+    x = images.convert_image(real_lr_image(), "pil", "imagenet-norm")[None, :, :60, :70]
+    with_pad = inference.upscale_tensor(model, x, 4, "fp32", "cpu")
+    without = inference.upscale_tensor(model, x, 4, "fp32", "cpu", pre_pad=0)
+    r = inference.receptive_radius(model) * 4
+    assert (with_pad - without).abs().max() > 1e-3
+    torch.testing.assert_close(with_pad[..., r:-r, r:-r], without[..., r:-r, r:-r], rtol=0, atol=1e-5)
+    for tile in (32, 45):
+        torch.testing.assert_close(inference.upscale_tensor(model, x, 4, "fp32", "cpu", tile=tile), with_pad,
+                                   rtol=0, atol=1e-4)
+
+
+def test_pre_pad_keeps_a_black_image_black_where_zero_padding_draws_a_frame():
+    """A constant input gives an output of period 4 (the sub-pixel phases) unless the network's
+    zero padding shows; the mirrored margin moves it out of the picture."""
+    torch.manual_seed(0)
+    model = inference.prepare_model(randomize_batchnorm(models.SRResNet(n_channels=8, n_blocks=1)), "cpu", "fp32")
+    assert inference.receptive_radius(model) <= inference.PRE_PAD
+    black = images.convert_image(torch.zeros(1, 3, 24, 24), "[0, 1]", "imagenet-norm")
+    for pre_pad, flat in ((0, False), (inference.PRE_PAD, True)):
+        out = inference.upscale_tensor(model, black, 4, "fp32", "cpu", pre_pad=pre_pad)
+        off_period = max((out[..., 4:, :] - out[..., :-4, :]).abs().max(), (out[..., 4:] - out[..., :-4]).abs().max())
+        assert (off_period < 1e-5) == flat, (pre_pad, off_period)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+import evaluation
+import images
 import metrics
 import utils
 from conftest import need_shared, random_image
@@ -128,3 +130,81 @@ def test_bad_niqe_parameter_file_is_one_line_naming_it(tmp_path, content):
 
 def test_niqe_of_a_single_block_is_finite():
     assert math.isfinite(metrics.calc_niqe(random_image((104, 110)), 4))
+
+
+# ----------------------------------------------------------------------------------------------
+# artifact measures
+
+
+def _smooth_image(h=96, w=128, seed=0):
+    """A smooth natural-ish luma: a few low-frequency waves plus a little noise (0-255 floats)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = 120 + 40 * np.sin(xx / 17 + 1) * np.cos(yy / 23) + 20 * np.sin((xx + yy) / 31)
+    return img + rng.normal(0, 0.3, img.shape)
+
+
+@pytest.mark.parametrize("period", [2, 3, 4])
+def test_grid_finds_a_planted_period_pattern_and_not_a_clean_image(period):
+    clean = _smooth_image()
+    assert metrics.grid_strength(clean, period) < 0.05
+    pattern = np.zeros((period, period))
+    pattern[0, 0], pattern[-1, -1] = 3.0, -3.0  # a checkerboard-like stamp of amplitude 3 grey levels
+    planted = clean + np.tile(pattern, (96 // period + 1, 128 // period + 1))[:96, :128]
+    assert metrics.grid_strength(planted, period) > 1.0
+    # a pattern of another period is not counted as this one's
+    other = clean + 3.0 * (np.indices((96, 128)).sum(0) % 2)  # period 2
+    if period == 3:
+        assert metrics.grid_strength(other, period) < 0.1
+
+
+def test_grid_counts_only_the_masked_pixels_and_none_when_a_phase_is_empty():
+    img = _smooth_image()
+    img[:, 64:] += 4.0 * (np.indices((96, 64)).sum(0) % 2)  # a grid in the right half only
+    left = np.zeros(img.shape, bool)
+    left[:, :60] = True
+    assert metrics.grid_strength(img, 4, left) < 0.1 < 1.0 < metrics.grid_strength(img, 4, ~left)
+    assert metrics.grid_strength(img[:3, :3], 4) is None
+    assert metrics.grid_strength(img, 4, np.zeros(img.shape, bool)) is None
+
+
+def test_flat_mask_is_where_the_7x7_std_is_below_2():
+    img = np.full((40, 40), 100.0)
+    img[:, 20:] += np.random.default_rng(0).normal(0, 10, (40, 20))
+    mask = metrics.flat_mask(img)
+    assert mask[:, :15].all() and not mask[:, 24:].any()
+
+
+def test_border_ratio_sees_a_frame():
+    img = _smooth_image(seed=1) + np.random.default_rng(1).normal(0, 2, (96, 128))
+    assert metrics.border_ratio(img) == pytest.approx(1.0, abs=0.15)
+    framed = img.copy()
+    framed[:3] += 20 * (np.arange(128) % 2)  # a bright, busy line along the top edge
+    assert metrics.border_ratio(framed) > 1.5
+    assert metrics.border_ratio(img[:16, :40]) is None  # nothing inside the 8-pixel bands
+    assert metrics.border_ratio(np.zeros((40, 40))) is None  # no detail anywhere
+
+
+def test_artifact_scores_on_rgb_images_and_the_flat_threshold():
+    hr = np.full((64, 64, 3), 90, np.uint8)  # all flat: 56x56 = 3136 flat pixels after a 4-pixel crop
+    sr = hr.copy()
+    sr[::4, ::4] = 110  # a dot every 4 pixels
+    scores = metrics.artifact_scores(sr, hr, 4, 4)
+    assert scores["grid_flat"] > 3 and scores["grid"] == pytest.approx(scores["grid_flat"])
+    assert metrics.artifact_scores(hr, hr, 4, 4)["grid_flat"] < 1e-9
+    small = hr[:48, :48]  # 40x40 = 1600 flat pixels after the crop: fewer than 2000
+    assert metrics.artifact_scores(small, small, 4, 4)["grid_flat"] is None
+
+
+def test_artifact_measures_of_hr_and_bicubic_on_set14():
+    """The HR and bicubic rows measured when these measures were defined (Set14, x4, border 4)."""
+    rows = {"hr": [], "bicubic": []}
+    for path in sorted(need_shared("Set14").iterdir()):
+        hr, lr = evaluation.lr_pair(images.open_image(path), 4)
+        rows["hr"].append(metrics.artifact_scores(hr, hr, 4, 4))
+        rows["bicubic"].append(metrics.artifact_scores(images.bicubic_resize(lr, hr.size), hr, 4, 4))
+    for name, flat, grid, border in (("hr", 0.03, 0.12, 0.88), ("bicubic", 0.03, 0.03, 1.30)):
+        s = rows[name]
+        assert np.mean([x["grid_flat"] for x in s if x["grid_flat"] is not None]) == pytest.approx(flat, abs=0.005)
+        assert np.mean([x["grid"] for x in s]) == pytest.approx(grid, abs=0.005)
+        assert np.mean([x["border"] for x in s]) == pytest.approx(border, abs=0.005)

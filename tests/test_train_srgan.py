@@ -5,7 +5,9 @@ Everything runs on tiny models (1-block generator with 8 channels, 8-channel dis
 so the file needs no shared data and takes seconds.
 """
 
+import argparse
 import contextlib
+import copy
 import csv
 import io
 import math
@@ -20,6 +22,7 @@ import images
 import models
 import train_srgan
 import train_srresnet
+import training
 from conftest import Killed, assert_ema_step, assert_identical, cli_error, random_image, read_log, sigint_at
 
 TINY_G = dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1, scaling_factor=4)
@@ -431,3 +434,118 @@ def test_nan_stops_and_the_named_checkpoint_is_good(data, tmp_path, capsys):
     model = checkpoint.load_model(tmp_path / "ck" / "srgan_latest.pth")
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(1, 3, 12, 12))).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# the step, the remedies
+
+
+def _two_pass_step(gen, disc, opt_g, opt_d, lr_imgs, hr_imgs, beta):
+    """The SRGAN-MSE iteration as it was written before srgan_step: a generator step with a frozen
+    discriminator pass on SR, then a discriminator step with its own passes on HR and SR."""
+    bce = torch.nn.BCEWithLogitsLoss()
+    hr_norm = images.convert_image(hr_imgs, "[-1, 1]", "imagenet-norm")
+    sr = gen(lr_imgs)
+    sr_norm = images.convert_image(sr, "[-1, 1]", "imagenet-norm")
+    for p in disc.parameters():
+        p.requires_grad_(False)
+    logits = disc(sr_norm)
+    for p in disc.parameters():
+        p.requires_grad_(True)
+    content, adversarial = torch.nn.functional.mse_loss(sr, hr_imgs), bce(logits, torch.ones_like(logits))
+    opt_g.zero_grad()
+    (content + beta * adversarial).backward()
+    opt_g.step()
+    real, fake = disc(hr_norm), disc(sr_norm.detach())
+    loss_d = bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))
+    opt_d.zero_grad()
+    loss_d.backward()
+    opt_d.step()
+    return [content.item(), adversarial.item(), loss_d.item()]
+
+
+def test_srgan_step_gives_the_two_pass_losses_with_one_discriminator_pass_per_batch():
+    """5 steps from one seed: the same losses to 1e-6 (and the same weights) as the two-pass form,
+    with two discriminator passes per iteration instead of three."""
+    torch.manual_seed(0)
+    gen, disc = models.Generator(**TINY_G), models.Discriminator(n_channels=8, n_blocks=4, fc_size=16)
+    copies = [(gen, disc), (copy.deepcopy(gen), copy.deepcopy(disc))]
+    opts = [(training.make_optimizer(g.parameters(), 1e-3), training.make_optimizer(d.parameters(), 1e-3))
+            for g, d in copies]
+    args = argparse.Namespace(content_scale=1.0, gan_loss="standard", grad_clip=None)
+    ctx = training.Context(torch.device("cpu"), "fp32", False)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    passes = []
+    copies[1][1].register_forward_hook(lambda *_: passes.append(1))
+    for i in range(5):
+        hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1
+        lr = images.convert_image(torch.nn.functional.avg_pool2d(hr, 4), "[-1, 1]", "imagenet-norm")
+        old = _two_pass_step(*copies[0], *opts[0], lr, hr, 1e-3)
+        step = train_srgan.srgan_step(*copies[1], None, None, *opts[1], scaler, lr, hr,
+                                      {"content": 1.0, "adversarial": 1e-3}, args, ctx)
+        new = [step["content"].item(), step["adversarial"].item(), step["discriminator"].item()]
+        assert new == pytest.approx(old, abs=1e-6), i
+    assert len(passes) == 2 * 5
+    for a, b in zip([*gen.parameters(), *disc.parameters()], [*copies[1][0].parameters(), *copies[1][1].parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_adversarial_losses_standard_and_relativistic():
+    real, fake = torch.tensor([[2.0], [0.0]]), torch.tensor([[-1.0], [1.0]])
+    sp = torch.nn.functional.softplus  # BCE with logits: -log sigmoid(x) = softplus(-x)
+    g, d = train_srgan.adversarial_losses(real, fake, "standard")
+    assert g.item() == pytest.approx(sp(-fake).mean().item())
+    assert d.item() == pytest.approx((sp(-real).mean() + sp(fake).mean()).item())
+    # relativistic: each side against the other's mean logit (real mean 1, fake mean 0)
+    g, d = train_srgan.adversarial_losses(real, fake, "relativistic")
+    rel_real, rel_fake = real - 0.0, fake - 1.0
+    assert d.item() == pytest.approx(((sp(-rel_real).mean() + sp(rel_fake).mean()) / 2).item())
+    assert g.item() == pytest.approx(((sp(rel_real).mean() + sp(-rel_fake).mean()) / 2).item())
+    # the generator gets a gradient through the HR term only in the relativistic form
+    fake.requires_grad_(True)
+    g, _ = train_srgan.adversarial_losses(real, fake, "relativistic")
+    g.backward()
+    assert fake.grad.abs().sum() > 0
+
+
+def test_artifact_map_loss_weighs_noisy_residuals_and_spares_what_the_average_also_misses():
+    hr = torch.zeros(1, 3, 32, 32)
+    blurred = hr + 0.2  # a smooth residual: no local variance, no artifact
+    assert train_srgan.artifact_map_loss(blurred, hr).item() == pytest.approx(0.0, abs=1e-7)
+    noisy = hr + 0.2 * torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert train_srgan.artifact_map_loss(noisy, hr).item() > 1e-4
+    # where the moving average is no better, the pixel is not penalised
+    assert train_srgan.artifact_map_loss(noisy, hr, sr_ema=noisy).item() == 0.0
+    assert train_srgan.artifact_map_loss(noisy, hr, sr_ema=hr).item() == pytest.approx(
+        train_srgan.artifact_map_loss(noisy, hr).item())
+
+
+def test_freeze_bn_keeps_the_generators_statistics_and_remedies_are_recorded(data, tmp_path):
+    run_quietly(train_srgan.main, mse_argv(data, tmp_path / "r") + [
+        "--content-loss", "mse", "--iterations", "3", "--freeze-bn", "--gan-loss", "relativistic",
+        "--artifact-weight", "1",
+        "--ema", "0.9", "--val-data", "", "--log-every", "1"])
+    start = checkpoint.load_checkpoint(data["srresnet"])["model"]["state_dict"]
+    ckpt = checkpoint.load_checkpoint(tmp_path / "r" / "srgan_latest.pth")
+    after = {k.removeprefix("net."): v for k, v in ckpt["model"]["state_dict"].items()}
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(start[k], after[k]) for k in stats)
+    assert any(not torch.equal(start[k], after[k]) for k in start if k.endswith("weight"))
+    recorded = ckpt["training"]["args"]
+    assert (recorded["freeze_bn"], recorded["gan_loss"], recorded["artifact_weight"]) == (True, "relativistic", 1.0)
+    assert "artifact" in read_log(tmp_path / "r" / "srgan_log.csv")[0]
+
+
+@pytest.mark.parametrize("flag", [["--freeze-bn"], ["--gan-loss", "relativistic"], ["--artifact-weight", "1"]])
+def test_a_remedy_cannot_be_turned_on_at_a_resume(trained, flag, capsys):
+    latest = str(trained["dir"] / "srgan_latest.pth")
+    line = cli_error(train_srgan.main, ["--resume", latest, "--iterations", "99", *flag], capsys)
+    assert "changing it would make another run" in line
+
+
+@pytest.mark.parametrize("extra, message", [(["--gan-loss", "wgan"], "invalid choice"),
+                                            (["--artifact-weight", "-1"], "must be a number >= 0"),
+                                            (["--artifact-weight", "nan"], "must be a number >= 0")])
+def test_remedy_flags_bad_values(data, tmp_path, capsys, extra, message):
+    assert message in cli_error(train_srgan.main, mse_argv(data, tmp_path / "x") + ["--content-loss", "mse", *extra],
+                                capsys)
