@@ -5,7 +5,7 @@
 
 One panel per group of columns that the log has: the losses (the generator's terms for SRGAN), the
 discriminator's loss, its mean outputs D(HR) and D(SR) (how the two networks balance), and the
-validation PSNR. Losses are drawn raw (faint) and as a moving average over --smooth rows.
+validation PSNR (and NIQE and grid, from train_srgan.py --val-artifacts). Losses are drawn raw (faint) and as a moving average over --smooth rows.
 """
 
 import argparse
@@ -23,6 +23,8 @@ PANELS = [
     ("discriminator loss", ["discriminator"], False),
     ("discriminator output (mean probability 'real')", ["d_real", "d_fake"], False),
     ("validation PSNR (dB)", ["val_psnr"], False),
+    ("validation NIQE (lower: more natural statistics)", ["val_niqe"], False),
+    ("validation grid over flat regions (grey levels)", ["val_grid"], False),
 ]
 LABELS = {"d_real": "D(HR)", "d_fake": "D(SR)"}
 
@@ -75,7 +77,7 @@ def plot(series, title, smooth=20):
     for ax, (name, columns, log) in zip(axes[:, 0], panels):
         for column in columns:
             x, y = zip(*series[column])
-            if column == "val_psnr":
+            if column.startswith("val_"):
                 ax.plot(x, y, "o-", ms=3, label="validation")
                 continue
             line, = ax.plot(x, moving_average(y, smooth), label=LABELS.get(column, column))

@@ -40,6 +40,7 @@ from tqdm import tqdm
 import checkpoint
 import datasets
 import images
+import metrics
 import models
 import training
 import utils
@@ -99,6 +100,9 @@ def build_parser():
     g.add_argument("--freeze-bn", action="store_true",
                    help="keep the generator's BatchNorm statistics fixed at the --init model's (eval mode) during "
                         "the fine-tuning, so training and inference normalise alike (not in the paper)")
+    g.add_argument("--val-artifacts", action="store_true",
+                   help="validation also logs NIQE and the grid over flat regions (val_niqe, val_grid; eval.py "
+                        "--niqe --artifacts), so the log shows the trade-off as the run goes (slower validation)")
     g.add_argument("--vgg-i", type=training.at_least(1), default=None,
                    help="VGG19 features before max-pool i (default: --content-loss's, 5 for vgg54)")
     g.add_argument("--vgg-j", type=training.at_least(1), default=None,
@@ -331,13 +335,15 @@ def main(argv=None):
 
         # --- everything that can fail on a bad file fails now, before the first iteration
         batches = training.train_batches(args, ctx, start, scale)
-        val_set = training.load_validation_set(args, scale) if ctx.is_main else []
+        val_set = training.load_validation_set(args, scale, args.val_artifacts) if ctx.is_main else []
+        niqe_params = metrics.load_niqe_params() if args.val_artifacts and val_set else None
         # the folder is this run's until it ends: a second process (new run or --resume) is refused
         run_lock = training.claim_run_folder(args, "srgan") if ctx.is_main else None
         log = writer = stop = bar = None  # made inside the try: the finally releases what exists
         try:
             log = training.CsvLog(log_path, ["iteration", "perceptual", *log_terms, "discriminator", "d_real", "d_fake",
-                                             "lr", "val_psnr", "val_ssim", "seconds"],
+                                             "lr", "val_psnr", "val_ssim",
+                                             *(["val_niqe", "val_grid"] if args.val_artifacts else []), "seconds"],
                                   resume_iteration=start if resume else None) if ctx.is_main else None
             writer = training.tensorboard_writer(args) if ctx.is_main else None
             if ctx.is_main:
@@ -384,12 +390,16 @@ def main(argv=None):
                     val, best_psnr = training.validate_and_keep_best(
                         kept, val_set, ctx, scale, iteration, best_psnr, best_path,
                         {"script": "train_srgan.py", "val_data": args.val_data, "ema": args.ema,
-                         "precision": ctx.precision, "val_precision": args.val_precision}, bar, args.val_precision)
+                         "precision": ctx.precision, "val_precision": args.val_precision}, bar, args.val_precision,
+                        niqe_params)
                 if ctx.is_main and (training.due(iteration, args.log_every) or val is not None or last):
                     training.log_row(log, writer, bar, {
                         "iteration": iteration, **{name: value.item() for name, value in step.items()},
                         "lr": scheduler_g.get_last_lr()[0],
-                        "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "",
+                        "val_psnr": val["psnr"] if val else "", "val_ssim": val["ssim"] if val else "",
+                        **({"val_niqe": val["niqe"] if val else "",
+                            "val_grid": val["grid_flat"] if val and val["grid_flat"] is not None else ""}
+                           if args.val_artifacts else {}),
                         "seconds": round(time.time() - started, 1)})
                 # the checkpoint last: a kill before it resumes from the previous one and redoes these
                 # rows; a kill after it has lost nothing (a save before the row lost the row)

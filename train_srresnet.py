@@ -137,7 +137,7 @@ def main(argv=None):
                 if ctx.is_main and (training.due(iteration, args.log_every) or val is not None or last):
                     training.log_row(log, writer, bar, {
                         "iteration": iteration, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-                        "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "",
+                        "val_psnr": val["psnr"] if val else "", "val_ssim": val["ssim"] if val else "",
                         "seconds": round(time.time() - started, 1)})
                 # the checkpoint last: a kill before it resumes from the previous one and redoes these
                 # rows; a kill after it has lost nothing (a save before the row lost the row)

@@ -39,7 +39,7 @@ ADJUSTABLE_ON_RESUME = ("iterations", "lr", "ema", "val_every", "val_precision",
                         "log_every", "workers", "device",
                         "channels_last", "cache_images", "tensorboard", "checkpoint_dir")
 # settings added after runs were started, with the value that a run without them had
-ADDED_LATER = {"ema": 0.0, "gan_loss": "standard", "artifact_weight": 0.0, "freeze_bn": False}
+ADDED_LATER = {"ema": 0.0, "gan_loss": "standard", "artifact_weight": 0.0, "freeze_bn": False, "val_artifacts": False}
 # flags that say how to start, not what the run is
 NOT_RECORDED = ("resume", "init", "resume_notes")
 # size flags that default to "the checkpoint's": on resume they are compared with the stored model
@@ -404,7 +404,7 @@ def train_batches(args, ctx, start_iteration, scale):
         return iter(loader)
 
 
-def load_validation_set(args, scale):
+def load_validation_set(args, scale, niqe=False):
     """The validation images as [(path, HR, LR)] (evaluation.lr_pair), all decoded and checked now,
     so that a bad file stops the run before training rather than after it. [] without --val-data."""
     if not args.val_data:
@@ -417,7 +417,7 @@ def load_validation_set(args, scale):
     for path in datasets.read_image_list(list_file):
         img = images.open_image(path)
         try:
-            evaluation.check_size(img, path, scale, scale)
+            evaluation.check_size(img, path, scale, scale, niqe, niqe)
         except UserError as e:
             raise UserError(f"{e}; remove it from {list_file}") from None
         hr, lr = evaluation.lr_pair(img, scale)
@@ -654,14 +654,21 @@ def is_good(model, lr_imgs, ctx):
 # validation and logs
 
 
-def validate(model, val_set, ctx, scale, precision="fp32"):
-    """Mean Y-PSNR and SSIM (border = scale) of the model on the validation set, computed as eval.py
-    computes them (evaluation.py, on an inference copy of the model), so that the best checkpoint's
-    recorded PSNR is the one eval.py then prints for it."""
+def validate(model, val_set, ctx, scale, precision="fp32", niqe_params=None):
+    """{'psnr', 'ssim'}: mean Y-PSNR and SSIM (border = scale) of the model on the validation set,
+    computed as eval.py computes them (evaluation.py, on an inference copy of the model), so that the
+    best checkpoint's recorded PSNR is the one eval.py then prints for it. With NIQE's model as
+    ``niqe_params``, also 'niqe' and 'grid_flat' (eval.py --niqe --artifacts; grid_flat None when no
+    image has enough flat pixels)."""
     fast = inference.prepare_model(checkpoint.unwrap_model(model), ctx.device, precision)  # a copy, eval mode
-    scores = [evaluation.score(evaluation.super_resolve(fast, lr, scale, precision, ctx.device), hr, scale)
+    scores = [evaluation.score(evaluation.super_resolve(fast, lr, scale, precision, ctx.device), hr, scale,
+                               niqe_params, scale if niqe_params is not None else None)
               for _path, hr, lr in val_set]
-    return float(np.mean([s["psnr"] for s in scores])), float(np.mean([s["ssim"] for s in scores]))
+    means = {m: float(np.mean([s[m] for s in scores])) for m in ("psnr", "ssim")}
+    if niqe_params is not None:
+        flat = [s["grid_flat"] for s in scores if s["grid_flat"] is not None]
+        means.update(niqe=float(np.mean([s["niqe"] for s in scores])), grid_flat=float(np.mean(flat)) if flat else None)
+    return means
 
 
 class CsvLog:
@@ -777,18 +784,24 @@ def best_psnr_so_far(best_path, stored):
         return stored
 
 
-def validate_and_keep_best(model, val_set, ctx, scale, iteration, best_psnr, best_path, info, bar, precision):
-    """Validate (in ``precision``); save the model as the best if it is; report. A failure is a
-    warning, not the end of the run. Returns ((psnr, ssim) or None, best_psnr)."""
+def validate_and_keep_best(model, val_set, ctx, scale, iteration, best_psnr, best_path, info, bar, precision,
+                           niqe_params=None):
+    """Validate (in ``precision``; see validate); save the model as the best if it is; report. A
+    failure is a warning, not the end of the run. Returns (validate's dict or None, best_psnr)."""
     try:
-        val = validate(model, val_set, ctx, scale, precision)
+        val = validate(model, val_set, ctx, scale, precision, niqe_params)
     except Exception as e:  # noqa: BLE001 - a failed validation must not end a long run
         bar.write(f"warning: validation at iteration {iteration} failed ({type(e).__name__}: {e}); training goes on")
         return None, best_psnr
-    if val[0] > best_psnr:
-        best_psnr = val[0]
-        save_best(best_path, model, {**info, "iteration": iteration, "val_psnr": val[0], "val_ssim": val[1]})
-    bar.write(f"iteration {iteration}: validation PSNR {val[0]:.3f} dB, SSIM {val[1]:.4f} (best {best_psnr:.3f})")
+    if val["psnr"] > best_psnr:
+        best_psnr = val["psnr"]
+        save_best(best_path, model, {**info, "iteration": iteration, "val_psnr": val["psnr"], "val_ssim": val["ssim"]})
+    extra = ""
+    if "niqe" in val:
+        grid = "-" if val["grid_flat"] is None else f"{val['grid_flat']:.2f}"
+        extra = f", NIQE {val['niqe']:.2f}, grid flat {grid}"
+    bar.write(f"iteration {iteration}: validation PSNR {val['psnr']:.3f} dB, SSIM {val['ssim']:.4f}{extra} "
+              f"(best PSNR {best_psnr:.3f})")
     return val, best_psnr
 
 

@@ -49,3 +49,14 @@ def test_errors_are_one_line(tmp_path, capsys, case, message):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_val_artifacts_columns_get_their_panels(tmp_path):
+    log = tmp_path / "srgan_log.csv"
+    log.write_text("iteration,perceptual,content,adversarial,discriminator,d_real,d_fake,lr,val_psnr,val_ssim,"
+                   "val_niqe,val_grid,seconds\n1,0.02,0.02,1,1.3,0.5,0.5,1e-4,,,,,1\n2,0.02,0.02,1,1.3,0.5,0.5,1e-4,"
+                   "26.1,0.7,6.1,0.21,2\n")
+    series = plot_log.read_log(log)
+    assert series["val_niqe"] == [(2, 6.1)] and series["val_grid"] == [(2, 0.21)]
+    titles = [ax.get_title() for ax in plot_log.plot(series, "gan").axes]
+    assert any("NIQE" in t for t in titles) and any("grid" in t for t in titles) and len(titles) == 7
