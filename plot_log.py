@@ -5,7 +5,8 @@
 
 One panel per group of columns that the log has: the losses (the generator's terms for SRGAN), the
 discriminator's loss, its mean outputs D(HR) and D(SR) (how the two networks balance), and the
-validation PSNR (and NIQE and grid, from train_srgan.py --val-artifacts). Losses are drawn raw (faint) and as a moving average over --smooth rows.
+validation PSNR (and NIQE and grid, from train_srgan.py --val-artifacts). Losses are drawn raw
+(faint) and as a moving average over --smooth rows.
 """
 
 import argparse
