@@ -4,9 +4,10 @@
     python bench.py --quick                                                    # tiny sizes: a smoke run
 
 Rows: the model alone (fp32 NCHW as trained vs the default and fp32 fast paths), a training
-iteration of train_srresnet.py, the data loader on 2K PNGs (decoding vs the decoded store), and
-whole processes: test.py vs the classic fp32 script, page faults per image in test.py and eval.py
-with and without utils.keep_freed_memory, and the memory of a tiled 1024x1024 upscale.
+iteration of train_srresnet.py and one of train_srgan.py (SRGAN-MSE), the data loader on 2K PNGs
+(decoding vs the decoded store), and whole processes: test.py vs the classic fp32 script, page
+faults per image in test.py and eval.py with and without utils.keep_freed_memory, and the memory of
+a tiled 1024x1024 upscale.
 Prints a Markdown table; the README's Speed table says what each row is aimed at.
 """
 
@@ -182,7 +183,9 @@ def bench_model(model, device, size, repeats, matmul_size, compile=False):
             run, peak_precision = torch.no_grad()(lambda: reference(lr)), "fp32"
         else:
             fast = inference.prepare_model(model, device, precision, compile=compile)
-            run, peak_precision = (lambda: inference.upscale_tensor(fast, lr, scale, precision, device)), precision
+            # pre_pad=0: the model alone, comparable with the reference (the scripts add a 10-pixel margin)
+            run = lambda: inference.upscale_tensor(fast, lr, scale, precision, device, pre_pad=0)  # noqa: E731
+            peak_precision = precision
         seconds = median_seconds(run, device, repeats)
         if peak_precision not in peaks:
             peaks[peak_precision] = matmul_peak(device, peak_precision, matmul_size)
@@ -196,6 +199,76 @@ def bench_model(model, device, size, repeats, matmul_size, compile=False):
     for r in rows:
         r["speedup"] = rows[0]["seconds"] / r["seconds"]
     return {"size": size, "flops": flops, "rows": rows}
+
+
+def two_pass_step(gen, disc, opt_g, opt_d, lr_imgs, hr_imgs, beta, ctx):
+    """The SRGAN-MSE iteration as written before train_srgan.srgan_step (and as tutorials write it):
+    a generator step through a frozen discriminator pass on SR, then a discriminator step with passes
+    of its own on HR and SR: three discriminator passes per iteration. Returns [content, adversarial,
+    discriminator] losses (floats)."""
+    bce = nn.BCEWithLogitsLoss()
+    hr_norm = images.convert_image(hr_imgs, "[-1, 1]", "imagenet-norm")
+    with ctx.autocast():
+        sr = gen(lr_imgs).float()
+        sr_norm = images.convert_image(sr, "[-1, 1]", "imagenet-norm")
+        disc.requires_grad_(False)
+        logits = disc(sr_norm).float()
+        disc.requires_grad_(True)
+    content, adversarial = F.mse_loss(sr, hr_imgs), bce(logits, torch.ones_like(logits))
+    opt_g.zero_grad()
+    (content + beta * adversarial).backward()
+    opt_g.step()
+    with ctx.autocast():
+        real, fake = disc(hr_norm).float(), disc(sr_norm.detach()).float()
+    loss_d = bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))
+    opt_d.zero_grad()
+    loss_d.backward()
+    opt_d.step()
+    return [content.item(), adversarial.item(), loss_d.item()]
+
+
+def bench_gan_training(model, device, batch_size, crop_size, iterations, d_args=None):
+    """Seconds per SRGAN-MSE iteration (compute only, one ready batch): the two-pass step in fp32 NCHW
+    (the reference), the two-pass step in the scripts' precision and layout (what train_srgan.py ran
+    before one discriminator pass per batch), and train_srgan.srgan_step; the last row's ratio
+    against the second is what sharing the discriminator's passes saves."""
+    import train_srgan  # here: bench.py's other rows do not need it
+    precision = utils.resolve_precision("auto", device)
+    scale = model.scaling_factor
+    lr = images.convert_image(synthetic_photo(crop_size // scale, crop_size // scale), "pil", "imagenet-norm")
+    lr = lr.expand(batch_size, -1, -1, -1).contiguous()
+    hr = torch.rand(batch_size, 3, crop_size, crop_size) * 2 - 1
+    rows = []
+    for key, step_precision, channels_last in (("reference: two passes, fp32 NCHW", "fp32", False),
+                                                (f"two passes, {precision}", precision, True),
+                                                (f"srgan_step, {precision}", precision, True)):
+        log(f"SRGAN training, batch {batch_size} crop {crop_size}: {key}")
+        ctx = training.Context(device, step_precision, channels_last)
+        torch.manual_seed(0)
+        gen = ctx.prepare(models.Generator(**model.args))
+        gen.net.load_state_dict(model.state_dict())
+        disc = ctx.prepare(models.Discriminator(**(d_args or {})))
+        opt_g, opt_d = training.make_optimizer(gen.parameters(), 1e-4), training.make_optimizer(disc.parameters(), 1e-4)
+        x, y = ctx.to_device(lr), ctx.to_device(hr)
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+        args = argparse.Namespace(content_scale=1.0, gan_loss="standard", grad_clip=None)
+        times = []
+        for _ in range(iterations + 1):  # the first one warms up
+            sync(device)
+            start = time.perf_counter()
+            if key.startswith("srgan_step"):
+                train_srgan.srgan_step(gen, disc, None, None, opt_g, opt_d, scaler, x, y,
+                                       {"content": 1.0, "adversarial": 1e-3}, args, ctx)["discriminator"].item()
+            else:
+                two_pass_step(gen, disc, opt_g, opt_d, x, y, 1e-3, ctx)
+            sync(device)
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times[1:])
+        rows.append({"path": key, "seconds": seconds, "its_per_s": 1 / seconds})
+    for r in rows:
+        r["speedup"] = rows[0]["seconds"] / r["seconds"]
+    rows[2]["speedup_over_two_passes"] = rows[1]["seconds"] / rows[2]["seconds"]
+    return {"batch_size": batch_size, "crop_size": crop_size, "precision": precision, "rows": rows}
 
 
 def bench_training(model, device, batch_size, crop_size, iterations):
@@ -368,6 +441,13 @@ def table(results):
         ref, ours = t["rows"]
         rows.append((f"training iteration, batch {t['batch_size']}, crop {t['crop_size']}",
                      f"{ref['its_per_s']:.2f} it/s", f"{ours['its_per_s']:.2f} it/s", f"{ours['speedup']:.2f}x"))
+    if "gan_training" in results:
+        t = results["gan_training"]
+        ref, before, ours = t["rows"]
+        rows.append((f"SRGAN-MSE iteration, batch {t['batch_size']}, crop {t['crop_size']}",
+                     f"{ref['path']}: {ref['seconds']:.2f} s; {before['path']}: {before['seconds']:.2f} s",
+                     f"{ours['path']}: {ours['seconds']:.2f} s", f"{ours['speedup']:.2f}x "
+                     f"({ours['speedup_over_two_passes']:.2f}x over two passes in {t['precision']})"))
     if "loader" in results:
         d = results["loader"]
         rows.append((f"data loader, {d['image_size'][0]}x{d['image_size'][1]} PNGs",
@@ -408,7 +488,7 @@ def build_parser():
     parser.add_argument("--quick", action="store_true",
                         help="tiny model and sizes: a smoke run (under a minute, mostly the process rows' 11 "
                              "Python starts; the numbers mean nothing)")
-    parser.add_argument("--skip", nargs="+", default=[], choices=["model", "training", "loader", "process"],
+    parser.add_argument("--skip", nargs="+", default=[], choices=["model", "training", "gan", "loader", "process"],
                         help="leave these rows out")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast model paths")
     parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
@@ -442,6 +522,10 @@ def main(argv=None):
             results["model"] = bench_model(model, device, size["size"], size["repeats"], size["matmul"], args.compile)
         if "training" not in args.skip:
             results["training"] = bench_training(model, device, size["batch"], size["crop"], size["iterations"])
+        if "gan" not in args.skip:
+            results["gan_training"] = bench_gan_training(
+                model, device, size["batch"], size["crop"], size["iterations"],
+                {"n_channels": 8, "n_blocks": 2, "fc_size": 16} if args.quick else None)
         if "loader" not in args.skip:
             results["loader"] = bench_loader(device, model.scaling_factor, size["batch"], size["crop"],
                                              size["loader_batches"], size["photos"], size["photo_size"], tmp)

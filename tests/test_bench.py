@@ -132,12 +132,18 @@ def test_quick_run_measures_every_row_and_writes_the_json(tmp_path, capsys):
     table = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(results))
-    assert {"model", "training", "loader", "process"} <= set(data)
+    assert {"model", "training", "gan_training", "loader", "process"} <= set(data)
     assert data["model_args"]["n_channels"] == 8
 
     ours = {r["path"]: r for r in data["training"]["rows"]}
     assert set(ours) == {"reference", "default"}
     assert ours["default"]["samples_per_s"] == pytest.approx(2 * ours["default"]["its_per_s"])
+
+    gan = data["gan_training"]["rows"]
+    assert [r["path"].split(",")[0] for r in gan] == ["reference: two passes", "two passes", "srgan_step"]
+    assert all(_positive_finite(r["seconds"]) for r in gan)
+    assert gan[2]["speedup_over_two_passes"] == pytest.approx(gan[1]["seconds"] / gan[2]["seconds"])
+    assert "SRGAN-MSE iteration" in table
 
     loader = data["loader"]
     w, h = loader["image_size"]
@@ -157,10 +163,11 @@ def test_quick_run_measures_every_row_and_writes_the_json(tmp_path, capsys):
         assert x["faults_per_image"] == x["runs"][1]["minor_faults"] - x["runs"][0]["minor_faults"]
 
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    # a row per fast model path (fp32, plus bf16 where the CPU has it), then training, loader, 4 process rows
+    # a row per fast model path (fp32, plus bf16 where the CPU has it), then the two training rows,
+    # loader, 4 process rows
     model_rows = len(data["model"]["rows"]) - 1
     assert model_rows == len({"fp32", utils.resolve_precision("auto", "cpu")})
-    assert lines[0] == "| what | reference | ours | ratio |" and len(lines) == 1 + model_rows + 6
+    assert lines[0] == "| what | reference | ours | ratio |" and len(lines) == 1 + model_rows + 7
     assert all(line.count(" | ") == 3 for line in lines)  # no stray '|' inside a cell
     assert "SR pixels identical" in table and "page faults" in table
 

@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 
+import bench
 import checkpoint
 import create_data_lists
 import datasets
@@ -443,33 +444,9 @@ def test_nan_stops_and_the_named_checkpoint_is_good(data, tmp_path, capsys):
 # the step, the remedies
 
 
-def _two_pass_step(gen, disc, opt_g, opt_d, lr_imgs, hr_imgs, beta):
-    """The SRGAN-MSE iteration as it was written before srgan_step: a generator step with a frozen
-    discriminator pass on SR, then a discriminator step with its own passes on HR and SR."""
-    bce = torch.nn.BCEWithLogitsLoss()
-    hr_norm = images.convert_image(hr_imgs, "[-1, 1]", "imagenet-norm")
-    sr = gen(lr_imgs)
-    sr_norm = images.convert_image(sr, "[-1, 1]", "imagenet-norm")
-    for p in disc.parameters():
-        p.requires_grad_(False)
-    logits = disc(sr_norm)
-    for p in disc.parameters():
-        p.requires_grad_(True)
-    content, adversarial = torch.nn.functional.mse_loss(sr, hr_imgs), bce(logits, torch.ones_like(logits))
-    opt_g.zero_grad()
-    (content + beta * adversarial).backward()
-    opt_g.step()
-    real, fake = disc(hr_norm), disc(sr_norm.detach())
-    loss_d = bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))
-    opt_d.zero_grad()
-    loss_d.backward()
-    opt_d.step()
-    return [content.item(), adversarial.item(), loss_d.item()]
-
-
 def test_srgan_step_gives_the_two_pass_losses_with_one_discriminator_pass_per_batch():
-    """5 steps from one seed: the same losses to 1e-6 (and the same weights) as the two-pass form,
-    with two discriminator passes per iteration instead of three."""
+    """5 steps from one seed: the same losses to 1e-6 (and the same weights) as the two-pass form
+    (bench.py's reference), with two discriminator passes per iteration instead of three."""
     torch.manual_seed(0)
     gen, disc = models.Generator(**TINY_G), models.Discriminator(n_channels=8, n_blocks=4, fc_size=16)
     copies = [(gen, disc), (copy.deepcopy(gen), copy.deepcopy(disc))]
@@ -483,7 +460,7 @@ def test_srgan_step_gives_the_two_pass_losses_with_one_discriminator_pass_per_ba
     for i in range(5):
         hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1
         lr = images.convert_image(torch.nn.functional.avg_pool2d(hr, 4), "[-1, 1]", "imagenet-norm")
-        old = _two_pass_step(*copies[0], *opts[0], lr, hr, 1e-3)
+        old = bench.two_pass_step(*copies[0], *opts[0], lr, hr, 1e-3, ctx)
         step = train_srgan.srgan_step(*copies[1], None, None, *opts[1], scaler, lr, hr,
                                       {"content": 1.0, "adversarial": 1e-3}, args, ctx)
         new = [step["content"].item(), step["adversarial"].item(), step["discriminator"].item()]
