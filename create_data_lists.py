@@ -9,6 +9,7 @@ read, so ~120k COCO files take a minute or two; undecodable files are skipped an
 """
 
 import argparse
+import hashlib
 import json
 import os
 
@@ -21,17 +22,42 @@ import utils
 
 
 def scan_images(paths, min_size, desc="scanning"):
-    """Split paths into (kept, too_small, unreadable) by reading each image's header."""
-    kept, too_small, unreadable = [], [], []
+    """Split paths into (kept, too_small, unreadable, outputs) by reading each image's header;
+    ``outputs`` are the images test.py wrote (images.OUTPUT_MARK): up-scaled blur, not ground truth."""
+    kept, too_small, unreadable, outputs = [], [], [], []
     for path in tqdm(paths, desc=desc, unit="img", leave=False, disable=len(paths) < 500):
         try:
             with Image.open(path) as img:
                 w, h = img.size
+                ours = img.format == "PNG" and img.info.get(images.OUTPUT_MARK[0]) == images.OUTPUT_MARK[1]
         except Exception:  # noqa: BLE001 - one odd file (a decompression bomb...) must not end a 120k-file scan
             unreadable.append(path)
             continue
-        (kept if min(w, h) >= min_size else too_small).append(path)
-    return kept, too_small, unreadable
+        if ours:
+            outputs.append(path)
+        else:
+            (kept if min(w, h) >= min_size else too_small).append(path)
+    return kept, too_small, unreadable, outputs
+
+
+def drop_duplicates(paths):
+    """(unique paths, [(duplicate, the path it repeats)]): the same file through a link, or the same
+    bytes under another name (only files of equal size are read and compared)."""
+    by_size = {}
+    for path in paths:
+        by_size.setdefault(os.path.getsize(path), []).append(path)
+    first, duplicates = {}, []
+    for path in paths:
+        key = os.path.realpath(path)
+        if len(by_size[os.path.getsize(path)]) > 1 and key not in first:
+            with open(path, "rb") as f:
+                key = hashlib.sha256(f.read()).hexdigest()
+        if key in first:
+            duplicates.append((path, first[key]))
+        else:
+            first[key] = path
+            first.setdefault(os.path.realpath(path), path)
+    return [p for p in paths if p not in dict(duplicates)], duplicates
 
 
 def create_data_lists(train_folders, test_folders, min_size, output_folder, recursive=False, log=print):
@@ -53,10 +79,18 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, recu
     for filename, _ in jobs:  # hidden temporaries of a run that was killed while writing
         utils.remove_stale_temporaries(os.path.join(output_folder, filename))
     for filename, paths in jobs:
-        kept, too_small, unreadable = scan_images(paths, min_size, desc=filename)
+        kept, too_small, unreadable, outputs = scan_images(paths, min_size, desc=filename)
+        kept, duplicates = drop_duplicates(kept)
         out = os.path.join(output_folder, filename)
         log(f"{out}: {len(kept)} images ({len(too_small)} smaller than {min_size} px skipped, "
             f"{len(unreadable)} unreadable skipped)")
+        if outputs:
+            log(f"  note: skipped {len(outputs)} image(s) that test.py wrote (up-scaled, not ground truth), "
+                f"e.g. {os.path.basename(outputs[0])}")
+        for duplicate, original in duplicates[:10]:
+            log(f"  note: {duplicate} is the same image as {original}; listed once")
+        if len(duplicates) > 10:
+            log(f"  note: and {len(duplicates) - 10} more duplicates, listed once")
         if unreadable:
             shown = ", ".join(os.path.basename(p) for p in unreadable[:10])
             log(f"  unreadable: {shown}" + (f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""))
@@ -65,6 +99,12 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, recu
                                   f"than --min-size {min_size}, {len(unreadable)} unreadable); nothing written")
         lists.append((out, kept))
         counts[out] = len(kept)
+    train = {os.path.realpath(p) for out, kept in lists if out.endswith("train_images.json") for p in kept}
+    for out, kept in lists:
+        shared = [p for p in kept if os.path.realpath(p) in train] if not out.endswith("train_images.json") else []
+        if shared:
+            log(f"  warning: {len(shared)} of the {len(kept)} images of {out} are also training images "
+                f"(e.g. {shared[0]}): validation on them measures memory, not generalisation")
     # all lists or none
     with utils.atomic_write_all([out for out, _ in lists]) as files:
         for (_, kept), f in zip(lists, files):

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
 from utils import UserError
 
@@ -156,3 +156,27 @@ def crop_to_multiple(img, scale):
     w, h = img.size
     return img.crop((0, 0, w - w % scale, h - h % scale))
 
+
+
+# test.py marks every image it writes with this PNG text chunk, so that it knows its own outputs: a
+# name such as holiday_sr.png proves nothing (the user may have made that file). Folders skip marked
+# images, create_data_lists.py does not train on them, and only a marked file may be replaced.
+OUTPUT_MARK = ("Software", "SRResNet/SRGAN test.py")
+
+
+def output_pnginfo():
+    """PngInfo carrying OUTPUT_MARK, for Image.save(..., pnginfo=...)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*OUTPUT_MARK)
+    return info
+
+
+def is_marked_output(path):
+    """True if ``path`` is a regular PNG file that carries OUTPUT_MARK (reads the header only)."""
+    try:
+        if os.path.islink(path) or not os.path.isfile(path):
+            return False
+        with Image.open(path) as img:
+            return img.format == "PNG" and img.info.get(OUTPUT_MARK[0]) == OUTPUT_MARK[1]
+    except Exception:  # noqa: BLE001 - unreadable or not an image: not ours
+        return False

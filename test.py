@@ -6,8 +6,10 @@
     python test.py --img photo.jpg --hr                # demo: shrink, super-resolve, compare, PSNR
 
 For each input <name>.<ext> it writes <output-dir>/<name>_sr.png and <name>_bicubic.png (both or
-neither). It never writes over one of its inputs, and in a folder it skips the images it wrote
-itself (*_sr.png, *_bicubic.png, *_comparison.png; name one with --img to upscale it). With --hr
+neither), marked as its own with a PNG text chunk (images.OUTPUT_MARK) and carrying the input's ICC
+colour profile. It replaces only files it wrote itself (never an input, never a file of yours that
+happens to have such a name), and in a folder it skips the images it wrote (name one with --img to
+upscale it). With --hr
 the input is taken as the original: it is shrunk by the scale with bicubic, super-resolved, and
 <name>_comparison.png (bicubic | model | original) is written with PSNR / SSIM.
 """
@@ -34,7 +36,6 @@ SHIPPED = {"srresnet": os.path.join("checkpoints", "srresnet_x4.pth"),
            "srgan": os.path.join("checkpoints", "srgan_mse_x4.pth")}
 DEFAULT_CHECKPOINT = SHIPPED["srresnet"]
 SAMPLE_FOLDER = "data"
-OUTPUT_SUFFIXES = ("_sr", "_bicubic", "_comparison")  # <stem><suffix>.png: what this program writes
 
 
 def build_parser():
@@ -69,25 +70,19 @@ def build_parser():
 # inputs and outputs
 
 
-def is_own_output(path):
-    """True for a file name this program writes (<stem>_sr.png, <stem>_bicubic.png, <stem>_comparison.png)."""
-    stem, ext = os.path.splitext(os.path.basename(path))
-    return ext.lower() == ".png" and stem.endswith(OUTPUT_SUFFIXES)
-
-
 def collect_images(inputs):
     """The image files named by ``inputs``: files (any extension), and the image files of folders
-    except this program's own outputs (a note says how many were skipped)."""
+    except this program's own outputs (images.is_marked_output; a note says how many were skipped)."""
     paths = []
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
             found = images.find_images(item)
-            outputs = [p for p in found if is_own_output(p)]
-            found = [p for p in found if not is_own_output(p)]
+            outputs = [p for p in found if images.is_marked_output(p)]
+            found = [p for p in found if p not in outputs]
             if outputs:
-                tqdm.write(f"note: {item}: skipped {len(outputs)} image(s) this program wrote (*_sr.png, "
-                           "*_bicubic.png, *_comparison.png); name one with --img to upscale it", file=sys.stderr)
+                tqdm.write(f"note: {item}: skipped {len(outputs)} image(s) this program wrote; name one with "
+                           "--img to upscale it", file=sys.stderr)
             if not found:
                 raise UserError(f"{item}: no image files in this folder "
                                 f"(looked for {', '.join(images.IMAGE_EXTENSIONS)}"
@@ -97,7 +92,10 @@ def collect_images(inputs):
             paths.append(item)
         else:
             raise UserError(f"{item}: no such file or folder")
-    return paths
+    unique = {}  # a file named twice (in a folder and by name, or through a link) is done once
+    for path in paths:
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
 
 
 def output_stems(paths):
@@ -124,7 +122,8 @@ def output_paths(stem, output_dir, hr):
 
 def check_outputs(paths, stems, output_dir, hr):
     """{input path: error message} for the inputs whose outputs would replace an input of this run,
-    or a file another input of this run writes. Decided before anything is written."""
+    a file another input of this run writes, or an existing file this program did not write (only a
+    file with images.OUTPUT_MARK may be replaced). Decided before anything is written."""
     refused, claimed = {}, {}
     for path, stem in zip(paths, stems):
         for out in output_paths(stem, output_dir, hr):
@@ -135,6 +134,9 @@ def check_outputs(paths, stems, output_dir, hr):
                                  "(give another --output-dir)")
             elif key in claimed:
                 refused[path] = f"{path}: its output {out} is also the output of {claimed[key]}; not written"
+            elif os.path.lexists(out) and not os.path.isdir(out) and not images.is_marked_output(out):
+                refused[path] = (f"{path}: {out} exists and was not written by this program; not replaced "
+                                 "(move it, or give another --output-dir)")
             else:
                 continue
             break
@@ -144,15 +146,16 @@ def check_outputs(paths, stems, output_dir, hr):
     return refused
 
 
-def save_images(pairs):
-    """Save [(PIL image, path)] as PNGs, all or none (utils.atomic_write_all).
+def save_images(pairs, icc_profile=None):
+    """Save [(PIL image, path)] as PNGs, all or none (utils.atomic_write_all), each marked as this
+    program's output (images.OUTPUT_MARK) and carrying ``icc_profile`` (the input's), if any.
 
     zlib level 1: PNG is lossless at every level, and level 1 writes a 2048x2048 image about 4x
     faster than Pillow's default 6, for files about 15% larger.
     """
     with utils.atomic_write_all([path for _, path in pairs]) as files:
         for (img, _), f in zip(pairs, files):
-            img.save(f, format="PNG", compress_level=1)
+            img.save(f, format="PNG", compress_level=1, pnginfo=images.output_pnginfo(), icc_profile=icc_profile)
 
 
 def read_image(path):
@@ -183,7 +186,7 @@ def super_resolve_file(model, path, output_dir, scale, precision, device, tile=N
     bicubic = inference.bicubic_upscale(img, scale)
     sr_path = os.path.join(output_dir, f"{stem}_sr.png")
     bicubic_path = os.path.join(output_dir, f"{stem}_bicubic.png")
-    save_images([(sr, sr_path), (bicubic, bicubic_path)])
+    save_images([(sr, sr_path), (bicubic, bicubic_path)], img.info.get("icc_profile"))
     return dict(sr_path=sr_path, bicubic_path=bicubic_path, seconds=seconds, in_size=img.size,
                 out_size=sr.size, mode=sr.mode)
 
@@ -220,7 +223,7 @@ def hr_demo_file(model, path, output_dir, scale, precision, device, tile=None, t
     stem = stem or os.path.splitext(os.path.basename(path))[0]
     result = hr_demo(model, img, scale, precision, device, tile, tile_pad, label)
     comparison_path = os.path.join(output_dir, f"{stem}_comparison.png")
-    save_images([(result.pop("comparison"), comparison_path)])
+    save_images([(result.pop("comparison"), comparison_path)], img.info.get("icc_profile"))
     for key in ("sr", "bicubic", "hr"):
         result.pop(key)
     result["comparison_path"] = comparison_path

@@ -3,8 +3,10 @@
 import contextlib
 import ctypes
 import errno
+import io
 import os
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -49,13 +51,29 @@ def deferred_signals():
             signal.raise_signal(s)  # now, to the handler that was in place before the block
 
 
+def is_stream(path):
+    """True for '-' (standard output) and for an existing path that is not a regular file or a
+    folder (a device such as /dev/null, a named pipe, /dev/stdout): what is written to such a path
+    goes through it; replacing it with a file would destroy it (as root, even /dev/null)."""
+    path = os.fspath(path)
+    if path == "-":
+        return True
+    try:
+        mode = os.stat(path).st_mode  # follows links: /dev/stdout -> a pipe, a terminal, a file
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 @contextlib.contextmanager
 def atomic_write(path):
     """Open a temporary file next to ``path`` for binary writing; on success it replaces ``path``.
 
     On any exception the temporary file is removed and an existing file at ``path`` is untouched,
     so readers never see a half-written file. The folder is created if needed. A failed write
-    (no permission, full disk, a folder in the way...) is a UserError naming ``path``.
+    (no permission, full disk, a folder in the way...) is a UserError naming ``path``. A symbolic
+    link is followed (its target is replaced, the link stays); '-', a device or a named pipe
+    (is_stream) is written through once the data is complete, never replaced.
     """
     with atomic_write_all([path]) as (f,):
         yield f
@@ -75,34 +93,51 @@ def atomic_write_all(paths, defer_signals=True):
 @contextlib.contextmanager
 def _atomic_write_all(paths):
     paths = [os.fspath(p) for p in paths]
+    streams = {p for p in paths if is_stream(p)}  # written through at the end, from memory
+    # a link is followed: its target is what gets replaced (a dangling link's target is created)
+    targets = [p if p in streams or not os.path.islink(p) else os.path.realpath(p) for p in paths]
     temporaries, replaced, created, current = [], [], [], paths[0]
     try:
         with contextlib.ExitStack() as stack:
             files = []
-            for current in paths:
+            for current, target in zip(paths, targets):
+                if current in streams:
+                    files.append(io.BytesIO())
+                    temporaries.append(None)
+                    continue
                 if os.path.isdir(current):
                     raise IsADirectoryError(21, "a folder is in the way")
-                folder = os.path.dirname(os.path.abspath(current))
+                folder = os.path.dirname(os.path.abspath(target))
                 for new in _missing_folders(folder):  # a failure removes the folders it made
                     with contextlib.suppress(FileExistsError):  # (made by another process meanwhile)
                         os.mkdir(new)
                         created.append(new)
-                fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(current), suffix=".tmp")
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(target), suffix=".tmp")
                 temporaries.append(tmp)
                 files.append(stack.enter_context(os.fdopen(fd, "wb")))
             yield files
             for current, f in zip(paths, files):  # noqa: B007 - `current` names the file in an error below
-                f.flush()
-                os.fsync(f.fileno())
+                if current not in streams:
+                    f.flush()
+                    os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        for current, tmp in zip(paths, temporaries):
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-            os.replace(tmp, current)
-            replaced.append(current)
+        for current, target, tmp in zip(paths, targets, temporaries):  # noqa: B007 - `current` names it in an error
+            if tmp is not None:
+                os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+                os.replace(tmp, target)
+                replaced.append(target)
+        for current, f in zip(paths, files):  # the streams last: what they got cannot be taken back
+            if current == "-":
+                sys.stdout.flush()
+                sys.stdout.buffer.write(f.getvalue())
+                sys.stdout.buffer.flush()
+            elif current in streams:
+                with open(current, "wb") as out:
+                    out.write(f.getvalue())
     except BaseException as e:
         for tmp in temporaries:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, TypeError):
                 os.unlink(tmp)
         for path in replaced:  # all or nothing
             with contextlib.suppress(OSError):
@@ -121,6 +156,12 @@ def check_writable(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         raise UserError(f"{path}: cannot write (a folder is in the way)")
+    if is_stream(path):
+        if path != "-" and not os.access(path, os.W_OK):
+            raise UserError(f"{path}: cannot write (permission denied)")
+        return
+    if os.path.islink(path):
+        path = os.path.realpath(path)
     folder = os.path.dirname(os.path.abspath(path))
     created = []
     try:
@@ -181,6 +222,10 @@ def _temporary_prefix(path):
 
 def remove_stale_temporaries(path):
     """Delete temporary files that atomic_write(path) left behind when its process was killed."""
+    if is_stream(path):  # written through: no temporaries (and never a scan of /dev)
+        return []
+    if os.path.islink(path):
+        path = os.path.realpath(path)
     folder = os.path.dirname(os.path.abspath(path))
     prefix = _temporary_prefix(path)
     removed = []

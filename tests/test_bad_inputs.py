@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -691,3 +692,35 @@ def test_data_lists_skip_undecodable_files_and_bombs(base):
     listed = json.loads((folder / "lists" / "train_images.json").read_text())
     assert [os.path.basename(p) for p in listed] == ["0.png", "1.png"]
     assert sorted(os.listdir(folder / "lists")) == ["train_images.json"]
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs that are device nodes, pipes or '-': written through, never replaced
+
+
+def _null_node(folder, name):
+    path = folder / name
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null, in a temporary folder
+    return path
+
+
+def test_script_outputs_never_replace_a_device_node(tmp_path, tiny_checkpoint, capsys):
+    from conftest import load_script
+    eval_script, convert, plot_log = load_script("eval"), load_script("convert_checkpoint"), load_script("plot_log")
+    images_dir = tmp_path / "imgs"
+    images_dir.mkdir()
+    random_image((40, 36)).save(images_dir / "a.png")
+    log = tmp_path / "srgan_log.csv"
+    log.write_text("iteration,loss,lr,val_psnr,val_ssim,seconds\n1,0.05,1e-4,,,1\n2,0.04,1e-4,25.1,0.7,2\n")
+    node, png_node = _null_node(tmp_path, "null"), _null_node(tmp_path, "null.png")
+    eval_script.main(["--bicubic", "--scale", "4", "--test-folders", str(images_dir), "--json", str(node)])
+    convert.main([str(tiny_checkpoint), str(node)])
+    plot_log.main([str(log), str(png_node)])
+    for path in (node, png_node):
+        assert stat.S_ISCHR(os.stat(path).st_mode), path
+    assert sorted(os.listdir(tmp_path)) == ["imgs", "null", "null.png", "srgan_log.csv"]
+    # '-' is standard output, for --json: the JSON is printed (strict JSON, after the table)
+    capsys.readouterr()
+    eval_script.main(["--bicubic", "--scale", "4", "--test-folders", str(images_dir), "--json", "-"])
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):out.rindex("}") + 1])["scale"] == 4 and not os.path.exists("-")

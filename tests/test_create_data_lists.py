@@ -1,6 +1,7 @@
 """create_data_lists: image filtering, unreadable files, errors, the command line."""
 
 import json
+import os
 
 import pytest
 
@@ -66,7 +67,8 @@ def test_cli(tmp_path, mixed_folder, capsys):
 
 
 def test_many_files_are_fast(tmp_path):
-    """Only headers are read: 2,000 files scan in well under a minute on 2 cores."""
+    """Only headers are read (and, for the duplicate check, files of equal size): 2,000 files scan in
+    well under a minute on 2 cores."""
     import time
 
     folder = tmp_path / "many"
@@ -74,8 +76,8 @@ def test_many_files_are_fast(tmp_path):
     img = random_image((120, 110))
     img.save(folder / "0.png")
     data = (folder / "0.png").read_bytes()
-    for i in range(1, 2000):
-        (folder / f"{i}.png").write_bytes(data)
+    for i in range(1, 2000):  # distinct files of one size: trailing bytes after the PNG's end
+        (folder / f"{i}.png").write_bytes(data + i.to_bytes(4, "little"))
     start = time.time()
     create_data_lists.create_data_lists([str(folder)], [], 100, str(tmp_path / "l"), log=lambda m: None)
     assert time.time() - start < 60
@@ -103,3 +105,27 @@ def test_temporaries_of_a_killed_run_are_removed(tmp_path, mixed_folder):
     create_data_lists.main(["--train-folders", str(mixed_folder), "--output-folder", str(out), "--store"])
     assert sorted(p.name for p in out.iterdir()) == ["train_images.json", "train_images_store.bin",
                                                      "train_images_store.json"]
+
+
+def test_test_py_outputs_and_duplicates_are_not_listed_twice_or_as_ground_truth(tmp_path, tiny_checkpoint):
+    """test.py's own outputs (marked PNGs, whatever their names) are skipped with a note; the same image
+    under a second name or through a link is listed once, with a note; a test image that is also a
+    training image is warned about."""
+    from conftest import load_script
+    folder = tmp_path / "train"
+    folder.mkdir()
+    random_image((120, 110), seed=1).save(folder / "a.png")
+    random_image((120, 110), seed=2).save(folder / "b.png")
+    (folder / "copy.png").write_bytes((folder / "a.png").read_bytes())
+    (folder / "link.png").symlink_to(folder / "b.png")
+    load_script("test").main(["--checkpoint", str(tiny_checkpoint), "--img", str(folder / "b.png"),
+                              "--output-dir", str(folder)])  # b_sr.png, b_bicubic.png: marked outputs
+    (folder / "b_sr.png").rename(folder / "renamed.png")  # a marked output under any name
+    lines = []
+    create_data_lists.create_data_lists([str(folder)], [str(folder)], 100, str(tmp_path / "l"), log=lines.append)
+    listed = [os.path.basename(p) for p in json.loads((tmp_path / "l" / "train_images.json").read_text())]
+    assert listed == ["a.png", "b.png"], listed
+    text = "\n".join(lines)
+    assert "skipped 2 image(s) that test.py wrote" in text
+    assert "copy.png is the same image as" in text and "link.png is the same image as" in text
+    assert "are also training images" in text

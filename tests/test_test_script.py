@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import checkpoint
+import images
 import inference
 import metrics
 import models
@@ -343,3 +344,39 @@ def test_model_picks_a_shipped_file(ckpt_file, image, tmp_path, monkeypatch, cap
     assert run(["--model", "srgan", "--checkpoint", ckpt_file, "--img", image]) == 2
     assert "not both" in capsys.readouterr().err
     assert run(["--model", "esrgan", "--img", image]) == 2
+
+
+def test_a_users_own_file_named_like_an_output_is_an_input_and_never_replaced(ckpt_file, tmp_path, capsys):
+    """holiday.jpg beside the user's own, unrelated holiday_sr.png: the name proves nothing. The PNG
+    is upscaled like any image; holiday.jpg's output would replace it: refused in one line. In
+    another output folder, an unmarked holiday_sr.png is not replaced either; our own outputs are."""
+    folder, elsewhere = tmp_path / "d", tmp_path / "out"
+    folder.mkdir()
+    elsewhere.mkdir()
+    random_image((20, 16), seed=1).save(folder / "holiday.jpg")
+    random_image((20, 16), seed=2).save(folder / "holiday_sr.png")
+    mine = (folder / "holiday_sr.png").read_bytes()
+    assert run(["--checkpoint", ckpt_file, "--img", folder, "--output-dir", folder]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert "holiday.jpg: its output" in errors[0] and (folder / "holiday_sr.png").read_bytes() == mine
+    assert files_in(folder) == ["holiday.jpg", "holiday_sr.png", "holiday_sr_bicubic.png", "holiday_sr_sr.png"]
+    assert images.is_marked_output(folder / "holiday_sr_sr.png")
+    assert not images.is_marked_output(folder / "holiday_sr.png")
+    (elsewhere / "holiday_sr.png").write_bytes(mine)
+    assert run(["--checkpoint", ckpt_file, "--img", folder / "holiday.jpg", "--output-dir", elsewhere]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "exists and was not written by this program; not replaced" in line
+    assert (elsewhere / "holiday_sr.png").read_bytes() == mine and files_in(elsewhere) == ["holiday_sr.png"]
+    (elsewhere / "holiday_sr.png").unlink()
+    for _ in range(2):  # our own outputs are replaced by a rerun
+        assert run(["--checkpoint", ckpt_file, "--img", folder / "holiday.jpg", "--output-dir", elsewhere]) == 0
+    assert files_in(elsewhere) == ["holiday_bicubic.png", "holiday_sr.png"]
+
+
+def test_both_outputs_carry_the_inputs_icc_profile(ckpt_file, tmp_path):
+    from PIL import ImageCms
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    random_image((20, 16), seed=1).save(tmp_path / "wide.png", icc_profile=profile)
+    assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "wide.png", "--output-dir", tmp_path / "o"]) == 0
+    for name in ("wide_sr.png", "wide_bicubic.png"):
+        assert Image.open(tmp_path / "o" / name).info.get("icc_profile") == profile, name

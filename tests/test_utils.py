@@ -2,8 +2,10 @@
 
 import os
 import signal
+import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -112,3 +114,52 @@ def test_error_lines_stay_one_line(capsys):
     with pytest.raises(SystemExit):
         utils.run_cli(main, [])
     assert capsys.readouterr().err == "error: bad\\nname.png: cannot read (first reason\\nsecond reason)\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs that are not regular files: written through, never replaced
+
+
+def null_device(folder):
+    """A character device node like /dev/null, made in a temporary folder (never aim at /dev itself)."""
+    path = folder / "null"
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return path
+
+
+def test_atomic_write_goes_through_a_device_a_pipe_and_stdout(tmp_path, capfd):
+    node = null_device(tmp_path)
+    with utils.atomic_write(node) as f:
+        f.write(b"discarded")
+    assert stat.S_ISCHR(os.stat(node).st_mode) and sorted(os.listdir(tmp_path)) == ["null"]
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    with utils.atomic_write(fifo) as f:
+        f.write(b"through the pipe")
+    reader.join(10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    with utils.atomic_write("-") as f:
+        f.write(b"to stdout\n")
+    assert capfd.readouterr().out == "to stdout\n" and not os.path.exists("-")
+    utils.check_writable(node)  # nothing made in its folder
+    assert sorted(os.listdir(tmp_path)) == ["null", "pipe"]
+
+
+def test_atomic_write_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
+    with utils.atomic_write(tmp_path / "link.json") as f:
+        f.write(b"new")
+    assert (tmp_path / "link.json").is_symlink() and (tmp_path / "real.json").read_text() == "new"
+
+
+def test_a_failed_write_leaves_a_device_untouched_and_nothing_written(tmp_path, capfd):
+    node = null_device(tmp_path)
+    with pytest.raises(RuntimeError):
+        with utils.atomic_write_all([node, tmp_path / "a.png"]) as (f, g):
+            f.write(b"x")
+            raise RuntimeError("failed half-way")
+    assert stat.S_ISCHR(os.stat(node).st_mode) and sorted(os.listdir(tmp_path)) == ["null"]
