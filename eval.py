@@ -146,6 +146,9 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
                     scores = metrics.artifact_scores(hr, hr, scale, crop_border) if artifacts else {}
                     if niqe_params is not None:
                         scores = {"niqe": metrics.calc_niqe(hr, crop_border, niqe_params), **scores}
+                        if not np.isfinite(scores["niqe"]):
+                            tqdm.write(f"note: {path}: NIQE is undefined for the HR image (no texture to fit: "
+                                       "flat or smoothly graded); left out of the set's NIQE mean", file=sys.stderr)
                     per_image[name][key] = scores
                     continue
                 if model is None:
@@ -155,7 +158,11 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
                         sr = evaluation.super_resolve(model, lr, scale, precision, device, tile, self_ensemble)
                     except utils.UserError as e:
                         raise utils.UserError(f"{(sources or {}).get(name, name)}: {e} (on {path})") from None
-                per_image[name][key] = evaluation.score(sr, hr, crop_border, niqe_params, scale if artifacts else None)
+                scores = evaluation.score(sr, hr, crop_border, niqe_params, scale if artifacts else None)
+                if "niqe" in scores and not np.isfinite(scores["niqe"]):
+                    tqdm.write(f"note: {path}: NIQE is undefined for the {name} image (no texture to fit: flat "
+                               "or smoothly graded); left out of the set's NIQE mean", file=sys.stderr)
+                per_image[name][key] = scores
         for name, _ in methods:
             scores = per_image[name]
             results[name][set_name] = {**set_means(scores), "count": len(scores), "images": scores}
@@ -180,13 +187,16 @@ def format_table(results):
 
 
 def format_notes(results):
-    """One line per set whose flat-region grid is a mean over fewer than all its images."""
+    """One line per set whose flat-region grid or NIQE is a mean over fewer than all its images."""
     notes = []
     for set_name, sets in next(iter(results.values())).items():
         if "grid_flat_count" in sets or ("grid_flat" in sets and sets["grid_flat"] is None):
             n = sets.get("grid_flat_count", 0)
             notes.append(f"{set_name} grid flat: over the {n} of {sets['count']} images with at least "
                          f"{metrics.GRID_FLAT_MIN_PIXELS} flat pixels" + (" (none: '-')" if not n else ""))
+        counts = {name: s[set_name]["niqe_count"] for name, s in results.items() if "niqe_count" in s[set_name]}
+        for name, n in counts.items():
+            notes.append(f"{set_name} NIQE of {name}: over the {n} of {sets['count']} images where it is defined")
     return notes
 
 

@@ -164,6 +164,8 @@ def niqe(y, params=None):
 
     Follows the official MATLAB release: 96x96 blocks (the image is cut to whole blocks), features at
     full and half size, distance to the pristine model. ValueError if the image is smaller than a block.
+    NaN (without a warning) where NIQE is undefined: an image with no texture to fit (constant,
+    two-level or smoothly graded), where every block's statistics are degenerate.
     """
     mu_pris, cov_pris = params if params is not None else load_niqe_params()
     img = np.asarray(y, dtype=np.float64)
@@ -177,12 +179,15 @@ def niqe(y, params=None):
         feats.append(_niqe_features((img - mu) / (sigma + 1), NIQE_BLOCK // scale))
         img = matlab_half(img)
     feats = np.concatenate(feats, axis=1)  # (blocks, 36)
+    if np.isnan(feats).all(axis=0).any():  # a feature no block could measure: no distance to compute
+        return float("nan")
     mu_dist = np.nanmean(feats, axis=0)
     complete = feats[~np.isnan(feats).any(axis=1)]  # MATLAB's nancov drops incomplete rows
     # one block has no spread to measure: its covariance is taken as zero
     cov_dist = np.cov(complete, rowvar=False) if len(complete) > 1 else np.zeros((36, 36))
     diff = mu_pris - mu_dist
-    return float(np.sqrt(diff @ np.linalg.pinv((cov_pris + cov_dist) / 2) @ diff))
+    with np.errstate(invalid="ignore"):
+        return float(np.sqrt(diff @ np.linalg.pinv((cov_pris + cov_dist) / 2) @ diff))
 
 
 def calc_niqe(img, crop_border, params=None):

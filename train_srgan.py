@@ -397,7 +397,7 @@ def main(argv=None):
                         "iteration": iteration, **{name: value.item() for name, value in step.items()},
                         "lr": scheduler_g.get_last_lr()[0],
                         "val_psnr": val["psnr"] if val else "", "val_ssim": val["ssim"] if val else "",
-                        **({"val_niqe": val["niqe"] if val else "",
+                        **({"val_niqe": val["niqe"] if val and val["niqe"] is not None else "",
                             "val_grid": val["grid_flat"] if val and val["grid_flat"] is not None else ""}
                            if args.val_artifacts else {}),
                         "seconds": round(time.time() - started, 1)})

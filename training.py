@@ -667,7 +667,8 @@ def validate(model, val_set, ctx, scale, precision="fp32", niqe_params=None):
     means = {m: float(np.mean([s[m] for s in scores])) for m in ("psnr", "ssim")}
     if niqe_params is not None:
         flat = [s["grid_flat"] for s in scores if s["grid_flat"] is not None]
-        means.update(niqe=float(np.mean([s["niqe"] for s in scores])), grid_flat=float(np.mean(flat)) if flat else None)
+        niqe = [s["niqe"] for s in scores if np.isfinite(s["niqe"])]  # NaN: an image NIQE cannot score
+        means.update(niqe=float(np.mean(niqe)) if niqe else None, grid_flat=float(np.mean(flat)) if flat else None)
     return means
 
 
@@ -798,8 +799,8 @@ def validate_and_keep_best(model, val_set, ctx, scale, iteration, best_psnr, bes
         save_best(best_path, model, {**info, "iteration": iteration, "val_psnr": val["psnr"], "val_ssim": val["ssim"]})
     extra = ""
     if "niqe" in val:
-        grid = "-" if val["grid_flat"] is None else f"{val['grid_flat']:.2f}"
-        extra = f", NIQE {val['niqe']:.2f}, grid flat {grid}"
+        niqe, grid = (("-" if v is None else f"{v:.2f}") for v in (val["niqe"], val["grid_flat"]))
+        extra = f", NIQE {niqe}, grid flat {grid}"
     bar.write(f"iteration {iteration}: validation PSNR {val['psnr']:.3f} dB, SSIM {val['ssim']:.4f}{extra} "
               f"(best PSNR {best_psnr:.3f})")
     return val, best_psnr

@@ -1,6 +1,7 @@
 """eval.py: the published bicubic baseline, model rows computed like utils' metrics, JSON, errors."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -214,3 +215,28 @@ def test_artifacts_on_too_small_images_and_sets_without_flat_pixels(test_set, tm
     results = eval_script.main(["--bicubic", "--scale", "4", "--artifacts", "--test-folders", str(busy)])
     assert results["Bicubic"]["Mini"]["grid_flat"] is None
     assert "(none: '-')" in capsys.readouterr().out
+
+
+def test_niqe_of_flat_images_is_a_note_and_the_mean_is_over_the_others(tmp_path, capsys):
+    """A constant and a smoothly graded image have no NIQE: one note each, no warning, a set mean
+    over the images that have a score (and how many), strict JSON (null)."""
+    import numpy as np
+    from PIL import Image
+    folder = tmp_path / "Flat"
+    folder.mkdir()
+    Image.new("RGB", (120, 112), (90, 90, 90)).save(folder / "const.png")
+    ramp = np.tile(np.linspace(0, 255, 120, dtype=np.uint8)[None, :, None], (112, 1, 3))
+    Image.fromarray(ramp).save(folder / "ramp.png")
+    random_image((120, 112), seed=3).save(folder / "photo.png")
+    out = tmp_path / "n.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not one RuntimeWarning
+        results = eval_script.main(["--bicubic", "--scale", "4", "--niqe", "--test-folders", str(folder),
+                                    "--json", str(out)])
+    hr_row = results["HR (ground truth)"]["Flat"]
+    assert hr_row["niqe_count"] == 1 and hr_row["niqe"] == pytest.approx(hr_row["images"]["photo.png"]["niqe"])
+    captured = capsys.readouterr()
+    assert captured.err.count("NIQE is undefined") >= 4  # both flat images, HR and bicubic rows
+    assert "Flat NIQE of HR (ground truth): over the 1 of 3 images" in captured.out
+    saved = json.loads(out.read_text())  # strict: NaN became null
+    assert saved["results"]["HR (ground truth)"]["Flat"]["images"]["const.png"]["niqe"] is None
