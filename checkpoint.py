@@ -93,8 +93,11 @@ def load_checkpoint(path, map_location="cpu"):
 def build_from_spec(spec, path, what="model", archs=GENERATOR_ARCHS):
     """The model of a checkpoint entry {'arch', 'args', 'state_dict'}, with its weights loaded.
 
-    Every way the entry can be malformed (not a dict, unknown arch or argument, weights that do not
-    fit) is a UserError that names the file and the problem.
+    Every way the entry can be malformed (not a dict, unknown arch or argument, sizes out of
+    models.check_sizes' bounds, weights that do not fit, weights that are NaN or infinite) is a
+    UserError that names the file and the problem. The sizes are compared with the weights' on a
+    'meta' model (no memory) before the real one is built, so arguments that ask for more than the
+    file holds cannot make a reader build layers until memory runs out.
     """
     if not isinstance(spec, dict):
         raise UserError(f"{path}: malformed checkpoint: its '{what}' entry is a {type(spec).__name__}, not a dict")
@@ -107,16 +110,43 @@ def build_from_spec(spec, path, what="model", archs=GENERATOR_ARCHS):
     if not isinstance(args, dict) or not isinstance(state, dict):
         raise UserError(f"{path}: malformed checkpoint: '{what}' args and state_dict must be dicts")
     try:
-        model = models.build_model(arch, args)
+        with torch.device("meta"):
+            skeleton = models.build_model(arch, args)
     except (TypeError, ValueError, RuntimeError) as e:  # an unknown or invalid constructor argument
         not_int = [f"{k}={v!r}" for k, v in args.items() if isinstance(v, bool) or not isinstance(v, int)]
         problem = f"{', '.join(not_int)} is not a whole number" if not_int else str(e)
         raise UserError(f"{path}: malformed checkpoint: cannot build {arch}{args}: {problem}") from None
+    problem = _shape_problem(skeleton.state_dict(), state)
+    if problem:
+        raise UserError(f"{path}: the weights do not fit {arch}{args}: {problem}")
+    model = models.build_model(arch, args)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise UserError(f"{path}: the weights do not fit {arch}{args}: {_state_dict_problem(e)}") from None
+    broken = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()),
+                  None)
+    if broken is not None:
+        raise UserError(f"{path}: its '{what}' weights are not finite (NaN or inf in {broken}): the file is broken")
     return model
+
+
+def _shape_problem(expected, state):
+    """The first difference in keys or shapes between two state dicts, in words, or None."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []) + \
+                ([f"unexpected {', '.join(map(str, unexpected[:3]))}{' ...' if len(unexpected) > 3 else ''}"]
+                 if unexpected else [])
+        return "; ".join(parts)
+    for key, value in expected.items():
+        shape = getattr(state[key], "shape", None)
+        if shape is None:
+            return f"{key} is a {type(state[key]).__name__}, not a tensor"
+        if tuple(shape) != tuple(value.shape):
+            return f"{key} has shape {tuple(shape)}, the arguments make {tuple(value.shape)}"
+    return None
 
 
 def _state_dict_problem(error):

@@ -22,6 +22,23 @@ import torch
 from torch import nn
 
 SCALES = (2, 4, 8)
+# Bounds on the constructor arguments, far above any published network of this family (EDSR: 32
+# blocks, 256 channels), so that a file or a call asking for 10**9 blocks fails at once instead of
+# building layers until memory runs out.
+MAX_BLOCKS, MAX_CHANNELS, MAX_KERNEL = 1024, 4096, 31
+
+
+def check_sizes(kernels=(), **sizes):
+    """ValueError unless every size is a whole number from 1 to its bound and every kernel size
+    (named in ``kernels``) is odd: 'same' padding needs a centre tap."""
+    for name, value in sizes.items():
+        bound = MAX_KERNEL if name in kernels else MAX_BLOCKS if "blocks" in name else MAX_CHANNELS
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}={value!r} is not a whole number")
+        if not 1 <= value <= bound:
+            raise ValueError(f"{name}={value} is out of range (1 to {bound})")
+        if name in kernels and value % 2 == 0:
+            raise ValueError(f"{name}={value} must be odd ('same' padding needs a centre pixel)")
 
 
 class ConvolutionalBlock(nn.Module):
@@ -117,11 +134,11 @@ class SRResNet(nn.Module):
 
     def __init__(self, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=4):
         super().__init__()
+        if isinstance(scaling_factor, bool) or scaling_factor not in SCALES:
+            raise ValueError(f"scaling_factor must be one of {SCALES}, got {scaling_factor!r}")
         scaling_factor = int(scaling_factor)
-        if scaling_factor not in SCALES:
-            raise ValueError(f"scaling_factor must be one of {SCALES}, got {scaling_factor}")
-        if n_blocks < 1 or n_channels < 1:
-            raise ValueError(f"n_blocks and n_channels must be positive, got {n_blocks} and {n_channels}")
+        check_sizes(("large_kernel_size", "small_kernel_size"), large_kernel_size=large_kernel_size,
+                    small_kernel_size=small_kernel_size, n_channels=n_channels, n_blocks=n_blocks)
         # kept so that a checkpoint can rebuild the model (checkpoint.model_spec)
         self.args = dict(large_kernel_size=large_kernel_size, small_kernel_size=small_kernel_size,
                          n_channels=n_channels, n_blocks=n_blocks, scaling_factor=scaling_factor)
@@ -192,6 +209,10 @@ class Discriminator(nn.Module):
 
     def __init__(self, kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024):
         super().__init__()
+        check_sizes(("kernel_size",), kernel_size=kernel_size, n_channels=n_channels, n_blocks=n_blocks,
+                    fc_size=fc_size)
+        if n_channels * 2 ** ((n_blocks - 1) // 2) > MAX_CHANNELS:  # doubled every second block
+            raise ValueError(f"n_channels={n_channels} doubled over n_blocks={n_blocks} exceeds {MAX_CHANNELS}")
         self.args = dict(kernel_size=kernel_size, n_channels=n_channels, n_blocks=n_blocks, fc_size=fc_size)
         blocks = []
         in_channels = 3

@@ -111,12 +111,14 @@ def build_parser():
                    help="VGG19 weights: torchvision's ImageNet ones (downloaded once), a local copy of that file, "
                         "or 'random' (smoke tests only: the result is NOT an SRGAN) (default: imagenet)")
     g = parser.add_argument_group("discriminator (default: the paper's)")
-    g.add_argument("--d-kernel-size", type=training.at_least(1), default=None, help="convolution kernel (paper: 3)")
-    g.add_argument("--d-n-channels", type=training.at_least(1), default=None,
+    g.add_argument("--d-kernel-size", type=training.kernel_size, default=None,
+                   help="convolution kernel, odd (paper: 3)")
+    g.add_argument("--d-n-channels", type=training.at_most(models.MAX_CHANNELS), default=None,
                    help="channels of the first block, doubled every second block (paper: 64)")
-    g.add_argument("--d-n-blocks", type=training.at_least(1), default=None,
+    g.add_argument("--d-n-blocks", type=training.at_most(models.MAX_BLOCKS), default=None,
                    help="convolutional blocks, stride 2 on every second one (paper: 8)")
-    g.add_argument("--fc-size", type=training.at_least(1), default=None, help="hidden linear layer width (paper: 1024)")
+    g.add_argument("--fc-size", type=training.at_most(models.MAX_CHANNELS), default=None,
+                   help="hidden linear layer width (paper: 1024)")
     return parser
 
 
@@ -294,7 +296,10 @@ def main(argv=None):
         generator = models.Generator(**gen_args)
         if init is not None:
             generator.initialize_with_srresnet(init)
-        discriminator = models.Discriminator(**d_args)
+        try:
+            discriminator = models.Discriminator(**d_args)
+        except ValueError as e:  # channels doubled every second block past models.MAX_CHANNELS
+            raise utils.UserError(f"discriminator {d_args}: {e}") from None
         vgg = build_vgg(args)  # frozen: not wrapped in DDP (nothing to synchronise)
         if args.vgg_weights == "random" and ctx.is_main:
             print("WARNING: --vgg-weights random: the content loss uses an UNTRAINED VGG19. The result is NOT an "
@@ -380,7 +385,7 @@ def main(argv=None):
                 last = iteration == args.iterations
                 save = training.due(iteration, args.save_every) or last or stop.requested
                 # never let a broken model replace the last good checkpoint (bool() is a sync point)
-                good = bool(finite) and (not ctx.is_main or training.is_good(generator, lr_imgs, ctx))
+                good = bool(finite) and (not ctx.is_main or training.is_good(generator, lr_imgs, ctx, ema))
                 stopping = training.stop_if_bad(ctx, good, stop, iteration, last_good)
                 if ctx.is_main:
                     training.keep_snapshot(args, "srgan", iteration, kept,

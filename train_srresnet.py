@@ -123,7 +123,7 @@ def main(argv=None):
                 last = iteration == args.iterations
                 save = training.due(iteration, args.save_every) or last or stop.requested
                 # never let a broken model replace the last good checkpoint (bool() is a sync point)
-                good = bool(finite) and (not ctx.is_main or training.is_good(model, lr_imgs, ctx))
+                good = bool(finite) and (not ctx.is_main or training.is_good(model, lr_imgs, ctx, ema))
                 stopping = training.stop_if_bad(ctx, good, stop, iteration, last_good)
                 if ctx.is_main:
                     training.keep_snapshot(args, "srresnet", iteration, kept,

@@ -78,6 +78,26 @@ def at_least(minimum, kind=int):
     return parse
 
 
+def at_most(maximum):
+    """argparse type: a whole number from 1 to ``maximum``."""
+    def parse(text):
+        value = at_least(1)(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
+        return value
+    return parse
+
+
+def kernel_size(text):
+    """argparse type for a kernel size: an odd whole number from 1 to models.MAX_KERNEL."""
+    value = at_least(1)(text)
+    try:
+        models.check_sizes(("kernel size",), **{"kernel size": value})
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("kernel size=", "")) from None
+    return value
+
+
 def positive_float(text):
     """argparse type: a finite number > 0."""
     try:
@@ -113,10 +133,10 @@ def add_common_arguments(parser, iterations, lr, lr_schedule):
     g.add_argument("--cache-images", choices=("auto", "on", "off"), default="auto",
                    help="keep decoded training images in memory; auto = on for up to 2000 images (default: auto)")
     g = parser.add_argument_group("model (default: the --init file's size, else the paper's)")
-    g.add_argument("--large-kernel-size", type=at_least(1), default=None, help="first and last kernel (paper: 9)")
-    g.add_argument("--small-kernel-size", type=at_least(1), default=None, help="other kernels (paper: 3)")
-    g.add_argument("--n-channels", type=at_least(1), default=None, help="feature channels (paper: 64)")
-    g.add_argument("--n-blocks", type=at_least(1), default=None, help="residual blocks (paper: 16)")
+    g.add_argument("--large-kernel-size", type=kernel_size, default=None, help="first and last kernel, odd (paper: 9)")
+    g.add_argument("--small-kernel-size", type=kernel_size, default=None, help="other kernels, odd (paper: 3)")
+    g.add_argument("--n-channels", type=at_most(models.MAX_CHANNELS), default=None, help="feature channels (paper: 64)")
+    g.add_argument("--n-blocks", type=at_most(models.MAX_BLOCKS), default=None, help="residual blocks (paper: 16)")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=at_least(1), default=16, help="batch size per process (default: 16)")
     g.add_argument("--lr", type=positive_float, default=lr, help=f"Adam learning rate (default: {lr:g})")
@@ -635,9 +655,12 @@ def keep_snapshot(args, script, iteration, model, info):
 
 
 @torch.no_grad()
-def is_good(model, lr_imgs, ctx):
+def is_good(model, lr_imgs, ctx, ema=None):
     """True if every weight and buffer is finite and the model (eval mode) gives a finite output on
-    one training input: what a checkpoint must satisfy before it replaces a good one."""
+    one training input, and the same of its moving average ``ema`` if there is one: what a
+    checkpoint must satisfy before it replaces a good one."""
+    if ema is not None and not is_good(ema, lr_imgs, ctx):
+        return False
     model = checkpoint.unwrap_model(model)
     if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
         return False

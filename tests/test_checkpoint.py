@@ -159,13 +159,38 @@ def test_malformed_model_entries_are_named(tmp_path):
     good = checkpoint.inference_checkpoint(models.SRResNet(**TINY))
     cases = [({"args": dict(TINY, n_channels="8")}, "n_channels='8' is not a whole number"),
              ({"args": dict(TINY, wings=2)}, "unexpected keyword argument 'wings'"),
-             ({"args": dict(TINY, n_blocks=-1)}, "must be positive")]
+             ({"args": dict(TINY, n_blocks=-1)}, "n_blocks=-1 is out of range")]
     for change, message in cases:
         checkpoint.save_checkpoint(dict(good, model=dict(good["model"], **change)), tmp_path / "c.pth")
         with pytest.raises(utils.UserError, match=f"c.pth: malformed checkpoint: cannot build SRResNet.*{message}"):
             checkpoint.load_model(tmp_path / "c.pth")
     state = {k: v for k, v in good["model"]["state_dict"].items() if not k.startswith("residual_blocks.1.")}
     checkpoint.save_checkpoint(dict(good, model=dict(good["model"], state_dict=state)), tmp_path / "c.pth")
-    with pytest.raises(utils.UserError, match=r'c.pth: the weights do not fit SRResNet.*Missing key\(s\) in '
-                                              r'state_dict: "residual_blocks.1.conv_block1.*, \.\.\.$'):
+    with pytest.raises(utils.UserError, match=r"c.pth: the weights do not fit SRResNet.*: missing "
+                                              r"residual_blocks\.1\.conv_block1.* \.\.\.$"):
+        checkpoint.load_model(tmp_path / "c.pth")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(n_blocks=10**9), "n_blocks=1000000000 is out of range"),  # a size bomb: refused before building
+    (dict(n_blocks=900), "missing residual_blocks.2."),  # within the bound, but not what the file holds
+    (dict(n_channels=4096), "has shape (8, 3, 9, 9), the arguments make (4096, 3, 9, 9)"),
+    (dict(small_kernel_size=4), "small_kernel_size=4 must be odd")])
+def test_sizes_that_the_weights_do_not_have_are_refused_before_anything_is_built(tmp_path, change, message):
+    good = checkpoint.inference_checkpoint(models.SRResNet(**TINY))
+    checkpoint.save_checkpoint(dict(good, model=dict(good["model"], args=dict(TINY, **change))), tmp_path / "c.pth")
+    with pytest.raises(utils.UserError, match="c.pth: ") as e:
+        checkpoint.load_model(tmp_path / "c.pth")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load_naming_the_entry(tmp_path, bad):
+    torch.manual_seed(0)
+    net = models.SRResNet(**TINY)
+    with torch.no_grad():
+        net.conv_block2.conv_block[1].running_var[0] = bad
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(net), tmp_path / "c.pth")
+    with pytest.raises(utils.UserError, match=r"c.pth: its 'model' weights are not finite \(NaN or inf in "
+                                              r"conv_block2\.conv_block\.1\.running_var\)"):
         checkpoint.load_model(tmp_path / "c.pth")

@@ -114,3 +114,12 @@ def test_a_copy_elsewhere_loads_its_own_weights_whatever_the_working_directory(t
     (copy / "checkpoints" / "srresnet_x4.pth").unlink()
     with pytest.raises(Exception, match="srresnet_x4.pth: no such file"):
         torch.hub.load(str(copy), "srresnet", source="local", pretrained=True)
+
+
+@pytest.mark.parametrize("entry, kwargs, message", [("srresnet", dict(n_blocks=0), "out of range"),
+                                                    ("generator", dict(small_kernel_size=4), "must be odd"),
+                                                    ("discriminator", dict(n_channels=0), "out of range"),
+                                                    ("discriminator", dict(n_blocks=0), "out of range")])
+def test_hub_entries_check_sizes(entry, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        getattr(load_script("hubconf"), entry)(**kwargs)

@@ -141,3 +141,17 @@ def test_models_imports_only_torch():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
     assert imported <= {"math", "torch", "torchvision"}, imported
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: models.SRResNet(n_blocks=10**9), "out of range"),
+    (lambda: models.SRResNet(n_blocks=0), "out of range"),
+    (lambda: models.SRResNet(small_kernel_size=4), "must be odd"),
+    (lambda: models.SRResNet(large_kernel_size=2), "must be odd"),
+    (lambda: models.Discriminator(n_blocks=0), "out of range"),
+    (lambda: models.Discriminator(n_channels=0), "out of range"),
+    (lambda: models.Discriminator(kernel_size=4), "must be odd"),
+    (lambda: models.Discriminator(n_blocks=40), "exceeds")])
+def test_sizes_are_checked_before_any_layer_is_built(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()

@@ -554,3 +554,14 @@ def test_val_artifacts_logs_niqe_and_grid_as_eval_computes_them(data, tmp_path, 
     assert row["val_grid"] == "" if expected["grid_flat"] is None else float(row["val_grid"]) == pytest.approx(
         expected["grid_flat"], rel=1e-6)
     assert float(row["val_psnr"]) == pytest.approx(expected["psnr"], rel=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [(["--small-kernel-size", "4"], "must be odd"),
+                                            (["--d-kernel-size", "2"], "must be odd"),
+                                            (["--n-blocks", "100000"], "must be at most 1024"),
+                                            (["--d-n-blocks", "40"], "exceeds 4096")])
+def test_sizes_that_cannot_build_are_one_line(data, tmp_path, capsys, extra, message):
+    argv = mse_argv(data, tmp_path / "x") + ["--content-loss", "mse", *extra]
+    if extra[0] in ("--small-kernel-size", "--n-blocks"):
+        argv = [a for a in argv if a != str(data["srresnet"]) and a != "--srresnet-checkpoint"]
+    assert message in cli_error(train_srgan.main, argv, capsys)

@@ -1,6 +1,8 @@
 """train_srresnet.py and training.py: learning, exact resume, what a resume keeps, NaN, kill -9,
 torchrun, and one-line errors for every bad flag or checkpoint."""
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -703,3 +705,33 @@ def test_the_best_checkpoint_records_what_eval_py_prints(tmp_path, data_lists):
                                         "--test-folders", str(data_lists / "Val_test_images.json")])
     assert abs(results["srresnet_best.pth"]["Val"]["psnr"] - logged) < 1e-6
     assert abs(info["val_psnr"] - logged) < 1e-6
+
+
+def test_non_finite_init_or_resume_files_and_a_broken_average_are_named(tmp_path, data_lists, capsys, monkeypatch):
+    """A --init file with NaN weights and a --resume file whose 'ema' entry holds NaN are refused at
+    load, in one line naming the file and the entry; an average that turns NaN during the run stops
+    it before a checkpoint with it is written."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        train_srresnet.main(flags(data_lists, tmp_path / "ok", 2, "--save-every", "1", "--ema", "0.9",
+                                  "--val-data", ""))
+    latest = checkpoint.load_checkpoint(tmp_path / "ok" / "srresnet_latest.pth")
+    broken = dict(latest, ema=dict(latest["ema"], state_dict={k: v * float("nan") if v.is_floating_point() else v
+                                                              for k, v in latest["ema"]["state_dict"].items()}))
+    checkpoint.save_checkpoint(broken, tmp_path / "broken.pth")
+    line = cli_error(train_srresnet.main, ["--resume", tmp_path / "broken.pth", "--iterations", "4"], capsys)
+    assert "broken.pth: its 'ema' weights are not finite" in line
+    bad_init = dict(latest["model"], state_dict=broken["ema"]["state_dict"])
+    checkpoint.save_checkpoint({"format_version": 1, "model": bad_init}, tmp_path / "nan_init.pth")
+    line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "x", 2, "--init", tmp_path / "nan_init.pth",
+                                                "--val-data", ""), capsys)
+    assert "nan_init.pth: its 'model' weights are not finite" in line and not (tmp_path / "x").exists()
+    real_update = training.update_ema
+
+    def poisoned(ema, model, decay):
+        real_update(ema, model, decay)
+        with torch.no_grad():
+            next(ema.parameters()).fill_(float("nan"))
+    monkeypatch.setattr(training, "update_ema", poisoned)
+    line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "y", 4, "--save-every", "1", "--ema", "0.9",
+                                                "--val-data", ""), capsys)
+    assert "NaN or infinite" in line and not (tmp_path / "y" / "srresnet_latest.pth").exists()
