@@ -41,7 +41,7 @@ ADJUSTABLE_ON_RESUME = ("iterations", "lr", "ema", "val_every", "val_precision",
 # settings added after runs were started, with the value that a run without them had
 ADDED_LATER = {"ema": 0.0, "gan_loss": "standard", "artifact_weight": 0.0, "freeze_bn": False, "val_artifacts": False}
 # flags that say how to start, not what the run is
-NOT_RECORDED = ("resume", "init", "resume_notes")
+NOT_RECORDED = ("resume", "init", "resume_notes", "given_on_resume")
 # size flags that default to "the checkpoint's": on resume they are compared with the stored model
 SIZE_FLAGS = {"large_kernel_size": ("model", "large_kernel_size"), "small_kernel_size": ("model", "small_kernel_size"),
               "n_channels": ("model", "n_channels"), "n_blocks": ("model", "n_blocks"),
@@ -203,6 +203,7 @@ def parse_args(parser, argv, script):
     if args.resume:
         resume = load_training_checkpoint(args.resume, script)
         given = explicit_flags(parser, argv)
+        args.given_on_resume = given
         notes = args.resume_notes
         stored_args = {**ADDED_LATER, **resume["training"]["args"]}
         for key, stored in stored_args.items():
@@ -221,6 +222,11 @@ def parse_args(parser, argv, script):
                 raise UserError(f"--{key.replace('_', '-')} {value}: the run in {args.resume} has "
                                 f"{stored}; changing it would make another run (start one with --init "
                                 f"{args.resume}, or drop the flag)")
+        # a run continues where its checkpoint is: a moved (or copied) run folder is not re-created
+        here = os.path.dirname(args.resume) or "."
+        if "checkpoint_dir" not in given and os.path.realpath(here) != os.path.realpath(args.checkpoint_dir):
+            notes.append(("checkpoint_dir", args.checkpoint_dir, here))
+            args.checkpoint_dir = here
         iteration = resume["training"]["iteration"]
         if args.iterations <= iteration:
             raise UserError(f"--iterations {args.iterations}: the run in {args.resume} is already at "
@@ -239,6 +245,9 @@ def announce_resume(args, iteration):
                     f"is recomputed for {new} iterations from iteration {iteration} on")
         elif key == "lr":
             what = f"the base learning rate changes from {old:g} to {new:g} from iteration {iteration} on"
+        elif key == "checkpoint_dir":
+            what = (f"the run's files go to {new}, the folder of the checkpoint given "
+                    f"(the run was started in {old})") if key not in args.given_on_resume else f"{old} -> {new}"
         elif key == "ema":
             kept = f"the weights' moving average (decay {new})" if new else "the trained weights"
             what = (f"validation and the kept models use {kept} from iteration {iteration} on"
@@ -496,7 +505,20 @@ class RunLock:
 
     def __init__(self, folder, script):
         self.path = os.path.join(folder, f"{script}.lock")
-        self.created_folder = not os.path.isdir(folder)
+        # the folders this run makes (outermost first), removed again if it leaves nothing in them
+        self.created = []
+        parent = os.path.abspath(folder)
+        while not os.path.exists(parent):
+            self.created.insert(0, parent)
+            parent = os.path.dirname(parent)
+        self.file = None
+        try:
+            self._claim(folder, script)
+        except OSError as e:  # a full disk, a read-only folder: one line, and nothing left behind
+            self.release()
+            raise UserError(f"{self.path}: cannot write the run's lock file ({e.strerror or e})") from None
+
+    def _claim(self, folder, script):
         os.makedirs(folder, exist_ok=True)
         while True:
             self.file = open(self.path, "a+")
@@ -521,17 +543,23 @@ class RunLock:
         self.file.truncate()
         self.file.write(f"{os.getpid()}\n")
         self.file.flush()
+        os.fsync(self.file.fileno())  # a full disk fails here, not later
 
     def release(self):
-        """Remove the lock file (and the folder, if this run made it and left nothing else there)."""
-        if self.file.closed:
+        """Remove the lock file (and the folders this run made, if it left nothing else there)."""
+        if self.file is None or self.file.closed:
+            if self.file is None:  # never opened (a failed start): only the folders
+                self._remove_created_folders()
             return
         with contextlib.suppress(OSError):
             os.unlink(self.path)  # while still holding the lock: see __init__
         self.file.close()
-        if self.created_folder:
+        self._remove_created_folders()
+
+    def _remove_created_folders(self):
+        for folder in reversed(self.created):
             with contextlib.suppress(OSError):
-                os.rmdir(os.path.dirname(self.path))  # fails, as it should, unless empty
+                os.rmdir(folder)  # fails, as it should, unless empty
 
 
 def claim_run_folder(args, script):

@@ -735,3 +735,25 @@ def test_non_finite_init_or_resume_files_and_a_broken_average_are_named(tmp_path
     line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "y", 4, "--save-every", "1", "--ema", "0.9",
                                                 "--val-data", ""), capsys)
     assert "NaN or infinite" in line and not (tmp_path / "y" / "srresnet_latest.pth").exists()
+
+
+def test_a_full_disk_at_the_start_is_one_line_and_leaves_nothing(tmp_path, data_lists, capsys):
+    from conftest import full_disk
+    with full_disk("fsync"):
+        line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "new" / "ck", 2), capsys)
+    assert "srresnet.lock: cannot write the run's lock file (No space left on device)" in line
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_moved_run_folder_continues_where_its_checkpoint_is(tmp_path, data_lists, capsys):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        train_srresnet.main(flags(data_lists, tmp_path / "first", 2, "--save-every", "1", "--log-every", "1",
+                                  "--val-data", ""))
+    (tmp_path / "first").rename(tmp_path / "moved")
+    capsys.readouterr()
+    train_srresnet.main(["--resume", str(tmp_path / "moved" / "srresnet_latest.pth"), "--iterations", "4"])
+    err = capsys.readouterr().err
+    assert f"the run's files go to {tmp_path / 'moved'}" in err and "started in" in err
+    assert not (tmp_path / "first").exists()
+    assert checkpoint.load_checkpoint(tmp_path / "moved" / "srresnet_latest.pth")["training"]["iteration"] == 4
+    assert [r["iteration"] for r in read_log(tmp_path / "moved" / "srresnet_log.csv")] == ["1", "2", "3", "4"]
