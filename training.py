@@ -41,7 +41,7 @@ ADJUSTABLE_ON_RESUME = ("iterations", "lr", "ema", "val_every", "val_precision",
 # settings added after runs were started, with the value that a run without them had
 ADDED_LATER = {"ema": 0.0, "gan_loss": "standard", "artifact_weight": 0.0, "freeze_bn": False, "val_artifacts": False}
 # flags that say how to start, not what the run is
-NOT_RECORDED = ("resume", "init", "resume_notes", "given_on_resume")
+NOT_RECORDED = ("resume", "init", "resume_notes")
 # size flags that default to "the checkpoint's": on resume they are compared with the stored model
 SIZE_FLAGS = {"large_kernel_size": ("model", "large_kernel_size"), "small_kernel_size": ("model", "small_kernel_size"),
               "n_channels": ("model", "n_channels"), "n_blocks": ("model", "n_blocks"),
@@ -203,7 +203,6 @@ def parse_args(parser, argv, script):
     if args.resume:
         resume = load_training_checkpoint(args.resume, script)
         given = explicit_flags(parser, argv)
-        args.given_on_resume = given
         notes = args.resume_notes
         stored_args = {**ADDED_LATER, **resume["training"]["args"]}
         for key, stored in stored_args.items():
@@ -225,7 +224,7 @@ def parse_args(parser, argv, script):
         # a run continues where its checkpoint is: a moved (or copied) run folder is not re-created
         here = os.path.dirname(args.resume) or "."
         if "checkpoint_dir" not in given and os.path.realpath(here) != os.path.realpath(args.checkpoint_dir):
-            notes.append(("checkpoint_dir", args.checkpoint_dir, here))
+            notes.append(("moved", args.checkpoint_dir, here))
             args.checkpoint_dir = here
         iteration = resume["training"]["iteration"]
         if args.iterations <= iteration:
@@ -245,9 +244,10 @@ def announce_resume(args, iteration):
                     f"is recomputed for {new} iterations from iteration {iteration} on")
         elif key == "lr":
             what = f"the base learning rate changes from {old:g} to {new:g} from iteration {iteration} on"
-        elif key == "checkpoint_dir":
-            what = (f"the run's files go to {new}, the folder of the checkpoint given "
-                    f"(the run was started in {old})") if key not in args.given_on_resume else f"{old} -> {new}"
+        elif key == "moved":
+            print(f"resume: the run's files go to {new}, the folder of the checkpoint given (the run was started "
+                  f"in {old})", file=sys.stderr)
+            continue
         elif key == "ema":
             kept = f"the weights' moving average (decay {new})" if new else "the trained weights"
             what = (f"validation and the kept models use {kept} from iteration {iteration} on"
