@@ -13,6 +13,7 @@ up-scaled with bicubic and kept, 16-bit grayscale keeps 16 bits).
 
 import copy
 import math
+import sys
 import time
 import warnings
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
 import checkpoint
 import images
@@ -41,6 +43,15 @@ PRE_PAD = 10
 # modes upscale_image works in after normalize_mode
 # what an allocation failure on the device raises (torch.OutOfMemoryError from torch 2.5 on)
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def _is_out_of_memory(error):
+    """True for an allocation failure: CUDA's OutOfMemoryError, or the RuntimeError of the CPU
+    allocator ("DefaultCPUAllocator: can't allocate memory" / "not enough memory")."""
+    if isinstance(error, _OUT_OF_MEMORY):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
 # ITU-R 601-2 luma weights, as PIL's convert('L'), for the 16-bit grayscale output
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -246,10 +257,11 @@ def mirror_pad(x, top_bottom, left_right):
     return torch.cat([x[..., :q].flip(-1), x, x[..., w - q:].flip(-1)], dim=-1)
 
 
-def _upscale(model, lr, scale, precision, device, tile, tile_pad, uint8, pre_pad=PRE_PAD):
+def _upscale(model, lr, scale, precision, device, tile, tile_pad, uint8, pre_pad=PRE_PAD, progress=False):
     """:func:`upscale_tensor` of (N, 3, h, w) images; with ``uint8`` (N = 1 only) the output is the
     (h * s, w * s, 3) uint8 array that convert_image(..., '[-1, 1]', 'pil') makes of the float output,
-    filled tile by tile (a quarter of the float output's memory)."""
+    filled tile by tile (a quarter of the float output's memory). ``progress``: a bar of tiles on
+    stderr when there are several (a large photo takes minutes on a CPU)."""
     device = torch.device(device)
     h, w = lr.shape[-2:]
     py, px = min(pre_pad, h), min(pre_pad, w)  # a tiny image is mirrored as far as it reaches
@@ -263,8 +275,11 @@ def _upscale(model, lr, scale, precision, device, tile, tile_pad, uint8, pre_pad
         try:
             # one tile: its context is all the padding; several: the receptive field, within the padded input
             context = max(py, px) if tile_size >= max(h, w) else pad or 0
-            return _upscale_tiles(model, padded, scale, precision, device, tile_size, context, uint8, region)
-        except _OUT_OF_MEMORY:
+            return _upscale_tiles(model, padded, scale, precision, device, tile_size, context, uint8, region,
+                                  progress)
+        except (_OUT_OF_MEMORY, RuntimeError) as e:
+            if not _is_out_of_memory(e):
+                raise
             if tile_size <= MIN_TILE:
                 raise utils.UserError(f"out of memory on {device} even with {tile_size}-pixel tiles; "
                                       "try --precision bf16 (or fp16), a smaller --tile-pad, or --device cpu") from None
@@ -275,7 +290,7 @@ def _upscale(model, lr, scale, precision, device, tile, tile_pad, uint8, pre_pad
         warnings.warn(f"out of memory on {device}: retrying with {tile_size}-pixel tiles", RuntimeWarning, stacklevel=3)
 
 
-def _upscale_tiles(model, lr, scale, precision, device, tile, pad, uint8, region):
+def _upscale_tiles(model, lr, scale, precision, device, tile, pad, uint8, region, progress=False):
     """Run the model on tiles of the box ``region`` (top, bottom, left, right) of ``lr`` (N, 3, H, W),
     each with ``pad`` pixels of context from all of ``lr``, and paste their centres into the output."""
     n = lr.shape[0]
@@ -287,7 +302,10 @@ def _upscale_tiles(model, lr, scale, precision, device, tile, pad, uint8, region
     else:
         out = torch.empty(n, 3, h * scale, w * scale, dtype=torch.float32, device=lr.device)
     channels_last = _is_channels_last(model)
-    with torch.inference_mode(), utils.autocast(device, precision):
+    n_tiles = math.ceil(h / tile) * math.ceil(w / tile)
+    bar = tqdm(total=n_tiles, unit="tile", desc="tiles", leave=False, file=sys.stderr,
+               disable=not progress or n_tiles < 2)
+    with bar, torch.inference_mode(), utils.autocast(device, precision):
         for top in range(r_top, r_bottom, tile):
             bottom = min(top + tile, r_bottom)
             for left in range(r_left, r_right, tile):
@@ -311,6 +329,7 @@ def _upscale_tiles(model, lr, scale, precision, device, tile, pad, uint8, region
                     else:
                         out[:, :, r0:r1, c0:c1] = y.to(lr.device)
                 del x, y
+                bar.update(1)
     return out
 
 
@@ -530,12 +549,13 @@ def output_to_image(sr, mode):
     return rgb.convert("L") if mode in ("L", "LA") else rgb
 
 
-def upscale_image(model, img, scale, precision, device, tile=None, tile_pad=None):
+def upscale_image(model, img, scale, precision, device, tile=None, tile_pad=None, progress=False):
     """Super-resolve a PIL image of any kind (see the module docstring).
 
     Args:
         model, scale, precision, device, tile, tile_pad: as for :func:`upscale_tensor`.
         img: the PIL image (EXIF rotation already applied, as images.open_image_any_mode does).
+        progress: show a bar of the tiles done (and the time left) on stderr when there are several.
 
     Returns:
         (sr, seconds): the super-resolved image, ``scale`` times larger, of mode RGB, RGBA, L, LA
@@ -548,9 +568,9 @@ def upscale_image(model, img, scale, precision, device, tile=None, tile_pad=None
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     if img.mode in images.HIGH_BIT_MODES:  # needs the float output
-        sr = _upscale(model, x, scale, precision, device, tile, tile_pad, uint8=False)  # (1, 3, h * s, w * s)
+        sr = _upscale(model, x, scale, precision, device, tile, tile_pad, False, progress=progress)  # (1, 3, H, W)
     else:  # 8 bits: quantised tile by tile, the float output never exists whole
-        sr = _upscale(model, x, scale, precision, device, tile, tile_pad, uint8=True)  # (h * s, w * s, 3) uint8
+        sr = _upscale(model, x, scale, precision, device, tile, tile_pad, True, progress=progress)  # (H, W, 3) uint8
     seconds = time.perf_counter() - start
     if img.mode in images.HIGH_BIT_MODES:
         out = output_to_image(sr[0], img.mode)

@@ -182,7 +182,7 @@ def super_resolve_file(model, path, output_dir, scale, precision, device, tile=N
     """
     img = read_image(path)
     stem = stem or os.path.splitext(os.path.basename(path))[0]
-    sr, seconds = inference.upscale_image(model, img, scale, precision, device, tile, tile_pad)
+    sr, seconds = inference.upscale_image(model, img, scale, precision, device, tile, tile_pad, progress=True)
     bicubic = inference.bicubic_upscale(img, scale)
     sr_path = os.path.join(output_dir, f"{stem}_sr.png")
     bicubic_path = os.path.join(output_dir, f"{stem}_bicubic.png")
@@ -316,8 +316,8 @@ def main(argv=None):
                 (w, h), (sw, sh) = r["in_size"], r["out_size"]
                 tqdm.write(f"{path}: {w}x{h} -> {sw}x{sh} {r['mode']} in {r['seconds']:.2f} s (model) "
                            f"-> {r['sr_path']}", file=sys.stdout)
-        except UserError as e:
-            message = str(e)
+        except (UserError, MemoryError) as e:  # MemoryError: numpy or Pillow out of memory on a huge image
+            message = str(e) if isinstance(e, UserError) else "out of memory; try a smaller --tile"
             if "output is not finite" in message:
                 message = f"{ckpt_path}: {message} (on {path})"
             elif not message.startswith(path) and not message.startswith(args.output_dir):

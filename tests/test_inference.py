@@ -112,22 +112,26 @@ class NearestUpscaler(nn.Module):
     Raises CUDA-style out-of-memory errors for inputs larger than ``max_side`` (if given).
     """
 
-    def __init__(self, max_side=None):
+    def __init__(self, max_side=None, cpu=False):
         super().__init__()
-        self.max_side = max_side
+        self.max_side, self.cpu = max_side, cpu
         self.sides = []
 
     def forward(self, x):
         self.sides.append(max(x.shape[-2:]))
         if self.max_side is not None and max(x.shape[-2:]) > self.max_side:
+            if self.cpu:  # what the CPU allocator raises
+                raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                                   "memory: you tried to allocate 96000000000 bytes. Error code 12")
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return images.convert_image(nn.functional.interpolate(x, scale_factor=4), "imagenet-norm", "[-1, 1]")
 
 
-def test_out_of_memory_retries_with_halved_tiles():
+@pytest.mark.parametrize("cpu", [False, True])
+def test_out_of_memory_retries_with_halved_tiles(cpu):
     x = images.convert_image(torch.rand(1, 3, 100, 80), "[0, 1]", "imagenet-norm")
     expected = inference.upscale_tensor(NearestUpscaler(), x, 4, "fp32", "cpu", tile_pad=2)
-    model = NearestUpscaler(max_side=40)
+    model = NearestUpscaler(max_side=40, cpu=cpu)
     with pytest.warns(RuntimeWarning, match="out of memory"):
         out = inference.upscale_tensor(model, x, 4, "fp32", "cpu", tile=None, tile_pad=2)
     assert torch.allclose(out, expected, atol=1e-6)

@@ -380,3 +380,25 @@ def test_both_outputs_carry_the_inputs_icc_profile(ckpt_file, tmp_path):
     assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "wide.png", "--output-dir", tmp_path / "o"]) == 0
     for name in ("wide_sr.png", "wide_bicubic.png"):
         assert Image.open(tmp_path / "o" / name).info.get("icc_profile") == profile, name
+
+
+def test_a_large_image_shows_its_tiles_and_memory_errors_are_one_line_per_image(ckpt_file, tmp_path, capsys,
+                                                                                monkeypatch):
+    random_image((160, 130), seed=1).save(tmp_path / "big.png")
+    random_image((20, 16), seed=2).save(tmp_path / "small.png")
+    assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "big.png", "--tile", "32",
+                "--output-dir", tmp_path / "o"]) == 0
+    err = capsys.readouterr().err
+    assert "tiles:   0%|          | 0/25" in err  # a 160x130 input in 32-pixel tiles: 5 x 5
+
+    real = inference.bicubic_upscale
+
+    def fails_on_big(img, scale):
+        if img.width > 100:
+            raise MemoryError
+        return real(img, scale)
+    monkeypatch.setattr(inference, "bicubic_upscale", fails_on_big)
+    assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "big.png", tmp_path / "small.png",
+                "--output-dir", tmp_path / "p"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert "big.png: out of memory" in errors[0] and files_in(tmp_path / "p") == ["small_bicubic.png", "small_sr.png"]
