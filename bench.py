@@ -481,7 +481,7 @@ def table(results):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Time the fast paths against plain references in one run; "
+    parser = utils.ArgumentParser(description="Time the fast paths against plain references in one run; "
                                                  "prints a Markdown table (progress on stderr).")
     parser.add_argument("--checkpoint", metavar="PATH", help="the model (default: an SRResNet x4 with random weights)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:k] (default: auto)")

@@ -11,7 +11,6 @@ else (``os.system``...) is refused before any of it runs. A checkpoint of this p
 generator (and, from an SRGAN training checkpoint, the discriminator is dropped) plus its info.
 """
 
-import argparse
 import collections
 import os
 import pickle
@@ -186,7 +185,7 @@ def _parse_info(item):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write an inference checkpoint of this project from a classic "
+    parser = utils.ArgumentParser(description="Write an inference checkpoint of this project from a classic "
                                                  "tutorial checkpoint (*.pth.tar) or from a training checkpoint.")
     parser.add_argument("source", help="tutorial checkpoint, or a checkpoint of this project")
     parser.add_argument("output", help="where to write the new checkpoint (e.g. checkpoints/imported.pth)")

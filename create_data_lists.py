@@ -8,7 +8,6 @@ per test folder: absolute paths of the images whose sides are both >= --min-size
 read, so ~120k COCO files take a minute or two; undecodable files are skipped and listed.
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -113,7 +112,7 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, recu
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write JSON lists of training and test images for SRDataset.")
+    parser = utils.ArgumentParser(description="Write JSON lists of training and test images for SRDataset.")
     parser.add_argument("--train-folders", nargs="*", default=[],
                         help="folders of training images (e.g. COCO train2014 val2014, or T91 BSDS200)")
     parser.add_argument("--test-folders", nargs="*", default=[],

@@ -8,7 +8,6 @@ checked against its SHA-256 in ``download_manifest.tsv`` before it takes its fin
 already present and correct are skipped, so an interrupted run is finished by running it again.
 """
 
-import argparse
 import contextlib
 import csv
 import glob
@@ -117,7 +116,7 @@ def download(url, dest, size, sha256, min_speed=MIN_SPEED):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Download the x4 HR test sets (Set5, Set14, BSD100, Urban100), "
+    parser = utils.ArgumentParser(description="Download the x4 HR test sets (Set5, Set14, BSD100, Urban100), "
                                                  "checked against their SHA-256.")
     parser.add_argument("sets", nargs="+", metavar="SET", help=f"{', '.join(SETS)} or all")
     parser.add_argument("--output-dir", default="datasets", metavar="DIR",

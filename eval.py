@@ -11,7 +11,6 @@ border ratio; docs/artifacts.md) and the flat-field probe of each checkpoint. Pr
 tables; ``--json`` also writes every number, per image too.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -30,7 +29,7 @@ import utils
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="PSNR / SSIM (Y channel) of checkpoints and bicubic on test sets.")
+    parser = utils.ArgumentParser(description="PSNR / SSIM (Y channel) of checkpoints and bicubic on test sets.")
     parser.add_argument("--checkpoint", nargs="+", action="extend", default=[], metavar="PATH",
                         help="checkpoints to evaluate (SRResNet or SRGAN generator; one table row each)")
     parser.add_argument("--test-folders", nargs="+", action="extend", required=True, metavar="DIR_OR_JSON",

@@ -8,7 +8,6 @@ runs it). Input ``lr``: ImageNet-normalised RGB, float32 (N, 3, h, w); output ``
 PyTorch on a random odd-sized input before it is written.
 """
 
-import argparse
 import inspect
 import io
 import logging
@@ -103,7 +102,7 @@ def max_difference(onnx_bytes, model, shape=(1, 3, 17, 23)):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = utils.ArgumentParser(
         description="Export a checkpoint's generator to ONNX (dynamic batch, height, width).")
     parser.add_argument("checkpoint", help="a checkpoint of this project (SRResNet or SRGAN generator)")
     parser.add_argument("output", help="the ONNX file to write, e.g. srresnet_x4.onnx")

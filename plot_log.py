@@ -9,7 +9,6 @@ validation PSNR (and NIQE and grid, from train_srgan.py --val-artifacts). Losses
 (faint) and as a moving average over --smooth rows.
 """
 
-import argparse
 import csv
 import io
 import math
@@ -95,7 +94,7 @@ def plot(series, title, smooth=20):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = utils.ArgumentParser(
         description="Plot a train_srresnet.py / train_srgan.py log (*_log.csv) to an image.")
     parser.add_argument("log", help="the CSV log, e.g. checkpoints/srgan_log.csv")
     parser.add_argument("output", help="the image to write (.png, .pdf or .svg)")

@@ -14,7 +14,6 @@ the input is taken as the original: it is shrunk by the scale with bicubic, supe
 <name>_comparison.png (bicubic | model | original) is written with PSNR / SSIM.
 """
 
-import argparse
 import os
 import sys
 
@@ -39,7 +38,7 @@ SAMPLE_FOLDER = "data"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = utils.ArgumentParser(
         description="Super-resolve images with a trained SRResNet / SRGAN generator.",
         epilog="A failed image is one 'error:' line; the other images are still processed, and the exit "
                "code is 2 at the end.")

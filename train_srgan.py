@@ -71,7 +71,7 @@ def _scale(text):
 
 
 def build_parser():
-    parser = training.ArgumentParser(
+    parser = utils.ArgumentParser(
         description="Adversarial fine-tuning of an SRResNet into an SRGAN generator (Ledig et al., CVPR 2017).")
     training.add_common_arguments(parser, iterations=200_000, lr=1e-4, lr_schedule="step")
     g = parser.add_argument_group("SRGAN")

@@ -58,13 +58,6 @@ class TrainingStopped(UserError):
 # flags
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with errors as one 'error:' line (exit code 2) like every other failure."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
-
-
 def at_least(minimum, kind=int):
     """argparse type: a finite number >= minimum."""
     def parse(text):

@@ -1,5 +1,6 @@
 """Plumbing shared by the scripts: one-line user errors, atomic file writes, device, precision, allocator."""
 
+import argparse
 import contextlib
 import ctypes
 import errno
@@ -16,6 +17,13 @@ import torch
 
 class UserError(Exception):
     """A problem with the user's input (a file, a flag): scripts print it on one line and exit 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with errors as one 'error:' line (exit code 2) like every other failure (every script's)."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
 
 
 class Terminated(KeyboardInterrupt):
