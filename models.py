@@ -236,6 +236,16 @@ class Discriminator(nn.Module):
         return self.fc2(x)  # (N, 1)
 
 
+VGG19_STAGE_CONVS = (2, 2, 4, 4, 4)  # convolutions before each of VGG19's 5 max-pools
+
+
+def check_vgg_layer(i, j):
+    """ValueError unless VGG19 has a convolution j before max-pool i (the paper's notation)."""
+    if not (1 <= i <= len(VGG19_STAGE_CONVS) and 1 <= j <= VGG19_STAGE_CONVS[i - 1]):
+        raise ValueError(f"VGG19 has no convolution j={j} before max-pool i={i} "
+                         "(valid: i=1..2 with j=1..2, i=3..5 with j=1..4)")
+
+
 class TruncatedVGG19(nn.Module):
     """VGG19 features up to the ReLU after the j-th convolution before the i-th max-pool, frozen.
 
@@ -253,6 +263,7 @@ class TruncatedVGG19(nn.Module):
 
     def __init__(self, i=5, j=4, weights="imagenet"):
         super().__init__()
+        check_vgg_layer(i, j)  # before any weights are fetched
         import torchvision  # imported here so that `import models` stays light
 
         # only the convolutional part of torchvision's VGG19 ("features"): building the whole

@@ -249,6 +249,10 @@ def resolve_content_loss(args):
         return
     args.vgg_i = layer[0] if args.vgg_i is None else args.vgg_i
     args.vgg_j = layer[1] if args.vgg_j is None else args.vgg_j
+    try:
+        models.check_vgg_layer(args.vgg_i, args.vgg_j)
+    except ValueError as e:
+        raise utils.UserError(f"--vgg-i {args.vgg_i} --vgg-j {args.vgg_j}: {e}") from None
     args.vgg_weights = "imagenet" if args.vgg_weights is None else args.vgg_weights
 
 

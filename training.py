@@ -104,9 +104,14 @@ def positive_float(text):
 
 def decay(text):
     """argparse type: a number in [0, 1)."""
-    value = at_least(0, float)(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value < 1:  # inf and nan too
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
     return value
 
 
@@ -211,8 +216,8 @@ def parse_args(parser, argv, script):
             if value != stored and key in ADJUSTABLE_ON_RESUME:
                 notes.append((key, stored, value))
             elif value != stored:
-                raise UserError(f"--{key.replace('_', '-')} {value}: the run in {args.resume} has "
-                                f"{stored}; changing it would make another run (start one with --init "
+                raise UserError(f"--{key.replace('_', '-')} {_shown(value)}: the run in {args.resume} has "
+                                f"{_shown(stored)}; changing it would make another run (start one with --init "
                                 f"{args.resume}, or drop the flag)")
         # a run continues where its checkpoint is: a moved (or copied) run folder is not re-created
         here = os.path.dirname(args.resume) or "."
@@ -226,6 +231,11 @@ def parse_args(parser, argv, script):
     if args.scaling_factor is not None:
         datasets.check_crop_size(args.crop_size, args.scaling_factor, "--scaling-factor")
     return args, resume
+
+
+def _shown(value):
+    """A setting as a message shows it: an empty one as '' (none)."""
+    return "'' (none)" if value in ("", None) else value
 
 
 def announce_resume(args, iteration):

@@ -565,3 +565,14 @@ def test_sizes_that_cannot_build_are_one_line(data, tmp_path, capsys, extra, mes
     if extra[0] in ("--small-kernel-size", "--n-blocks"):
         argv = [a for a in argv if a != str(data["srresnet"]) and a != "--srresnet-checkpoint"]
     assert message in cli_error(train_srgan.main, argv, capsys)
+
+
+def test_a_refusal_names_an_empty_setting(trained, capsys):
+    line = cli_error(train_srgan.main, ["--resume", trained["dir"] / "srgan_latest.pth", "--iterations", "50",
+                                        "--val-data", ""], capsys)
+    assert "--val-data '' (none): the run in" in line and "has Val;" in line
+
+
+def test_a_vgg_layer_that_does_not_exist_blames_vgg_i_and_j(data, tmp_path, capsys):
+    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "x") + ["--vgg-i", "9"], capsys)
+    assert line.startswith("error: --vgg-i 9 --vgg-j 2: VGG19 has no convolution") and "--vgg-weights" not in line
