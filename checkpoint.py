@@ -12,6 +12,7 @@ it on any machine whatever device saved it (format_version 1)::
 
 import os
 import pickle
+import sys
 import warnings
 
 import torch
@@ -162,11 +163,17 @@ def load_model(path, device="cpu"):
 
     Reads inference files and training checkpoints of either script, saved on any device. Returns
     the model in eval mode on ``device``; a UserError naming the file if it holds no usable model.
+    A training checkpoint of a run with --ema holds both the trained weights and their average: the
+    trained weights are used, and a note on stderr says so (the average is often better).
     """
     ckpt = load_checkpoint(path)
     if "model" not in ckpt:
         raise UserError(f"{path}: holds no super-resolution model (it has {', '.join(map(str, ckpt))})")
-    return build_from_spec(ckpt["model"], path).to(device).eval()
+    model = build_from_spec(ckpt["model"], path).to(device).eval()
+    if "ema" in ckpt:
+        print(f"note: {path} also holds a moving average of its weights (--ema); the trained weights are used "
+              f"here (python convert_checkpoint.py {path} AVERAGE.pth --ema writes the average)", file=sys.stderr)
+    return model
 
 
 def unwrap_model(model):

@@ -139,16 +139,37 @@ def convert_tutorial(path, info=None):
     return ckpt
 
 
+def convert_state_dict(path, state, info=None):
+    """An inference checkpoint from a bare state dict (``torch.save(model.state_dict(), path)``) of
+    an SRResNet or a Generator; its size is read from the shapes."""
+    is_generator = any(str(k).startswith("net.") for k in state)
+    net_sd = {k[len("net."):]: v for k, v in state.items()} if is_generator else state
+    arch = "Generator" if is_generator else "SRResNet"
+    try:
+        args = _srresnet_args(net_sd)
+    except (KeyError, AttributeError, IndexError, TypeError):
+        raise UserError(f"{path}: a state dict, but not of an SRResNet or SRGAN generator "
+                        f"(keys such as {', '.join(map(str, list(state)[:3]))})") from None
+    model = checkpoint.build_from_spec({"arch": arch, "args": args, "state_dict": state}, path)
+    return checkpoint.inference_checkpoint(model, {"imported_from": os.path.basename(path), **(info or {})})
+
+
 def convert_project(path, info=None, ema=False):
     """The inference-only part of a checkpoint of this project: its generator (with ``ema``, the
-    moving average of the weights that a training checkpoint of a run with --ema holds) and info."""
+    moving average of the weights that a training checkpoint of a run with --ema holds) and info.
+    A training checkpoint has no info record: the run's script, iteration and settings become it."""
     ckpt = checkpoint.load_checkpoint(path)
     old_info = ckpt.get("info") if isinstance(ckpt.get("info"), dict) else {}
+    training = ckpt.get("training") if isinstance(ckpt.get("training"), dict) else {}
+    if training and not old_info:
+        run_args = training.get("args") if isinstance(training.get("args"), dict) else {}
+        old_info = {"converted_from": os.path.basename(path),
+                    **({"script": f"train_{training['script']}.py"} if training.get("script") else {}),
+                    **({"iteration": training["iteration"]} if "iteration" in training else {}), **run_args}
     if not ema:
         model = checkpoint.load_model(path)  # checks the entry completely
     elif "ema" in ckpt:
         model = checkpoint.build_from_spec(ckpt["ema"], path, "ema")
-        training = ckpt.get("training") if isinstance(ckpt.get("training"), dict) else {}
         run_args = training.get("args") if isinstance(training.get("args"), dict) else {}
         old_info = {**old_info, "ema": run_args.get("ema")}  # the decay, as the best files record it
     elif old_info.get("ema"):  # a best or --keep-every file of a run with --ema: already the average
@@ -202,7 +223,14 @@ def main(argv=None):
     utils.check_writable(args.output)  # before the work
     utils.remove_stale_temporaries(args.output)
     if _is_project_checkpoint(args.source):
-        ckpt = convert_project(args.source, info, args.ema)
+        obj = checkpoint.load_torch_file(args.source)
+        if isinstance(obj, dict) and "format_version" not in obj and obj and all(
+                isinstance(v, torch.Tensor) for v in obj.values()):
+            if args.ema:
+                raise UserError(f"{args.source}: --ema: a bare state dict holds no moving average of the weights")
+            ckpt = convert_state_dict(args.source, obj, info)
+        else:
+            ckpt = convert_project(args.source, info, args.ema)
     elif args.ema:
         raise UserError(f"{args.source}: --ema: a tutorial checkpoint holds no moving average of the weights")
     else:

@@ -194,3 +194,15 @@ def test_non_finite_weights_are_refused_at_load_naming_the_entry(tmp_path, bad):
     with pytest.raises(utils.UserError, match=r"c.pth: its 'model' weights are not finite \(NaN or inf in "
                                               r"conv_block2\.conv_block\.1\.running_var\)"):
         checkpoint.load_model(tmp_path / "c.pth")
+
+
+def test_load_model_says_once_which_weights_of_a_file_with_an_average_it_uses(tmp_path, capsys):
+    net = models.SRResNet(**TINY)
+    ckpt = dict(checkpoint.inference_checkpoint(net), ema=checkpoint.model_spec(net))
+    checkpoint.save_checkpoint(ckpt, tmp_path / "latest.pth")
+    checkpoint.load_model(tmp_path / "latest.pth")
+    err = capsys.readouterr().err
+    assert err.count("note:") == 1 and "the trained weights are used" in err and "--ema" in err
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(net), tmp_path / "plain.pth")
+    checkpoint.load_model(tmp_path / "plain.pth")
+    assert capsys.readouterr().err == ""

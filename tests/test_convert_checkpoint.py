@@ -10,7 +10,7 @@ import checkpoint
 import convert_checkpoint
 import models
 import utils
-from conftest import TINY
+from conftest import TINY, cli_error
 
 
 def _classic_checkpoint(tmp_path, legacy_format):
@@ -103,7 +103,7 @@ def test_ema_takes_the_moving_average_of_a_training_checkpoint(tmp_path, capsys)
         assert set(out) == {"format_version", "model", "info"}
         for key, value in model.state_dict().items():
             assert torch.equal(out["model"]["state_dict"][key], value), (name, key)
-    assert checkpoint.load_checkpoint(tmp_path / "ema.pth")["info"] == {"ema": 0.999}
+    assert checkpoint.load_checkpoint(tmp_path / "ema.pth")["info"] == {"converted_from": src.name, "ema": 0.999}
     # a file without an average: one line, nothing written
     plain = tmp_path / "plain.pth"
     checkpoint.save_checkpoint(checkpoint.inference_checkpoint(trained), plain)
@@ -175,3 +175,26 @@ def test_the_output_is_never_the_source(tmp_path, capsys, tiny_checkpoint):
             utils.run_cli(convert_checkpoint.main, [str(own), str(output)])
         assert "this output is the input" in capsys.readouterr().err
     assert own.read_bytes() == tiny_checkpoint.read_bytes()
+
+
+def test_a_training_checkpoint_gets_an_info_record_and_a_bare_state_dict_is_imported(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = models.SRResNet(**TINY)
+    ckpt = {"format_version": 1, "model": checkpoint.model_spec(net),
+            "training": {"script": "srresnet", "iteration": 7, "args": {"lr": 1e-4, "ema": 0.0}}}
+    checkpoint.save_checkpoint(ckpt, tmp_path / "latest.pth")
+    convert_checkpoint.main([str(tmp_path / "latest.pth"), str(tmp_path / "out.pth")])
+    info = checkpoint.load_checkpoint(tmp_path / "out.pth")["info"]
+    assert (info["script"], info["iteration"], info["lr"], info["converted_from"]) == (
+        "train_srresnet.py", 7, 1e-4, "latest.pth")
+    gen = models.Generator(**TINY)
+    for model, name in ((net, "bare.pth"), (gen, "bare_gen.pth")):
+        torch.save(model.state_dict(), tmp_path / name)
+        convert_checkpoint.main([str(tmp_path / name), str(tmp_path / f"new_{name}")])
+        loaded = checkpoint.load_model(tmp_path / f"new_{name}")
+        assert type(loaded) is type(model) and loaded.args == model.args
+        for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
+            assert torch.equal(a, b)
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    line = cli_error(convert_checkpoint.main, [tmp_path / "other.pth", tmp_path / "x.pth"], capsys)
+    assert "a state dict, but not of an SRResNet" in line and "convert_checkpoint.py" not in line
