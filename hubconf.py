@@ -82,7 +82,8 @@ def generator(pretrained=False, **kwargs):
     Input: ImageNet-normalised RGB (N, 3, h, w). Output: (N, 3, h * s, w * s) in [-1, 1].
     """
     if pretrained:
-        raise _no_weights("SRGAN generator")
+        raise ValueError("generator(pretrained=True): the trained SRGAN generator is the 'srgan' entry "
+                         "(torch.hub.load(..., 'srgan', pretrained=True)); 'generator' makes a fresh one to train")
     return _models.Generator(**kwargs)
 
 

@@ -49,6 +49,9 @@ def build_parser():
     parser.add_argument("--model", choices=tuple(SHIPPED), default=None,
                         help="a shipped model instead of --checkpoint: srresnet (MSE, best PSNR) or srgan "
                              "(adversarial, sharper textures)")
+    parser.add_argument("--recursive", action="store_true",
+                        help="also upscale the images in the sub-folders of a folder given with --img (the outputs "
+                             "all go to --output-dir)")
     parser.add_argument("--output-dir", default="results", help="where to write the images (default: results)")
     parser.add_argument("--hr", action="store_true",
                         help="treat each input as the original: shrink, super-resolve, compare, print PSNR / SSIM")
@@ -69,14 +72,21 @@ def build_parser():
 # inputs and outputs
 
 
-def collect_images(inputs):
+def collect_images(inputs, recursive=False):
     """The image files named by ``inputs``: files (any extension), and the image files of folders
-    except this program's own outputs (images.is_marked_output; a note says how many were skipped)."""
+    (and of their sub-folders with ``recursive``; without it, a note says that sub-folders with
+    images are not searched) except this program's own outputs (images.is_marked_output; a note
+    says how many were skipped)."""
     paths = []
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
-            found = images.find_images(item)
+            found = images.find_images(item, recursive)
+            if not recursive:
+                deeper = len(images.find_images(item, recursive=True)) - len(found)
+                if deeper:
+                    tqdm.write(f"note: {item}: {deeper} image(s) in sub-folders not searched; add --recursive "
+                               "to upscale them too", file=sys.stderr)
             outputs = [p for p in found if images.is_marked_output(p)]
             found = [p for p in found if p not in outputs]
             if outputs:
@@ -263,7 +273,7 @@ def main(argv=None):
     if args.tile_pad is not None and args.tile_pad < 0:
         raise UserError("--tile-pad must be >= 0")
     if args.img:
-        paths = collect_images(args.img)
+        paths = collect_images(args.img, args.recursive)
     else:
         sample = os.path.join(HERE, SAMPLE_FOLDER)
         if not os.path.isdir(sample):

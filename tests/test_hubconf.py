@@ -44,9 +44,10 @@ def test_fresh_models_have_the_papers_defaults():
     assert hub_load("srresnet", scaling_factor=2, n_blocks=1).args["scaling_factor"] == 2
 
 
-@pytest.mark.parametrize("entry", ["generator", "discriminator"])
-def test_no_shipped_weights_is_a_clear_error(entry):
-    with pytest.raises(ValueError, match="no pretrained .* weights are shipped"):
+@pytest.mark.parametrize("entry, message", [("generator", "the trained SRGAN generator is the 'srgan' entry"),
+                                            ("discriminator", "no pretrained discriminator weights are shipped")])
+def test_no_shipped_weights_is_a_clear_error(entry, message):
+    with pytest.raises(ValueError, match=message):
         hub_load(entry, pretrained=True)
 
 

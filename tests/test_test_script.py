@@ -402,3 +402,14 @@ def test_a_large_image_shows_its_tiles_and_memory_errors_are_one_line_per_image(
                 "--output-dir", tmp_path / "p"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert "big.png: out of memory" in errors[0] and files_in(tmp_path / "p") == ["small_bicubic.png", "small_sr.png"]
+
+
+def test_images_in_sub_folders_get_a_note_or_recursive(ckpt_file, tmp_path, capsys):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    random_image((20, 16), seed=1).save(tmp_path / "d" / "a.png")
+    random_image((20, 16), seed=2).save(tmp_path / "d" / "sub" / "b.png")
+    assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "d", "--output-dir", tmp_path / "o"]) == 0
+    assert "1 image(s) in sub-folders not searched; add --recursive" in capsys.readouterr().err
+    assert files_in(tmp_path / "o") == ["a_bicubic.png", "a_sr.png"]
+    assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "d", "--recursive", "--output-dir", tmp_path / "r"]) == 0
+    assert files_in(tmp_path / "r") == ["a_bicubic.png", "a_sr.png", "b_bicubic.png", "b_sr.png"]
