@@ -203,21 +203,21 @@ def super_resolve_file(model, path, output_dir, scale, precision, device, tile=N
 def hr_demo(model, img, scale, precision, device, tile=None, tile_pad=None, label="model"):
     """Shrink ``img`` (the original) by ``scale`` with bicubic, super-resolve it, compare with bicubic.
 
-    The original is first cropped to a multiple of the scale; PSNR / SSIM are on 8-bit RGB versions
-    (Y channel, ``scale`` border pixels removed).
+    Scored as eval.py scores (evaluation.py): the original as 8-bit RGB (alpha dropped, 16 bits
+    rounded to 8), cropped to a multiple of the scale and shrunk with PIL bicubic; PSNR / SSIM on the
+    Y channel with ``scale`` border pixels removed. So the same image gives eval.py's numbers.
 
     Returns:
         dict: comparison (bicubic | model | original), sr, bicubic, hr (PIL images), psnr_bicubic,
         ssim_bicubic, psnr_sr, ssim_sr, seconds (model time).
     """
-    hr = images.crop_to_multiple(inference.normalize_mode(img), scale)
+    hr, lr = evaluation.lr_pair(to_rgb8(inference.normalize_mode(img)), scale)
     min_side = evaluation.min_side(scale, scale)
     if min(hr.size) < min_side:
         raise UserError(f"image is {img.width}x{img.height}; --hr needs at least {min_side} pixels on each side")
-    lr = inference.resize_image(hr, (hr.width // scale, hr.height // scale))
     sr, seconds = inference.upscale_image(model, lr, scale, precision, device, tile, tile_pad)
-    bicubic = inference.resize_image(lr, hr.size)
-    hr8, sr8, bicubic8 = to_rgb8(hr), to_rgb8(sr), to_rgb8(bicubic)
+    bicubic = images.bicubic_resize(lr, hr.size)
+    hr8, sr8, bicubic8 = hr, sr, bicubic
     comparison = make_comparison([("bicubic", bicubic8), (label, sr8), ("original", hr8)])
     on_bicubic, on_sr = evaluation.score(bicubic8, hr8, scale), evaluation.score(sr8, hr8, scale)
     return dict(comparison=comparison, sr=sr, bicubic=bicubic, hr=hr, seconds=seconds,
@@ -317,7 +317,8 @@ def main(argv=None):
                 r = hr_demo_file(model, path, args.output_dir, scale, precision, device, args.tile,
                                  args.tile_pad, stem=stem, label=label)
                 tqdm.write(f"{path}: bicubic {r['psnr_bicubic']:.2f} dB / {r['ssim_bicubic']:.4f}, "
-                           f"{label} {r['psnr_sr']:.2f} dB / {r['ssim_sr']:.4f} (PSNR / SSIM, Y, border {scale}); "
+                           f"{label} {r['psnr_sr']:.2f} dB / {r['ssim_sr']:.4f} (PSNR / SSIM, Y, border {scale}, "
+                           f"{precision}); "
                            f"model {r['seconds']:.2f} s -> {r['comparison_path']}", file=sys.stdout)
             else:
                 r = super_resolve_file(model, path, args.output_dir, scale, precision, device, args.tile,

@@ -413,3 +413,23 @@ def test_images_in_sub_folders_get_a_note_or_recursive(ckpt_file, tmp_path, caps
     assert files_in(tmp_path / "o") == ["a_bicubic.png", "a_sr.png"]
     assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "d", "--recursive", "--output-dir", tmp_path / "r"]) == 0
     assert files_in(tmp_path / "r") == ["a_bicubic.png", "a_sr.png", "b_bicubic.png", "b_sr.png"]
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGBA"])
+def test_hr_scores_what_eval_scores_for_every_mode(ckpt_file, tmp_path, capsys, mode):
+    """test.py --hr and eval.py give the same PSNR / SSIM for a grayscale, 16-bit or RGBA image."""
+    rgb = random_image((64, 56), seed=4)
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257 + 100)
+    else:
+        img = rgb.convert(mode)
+    folder = tmp_path / "set"
+    folder.mkdir()
+    img.save(folder / "x.png")
+    assert run(["--checkpoint", ckpt_file, "--img", folder / "x.png", "--hr", "--precision", "fp32",
+                "--output-dir", tmp_path / "o"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "fp32)" in line
+    scores = load_script("eval").main(["--checkpoint", str(ckpt_file), "--test-folders", str(folder),
+                                       "--precision", "fp32"])["tiny.pth"]["set"]
+    assert f"{scores['psnr']:.2f} dB / {scores['ssim']:.4f}" in line, (line, scores)
