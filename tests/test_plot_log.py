@@ -15,8 +15,8 @@ def test_read_log_and_moving_average(tmp_path):
     path = tmp_path / "srgan_log.csv"
     path.write_text(SRGAN_LOG)
     series = plot_log.read_log(path)
-    assert series["val_psnr"] == [(5, 26.5), (10, 26.5), (15, 26.5), (20, 26.5)]  # empty cells skipped
-    assert series["d_fake"][0] == (1, pytest.approx(0.49)) and len(series["adversarial"]) == 20
+    assert list(zip(*series["val_psnr"])) == [(5, 26.5), (10, 26.5), (15, 26.5), (20, 26.5)]  # empty cells skipped
+    assert list(zip(*series["d_fake"]))[0] == (1, pytest.approx(0.49)) and len(series["adversarial"][0]) == 20
     assert plot_log.moving_average([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
 
 
@@ -57,6 +57,32 @@ def test_val_artifacts_columns_get_their_panels(tmp_path):
                    "val_niqe,val_grid,seconds\n1,0.02,0.02,1,1.3,0.5,0.5,1e-4,,,,,1\n2,0.02,0.02,1,1.3,0.5,0.5,1e-4,"
                    "26.1,0.7,6.1,0.21,2\n")
     series = plot_log.read_log(log)
-    assert series["val_niqe"] == [(2, 6.1)] and series["val_grid"] == [(2, 0.21)]
+    assert list(zip(*series["val_niqe"])) == [(2, 6.1)] and list(zip(*series["val_grid"])) == [(2, 0.21)]
     titles = [ax.get_title() for ax in plot_log.plot(series, "gan").axes]
     assert any("NIQE" in t for t in titles) and any("grid" in t for t in titles) and len(titles) == 7
+
+
+def test_a_bom_float_iterations_and_all_nan_columns(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_bytes(b"\xef\xbb\xbfiteration,loss,lr,val_psnr,val_ssim,seconds\n1e3,0.05,1e-4,,,1\n2e3,0.04,1e-4,25.1,0.7,2\n")
+    series = plot_log.read_log(log)
+    assert list(zip(*series["loss"])) == [(1000, 0.05), (2000, 0.04)]
+    log.write_text("iteration,loss,lr,val_psnr,val_ssim,seconds\n1,nan,1e-4,,,1\n2,inf,1e-4,nan,,2\n")
+    with pytest.raises(utils.UserError, match=r"its columns \(loss, val_psnr\) hold no finite number"):
+        plot_log.read_log(log)
+
+
+def test_a_long_log_is_read_in_bounded_memory(tmp_path):
+    import tracemalloc
+    log = tmp_path / "long.csv"
+    row = "{i},0.0123456789,0.01,0.02,1.2345,0.51,0.49,0.0001,,,{i}\n"
+    with open(log, "w") as f:
+        f.write("iteration,perceptual,content,adversarial,discriminator,d_real,d_fake,lr,val_psnr,val_ssim,seconds\n")
+        f.writelines(row.format(i=i) for i in range(100_000))
+    size = log.stat().st_size  # about 7 MB
+    tracemalloc.start()
+    series = plot_log.read_log(log)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(series["perceptual"][0]) == 100_000
+    assert peak < 3 * size, (peak, size)  # was about 22x the file
