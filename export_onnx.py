@@ -5,7 +5,10 @@
 The graph is the fp32 inference model (BatchNorm folded into the convolutions, as inference.py
 runs it). Input ``lr``: ImageNet-normalised RGB, float32 (N, 3, h, w); output ``sr``:
 (N, 3, h * scale, w * scale) in [-1, 1]. If onnxruntime is installed, the file is checked against
-PyTorch on a random odd-sized input before it is written.
+PyTorch on a random odd-sized input before it is written. The graph is the network alone: to get
+this project's outputs at the image edges, mirror 10 LR pixels around the input first (numpy's
+``np.pad(..., mode="symmetric")``) and cut 10 * scale pixels from each side of the output
+(inference.PRE_PAD, docs/artifacts.md).
 """
 
 import inspect

@@ -6,7 +6,9 @@
 The pretrained weights are ``checkpoints/srresnet_x4.pth`` (``srresnet``) and
 ``checkpoints/srgan_mse_x4.pth`` (``srgan``) of the repository itself, so nothing
 beyond the repository is downloaded. Models take ImageNet-normalised RGB (N, 3, h, w) and return
-(N, 3, h * s, w * s) in [-1, 1]; ``inference.upscale_image`` in the repository does the conversions.
+(N, 3, h * s, w * s) in [-1, 1]; ``inference.upscale_image`` in the repository does the conversions,
+and it mirrors 10 LR pixels around the input, which keeps the network's zero padding from drawing a
+frame along the edges (docs/artifacts.md): ``model(x)`` alone does not.
 """
 
 import contextlib
