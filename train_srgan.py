@@ -72,7 +72,8 @@ def _scale(text):
 
 def build_parser():
     parser = utils.ArgumentParser(
-        description="Adversarial fine-tuning of an SRResNet into an SRGAN generator (Ledig et al., CVPR 2017).")
+        description="Adversarial fine-tuning of an SRResNet into an SRGAN generator (Ledig et al., CVPR 2017).",
+        fromfile_prefix_chars="@")
     training.add_common_arguments(parser, iterations=200_000, lr=1e-4, lr_schedule="step")
     g = parser.add_argument_group("SRGAN")
     g.add_argument("--init", "--srresnet-checkpoint", dest="init", metavar="PATH", default=None,

@@ -28,7 +28,8 @@ PIXEL_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 
 def build_parser():
-    parser = utils.ArgumentParser(description="Train SRResNet with a pixel loss (Ledig et al., CVPR 2017).")
+    parser = utils.ArgumentParser(description="Train SRResNet with a pixel loss (Ledig et al., CVPR 2017).",
+                                  fromfile_prefix_chars="@")
     training.add_common_arguments(parser, iterations=1_000_000, lr=1e-4, lr_schedule="constant")
     parser.add_argument("--pixel-loss", choices=sorted(PIXEL_LOSSES), default="mse",
                         help="mse (the paper) or l1 (default: mse)")

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import io
 import os
+import shlex
 import signal
 import stat
 import sys
@@ -24,6 +25,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f"{message} (see --help)")
+
+    def convert_arg_line_to_args(self, line):
+        """A line of an @file (fromfile_prefix_chars, the training scripts' recipes): flags and values
+        split as a shell splits them; '#' starts a comment."""
+        return shlex.split(line, comments=True)
 
 
 class Terminated(KeyboardInterrupt):

@@ -211,9 +211,14 @@ def test_artifacts_on_too_small_images_and_sets_without_flat_pixels(test_set, tm
         utils.run_cli(eval_script.main, ["--bicubic", "--scale", "4", "--artifacts", "--test-folders", str(folder)])
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and "s.png: 24x40 is too small for the artifact measures" in line, line
-    busy, _ = test_set
+    busy, _ = test_set  # one of them grayscale; add a 16-bit one
+    import numpy as np
+    from PIL import Image
+    Image.fromarray(np.asarray(random_image((48, 44), seed=9).convert("L"), np.uint16) * 257).save(busy / "d.png")
     results = eval_script.main(["--bicubic", "--scale", "4", "--artifacts", "--test-folders", str(busy)])
     assert results["Bicubic"]["Mini"]["grid_flat"] is None
+    scores = results["Bicubic"]["Mini"]["images"].values()
+    assert len(scores) == 4 and all(np.isfinite(v["grid"]) and np.isfinite(v["border"]) for v in scores)
     assert "(none: '-')" in capsys.readouterr().out
 
 
