@@ -11,7 +11,7 @@ import models
 import train_srresnet
 import training
 import utils
-from conftest import TINY
+from conftest import ROOT, TINY
 
 
 @pytest.fixture
@@ -143,3 +143,16 @@ def test_a_cpu_trains_channels_last_by_default_in_any_precision(monkeypatch, fla
     args, _ = parse(["--device", "cpu", *flags])
     with training.distributed(args) as ctx:
         assert ctx.channels_last is expected
+
+
+def test_every_recipe_parses_and_names_the_shipped_model_it_makes():
+    """recipes/<model>.txt are argparse @files of the training scripts (comments allowed): each one
+    parses with its script's flags and says which shipped checkpoint it makes."""
+    import train_srgan
+    recipes = sorted((ROOT / "recipes").glob("*_x4.txt"))
+    assert {p.stem for p in recipes} >= {"srresnet_x4", "srgan_mse_x4"}
+    for path in recipes:
+        script = train_srgan if path.stem.startswith("srgan") else train_srresnet
+        args = script.build_parser().parse_args([f"@{path}"])
+        assert args.iterations > 0 and args.checkpoint_dir.startswith("runs/"), path
+        assert f"checkpoints/{path.stem}.pth" in path.read_text().splitlines()[0], path
