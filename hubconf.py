@@ -1,7 +1,7 @@
 """torch.hub entry points: the shipped x4 SRResNet and the paper's SRGAN networks.
 
-    model = torch.hub.load("<owner>/<repo>", "srresnet", pretrained=True)                 # from GitHub
     model = torch.hub.load("path/to/clone", "srresnet", source="local", pretrained=True)  # a clone
+    model = torch.hub.load("owner/name", "srresnet", pretrained=True)  # a copy published on GitHub as owner/name
 
 The pretrained weights are ``checkpoints/srresnet_x4.pth`` (``srresnet``) and
 ``checkpoints/srgan_mse_x4.pth`` (``srgan``) of the repository itself, so nothing

@@ -1,7 +1,7 @@
 """Plot a training log (the <script>_log.csv that train_srresnet.py and train_srgan.py write).
 
-    python plot_log.py checkpoints/srgan_log.csv docs/srgan_training.png
-    python plot_log.py checkpoints/srresnet_log.csv srresnet.png --smooth 50
+    python plot_log.py runs/srgan_log.csv docs/srgan_training.png
+    python plot_log.py runs/srresnet_log.csv srresnet.png --smooth 50
 
 One panel per group of columns that the log has: the losses (the generator's terms for SRGAN), the
 discriminator's loss, its mean outputs D(HR) and D(SR) (how the two networks balance), and the
@@ -120,7 +120,7 @@ def plot(series, title, smooth=20):
 def main(argv=None):
     parser = utils.ArgumentParser(
         description="Plot a train_srresnet.py / train_srgan.py log (*_log.csv) to an image.")
-    parser.add_argument("log", help="the CSV log, e.g. checkpoints/srgan_log.csv")
+    parser.add_argument("log", help="the CSV log, e.g. runs/srgan_log.csv")
     parser.add_argument("output", help="the image to write (.png, .pdf or .svg)")
     parser.add_argument("--smooth", type=int, default=20, metavar="N", help="moving average over N rows (default: 20)")
     parser.add_argument("--title", default=None, help="figure title (default: the log's file name)")

@@ -1,10 +1,10 @@
 """Adversarial fine-tuning of the SRGAN generator (the second phase of Ledig et al., CVPR 2017).
 
-    python train_srgan.py --init checkpoints/srresnet_best.pth                      # the paper's settings
-    python train_srgan.py --init checkpoints/srresnet_best.pth --vgg-weights vgg19-dcbb9e9d.pth   # offline
-    python train_srgan.py --init checkpoints/srresnet_best.pth --content-loss mse    # SRGAN-MSE: no VGG
-    python train_srgan.py --resume checkpoints/srgan_latest.pth                     # continue that run
-    torchrun --nproc_per_node=4 train_srgan.py --init checkpoints/srresnet_best.pth --device cuda
+    python train_srgan.py --init runs/srresnet_best.pth                      # the paper's settings
+    python train_srgan.py --init runs/srresnet_best.pth --vgg-weights vgg19-dcbb9e9d.pth   # offline
+    python train_srgan.py --init runs/srresnet_best.pth --content-loss mse    # SRGAN-MSE: no VGG
+    python train_srgan.py --resume runs/srgan_latest.pth                     # continue that run
+    torchrun --nproc_per_node=4 train_srgan.py --init runs/srresnet_best.pth --device cuda
 
 The generator starts from a trained SRResNet (--init, also spelled --srresnet-checkpoint; its size is
 used), the discriminator from scratch. Each iteration is one generator step on the perceptual loss

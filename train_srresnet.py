@@ -2,7 +2,7 @@
 
     python train_srresnet.py --data-folder data_lists                        # the paper's settings
     python train_srresnet.py --lr-schedule cosine --iterations 20000 --val-every 500
-    python train_srresnet.py --resume checkpoints/srresnet_latest.pth         # continue that run
+    python train_srresnet.py --resume runs/srresnet_latest.pth         # continue that run
     python train_srresnet.py --init checkpoints/srresnet_x4.pth --lr 1e-5     # fine-tune a model
     torchrun --nproc_per_node=4 train_srresnet.py --device cuda               # several GPUs
 

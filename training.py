@@ -157,8 +157,8 @@ def add_common_arguments(parser, iterations, lr, lr_schedule):
                    help="channels_last memory format (default: on with bf16 / fp16, and on a CPU)")
     g = parser.add_argument_group("start, checkpoints and logs")
     g.add_argument("--resume", default=None, metavar="PATH", help="continue the run of this training checkpoint")
-    g.add_argument("--checkpoint-dir", default="checkpoints",
-                   help="where checkpoints and the log go (default: checkpoints)")
+    g.add_argument("--checkpoint-dir", default="runs",
+                   help="where checkpoints and the log go (default: runs; checkpoints/ holds the shipped models)")
     g.add_argument("--save-every", type=at_least(1), default=1000,
                    help="save the latest checkpoint every N iterations (default: 1000)")
     g.add_argument("--keep-every", type=at_least(0), default=0,
