@@ -724,3 +724,21 @@ def test_script_outputs_never_replace_a_device_node(tmp_path, tiny_checkpoint, c
     eval_script.main(["--bicubic", "--scale", "4", "--test-folders", str(images_dir), "--json", "-"])
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{"):out.rindex("}") + 1])["scale"] == 4 and not os.path.exists("-")
+
+
+def test_every_reader_names_non_finite_weights_at_load(tmp_path, capsys):
+    """export_onnx.py, test.py and eval.py refuse a file with NaN weights in one line naming the file
+    and the entry (export_onnx.py said 'differs from PyTorch by nan')."""
+    from conftest import cli_error, load_script
+    net = models.SRResNet(**TINY)
+    with torch.no_grad():
+        net.conv_block1.conv_block[0].weight[0, 0, 0, 0] = float("nan")
+    bad = tmp_path / "nan.pth"
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(net), bad)
+    random_image((32, 32)).save(tmp_path / "a.png")
+    for script, argv in (("export_onnx", [bad, tmp_path / "x.onnx"]),
+                         ("test", ["--checkpoint", bad, "--img", tmp_path / "a.png", "--output-dir", tmp_path / "o"]),
+                         ("eval", ["--checkpoint", bad, "--test-folders", tmp_path])):
+        line = cli_error(load_script(script).main, argv, capsys)
+        assert "nan.pth: its 'model' weights are not finite (NaN or inf in conv_block1.conv_block.0.weight)" in line
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "nan.pth"]
