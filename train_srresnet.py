@@ -38,6 +38,26 @@ def build_parser():
     return parser
 
 
+def srresnet_step(net, optimizer, scaler, lr_imgs, hr_imgs, pixel_loss, grad_clip, ctx):
+    """One optimisation step on the pixel loss between SR and HR; returns the loss (a 0-d tensor, no sync).
+
+    ``net``: the SRResNet (DDP-wrapped under torchrun); ``lr_imgs``, ``hr_imgs``: (N, 3, c/s, c/s)
+    ImageNet-normalised and (N, 3, c, c) in [-1, 1], on the device; ``grad_clip``: None or the bound
+    of the gradient values.
+    """
+    with ctx.autocast():
+        sr_imgs = net(lr_imgs)  # (N, 3, c, c) in [-1, 1]
+    loss = pixel_loss(sr_imgs.float(), hr_imgs)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_value_(net.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def main(argv=None):
     """Parse flags and train; returns {'iteration', 'best_psnr', 'loss': the last step's}."""
     args, resume = training.parse_args(build_parser(), argv, "srresnet")
@@ -102,16 +122,7 @@ def main(argv=None):
                 lr_imgs, hr_imgs = next(batches)  # (N, 3, c/s, c/s) ImageNet-normalised, (N, 3, c, c) in [-1, 1]
                 lr_imgs, hr_imgs = ctx.to_device(lr_imgs), ctx.to_device(hr_imgs)
 
-                with ctx.autocast():
-                    sr_imgs = net(lr_imgs)  # (N, 3, c, c) in [-1, 1]
-                loss = pixel_loss(sr_imgs.float(), hr_imgs)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if args.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_value_(model.parameters(), args.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                loss = srresnet_step(net, optimizer, scaler, lr_imgs, hr_imgs, pixel_loss, args.grad_clip, ctx)
                 scheduler.step()
                 if ema is not None:
                     training.update_ema(ema, model, args.ema)

@@ -762,3 +762,22 @@ def test_a_moved_run_folder_continues_where_its_checkpoint_is(tmp_path, data_lis
     assert not (tmp_path / "first").exists()
     assert checkpoint.load_checkpoint(tmp_path / "moved" / "srresnet_latest.pth")["training"]["iteration"] == 4
     assert [r["iteration"] for r in read_log(tmp_path / "moved" / "srresnet_log.csv")] == ["1", "2", "3", "4"]
+
+
+def test_srresnet_step_is_one_adam_step_on_the_pixel_loss():
+    torch.manual_seed(0)
+    net = models.SRResNet(n_channels=8, n_blocks=1)
+    reference = models.SRResNet(n_channels=8, n_blocks=1)
+    reference.load_state_dict(net.state_dict())
+    opt, ref_opt = training.make_optimizer(net.parameters(), 1e-3), torch.optim.Adam(reference.parameters(), lr=1e-3)
+    lr_imgs, hr_imgs = torch.randn(2, 3, 8, 8), torch.rand(2, 3, 32, 32) * 2 - 1
+    ctx = training.Context(torch.device("cpu"), "fp32", False)
+    loss = train_srresnet.srresnet_step(net, opt, torch.amp.GradScaler("cpu", enabled=False), lr_imgs, hr_imgs,
+                                        torch.nn.functional.mse_loss, None, ctx)
+    ref_loss = torch.nn.functional.mse_loss(reference(lr_imgs), hr_imgs)
+    ref_opt.zero_grad()
+    ref_loss.backward()
+    ref_opt.step()
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    for a, b in zip(net.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
