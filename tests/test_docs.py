@@ -7,8 +7,9 @@ import pytest
 from conftest import ROOT, load_script
 
 PAGES = sorted((ROOT / "docs").glob("*.md"))
+NOTES = sorted((ROOT / "docs" / "notes").glob("*.md"))  # the run diaries, linked from checkpoints/README.md
 TEXTS = {str(p.relative_to(ROOT)): p.read_text() for p in [ROOT / "README.md", ROOT / "checkpoints" / "README.md",
-                                                             ROOT / "assets" / "README.md", *PAGES]}
+                                                             ROOT / "assets" / "README.md", *PAGES, *NOTES]}
 
 
 def test_the_front_page_is_short_and_links_every_page():
@@ -16,6 +17,13 @@ def test_the_front_page_is_short_and_links_every_page():
     assert len(readme.splitlines()) <= 200
     for page in PAGES:
         assert f"(docs/{page.name})" in readme, page.name
+
+
+def test_the_model_card_is_short_and_links_every_run_diary():
+    card = TEXTS["checkpoints/README.md"]
+    assert len(card.splitlines()) <= 60
+    for note in NOTES:
+        assert f"(../docs/notes/{note.name})" in card, note.name
 
 
 def test_the_product_stands_on_its_own():
