@@ -292,7 +292,8 @@ def main(argv=None):
                     "precision": precision, "niqe": args.niqe, "artifacts": args.artifacts,
                     "checkpoints": dict(zip(names, args.checkpoint)), "results": results,
                     **({"flat_field_probe": probes} if probes else {})}, args.json)
-        print(f"wrote {args.json}")
+        if args.json != "-":  # the JSON itself went to standard output
+            print(f"wrote {args.json}")
     return results
 
 

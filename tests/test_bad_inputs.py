@@ -724,6 +724,7 @@ def test_script_outputs_never_replace_a_device_node(tmp_path, tiny_checkpoint, c
     eval_script.main(["--bicubic", "--scale", "4", "--test-folders", str(images_dir), "--json", "-"])
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{"):out.rindex("}") + 1])["scale"] == 4 and not os.path.exists("-")
+    assert out.rstrip().endswith("}")  # no 'wrote -' after the JSON
 
 
 def test_every_reader_names_non_finite_weights_at_load(tmp_path, capsys):
