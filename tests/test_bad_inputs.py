@@ -743,3 +743,12 @@ def test_every_reader_names_non_finite_weights_at_load(tmp_path, capsys):
         line = cli_error(load_script(script).main, argv, capsys)
         assert "nan.pth: its 'model' weights are not finite (NaN or inf in conv_block1.conv_block.0.weight)" in line
     assert sorted(os.listdir(tmp_path)) == ["a.png", "nan.pth"]
+
+
+@pytest.mark.parametrize("script, argv", [("eval", ["--tile", "x"]), ("test", ["--nope"]),
+                                          ("plot_log", []), ("convert_checkpoint", ["a.pth"]),
+                                          ("create_data_lists", ["--min-size", "0"]), ("export_onnx", ["--opset"])])
+def test_every_scripts_argparse_error_is_one_line(script, argv, capsys):
+    from conftest import cli_error, load_script
+    line = cli_error(load_script(script).main, argv, capsys)
+    assert "(see --help)" in line or "must be at least 1" in line
