@@ -16,6 +16,7 @@ used), the discriminator from scratch. Each iteration is one generator step on t
         + pixel_weight * MSE(SR, HR)                         optional, off by default
         + texture_weight * MSE(Gram(VGG(SR)), Gram(VGG(HR)))  optional, off by default
         + artifact_weight * |M * (SR - HR)|                  optional (Liang et al. 2022), off by default
+        + grid_weight * MSE(phase means of SR, of HR)         optional (grid_loss), off by default
     l_D = BCE(D(HR), real) + BCE(D(SR), fake)
 
 (--gan-loss relativistic: ESRGAN's relativistic average form of both adversarial losses;
@@ -98,6 +99,10 @@ def build_parser():
                    help="weight of an artifact-map loss (Liang et al., CVPR 2022, 'LDL'): an L1 loss on the pixels "
                         "whose residual varies locally, where the moving average (--ema) does better "
                         "(default: 0 = off)")
+    g.add_argument("--grid-weight", type=training.at_least(0.0, float), default=0.0,
+                   help="weight of a grid loss: the squared difference between SR's and HR's mean high-pass "
+                        "residual at each phase of the up-sampling period, the grid measure of eval.py "
+                        "--artifacts made a loss (default: 0 = off)")
     g.add_argument("--freeze-bn", action="store_true",
                    help="keep the generator's BatchNorm statistics fixed at the --init model's (eval mode) during "
                         "the fine-tuning, so training and inference normalise alike (not in the paper)")
@@ -166,6 +171,19 @@ def artifact_map_loss(sr, hr, sr_ema=None, window=7):
     return (weight * (sr - hr)).abs().mean()
 
 
+def grid_loss(sr, hr, period):
+    """The grid measure (metrics.grid_strength, docs/artifacts.md) as a loss: the MSE between SR's and
+    HR's s x s tables of the mean high-pass residual (the grey level minus its 3x3 mean) at each phase
+    (y mod s, x mod s) of the up-sampling period s. A checkerboard of the sub-pixel convolution moves
+    these tables and nothing else moves them much, so the term leaves texture alone."""
+    def phase_table(x):
+        x = x.mean(1, keepdim=True)  # (N, 1, H, W): the grey level, where a grid shows
+        r = x - F.avg_pool2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), 3, stride=1)
+        n, _, h, w = r.shape
+        return r.reshape(n, h // period, period, w // period, period).mean((1, 3))  # (N, s, s)
+    return F.mse_loss(phase_table(sr), phase_table(hr))
+
+
 def freeze_batchnorm(model):
     """--freeze-bn: the model's BatchNorm layers normalise with their stored statistics and keep them."""
     for module in model.modules():
@@ -215,6 +233,7 @@ def srgan_step(net_g, net_d, vgg, ema, optimizer_g, optimizer_d, scaler, lr_imgs
         "pixel": lambda: F.mse_loss(sr_imgs, hr_imgs),
         "texture": lambda: F.mse_loss(gram_matrix(sr_features), gram_matrix(hr_features)),
         "artifact": lambda: artifact_map_loss(sr_imgs, hr_imgs, sr_ema),
+        "grid": lambda: grid_loss(sr_imgs, hr_imgs, args.scaling_factor),
     }
     losses = {name: terms[name]() for name, w in weights.items() if w}
     loss_g = sum(weights[name] * value for name, value in losses.items())
@@ -340,7 +359,7 @@ def main(argv=None):
         net_d = DistributedDataParallel(discriminator) if ctx.world_size > 1 else discriminator
         # the generator's loss: weight * term, summed over this table (a weight of 0 leaves a term out)
         loss_weights = {"content": 1.0, "adversarial": args.beta, "pixel": args.pixel_weight,
-                        "texture": args.texture_weight, "artifact": args.artifact_weight}
+                        "texture": args.texture_weight, "artifact": args.artifact_weight, "grid": args.grid_weight}
         log_terms = [name for name, w in loss_weights.items() if w]
 
         # --- everything that can fail on a bad file fails now, before the first iteration

@@ -503,7 +503,7 @@ def test_artifact_map_loss_weighs_noisy_residuals_and_spares_what_the_average_al
 def test_freeze_bn_keeps_the_generators_statistics_and_remedies_are_recorded(data, tmp_path):
     run_quietly(train_srgan.main, mse_argv(data, tmp_path / "r") + [
         "--content-loss", "mse", "--iterations", "3", "--freeze-bn", "--gan-loss", "relativistic",
-        "--artifact-weight", "1",
+        "--artifact-weight", "1", "--grid-weight", "100",
         "--ema", "0.9", "--val-data", "", "--log-every", "1"])
     start = checkpoint.load_checkpoint(data["srresnet"])["model"]["state_dict"]
     ckpt = checkpoint.load_checkpoint(tmp_path / "r" / "srgan_latest.pth")
@@ -513,10 +513,12 @@ def test_freeze_bn_keeps_the_generators_statistics_and_remedies_are_recorded(dat
     assert any(not torch.equal(start[k], after[k]) for k in start if k.endswith("weight"))
     recorded = ckpt["training"]["args"]
     assert (recorded["freeze_bn"], recorded["gan_loss"], recorded["artifact_weight"]) == (True, "relativistic", 1.0)
-    assert "artifact" in read_log(tmp_path / "r" / "srgan_log.csv")[0]
+    assert recorded["grid_weight"] == 100.0
+    assert {"artifact", "grid"} <= set(read_log(tmp_path / "r" / "srgan_log.csv")[0])
 
 
-@pytest.mark.parametrize("flag", [["--freeze-bn"], ["--gan-loss", "relativistic"], ["--artifact-weight", "1"]])
+@pytest.mark.parametrize("flag", [["--freeze-bn"], ["--gan-loss", "relativistic"], ["--artifact-weight", "1"],
+                                  ["--grid-weight", "10"]])
 def test_a_remedy_cannot_be_turned_on_at_a_resume(trained, flag, capsys):
     latest = str(trained["dir"] / "srgan_latest.pth")
     line = cli_error(train_srgan.main, ["--resume", latest, "--iterations", "99", *flag], capsys)
@@ -576,3 +578,14 @@ def test_a_refusal_names_an_empty_setting(trained, capsys):
 def test_a_vgg_layer_that_does_not_exist_blames_vgg_i_and_j(data, tmp_path, capsys):
     line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "x") + ["--vgg-i", "9"], capsys)
     assert line.startswith("error: --vgg-i 9 --vgg-j 2: VGG19 has no convolution") and "--vgg-weights" not in line
+
+
+def test_grid_loss_sees_a_pattern_at_the_period_and_little_else():
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 96, 96, generator=g) * 2 - 1  # a training crop's size
+    assert train_srgan.grid_loss(hr, hr, 4).item() == 0.0
+    grid = hr.clone()
+    grid[:, :, ::4, ::4] += 0.1  # a dot every 4 pixels: the sub-pixel convolution's checkerboard
+    noise = hr + 0.1 * torch.randn(hr.shape, generator=g)  # as strong, but at no period
+    assert train_srgan.grid_loss(grid, hr, 4).item() > 20 * train_srgan.grid_loss(noise, hr, 4).item()
+    assert train_srgan.grid_loss(grid, hr, 2).item() > 0  # a period-4 pattern shows at period 2 too
