@@ -103,6 +103,9 @@ def build_parser():
                    help="weight of a grid loss: the squared difference between SR's and HR's mean high-pass "
                         "residual at each phase of the up-sampling period, the grid measure of eval.py "
                         "--artifacts made a loss (default: 0 = off)")
+    g.add_argument("--grid-region", choices=["all", "flat"], default="all",
+                   help="pixels the grid loss reads: 'all' (one table per image) or 'flat', those where HR is "
+                        "flat, as eval.py's flat-region grid (one table per batch; default: all)")
     g.add_argument("--freeze-bn", action="store_true",
                    help="keep the generator's BatchNorm statistics fixed at the --init model's (eval mode) during "
                         "the fine-tuning, so training and inference normalise alike (not in the paper)")
@@ -171,17 +174,37 @@ def artifact_map_loss(sr, hr, sr_ema=None, window=7):
     return (weight * (sr - hr)).abs().mean()
 
 
-def grid_loss(sr, hr, period):
+def grid_loss(sr, hr, period, region="all"):
     """The grid measure (metrics.grid_strength, docs/artifacts.md) as a loss: the MSE between SR's and
     HR's s x s tables of the mean high-pass residual (the grey level minus its 3x3 mean) at each phase
     (y mod s, x mod s) of the up-sampling period s. A checkerboard of the sub-pixel convolution moves
-    these tables and nothing else moves them much, so the term leaves texture alone."""
-    def phase_table(x):
-        x = x.mean(1, keepdim=True)  # (N, 1, H, W): the grey level, where a grid shows
-        r = x - F.avg_pool2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), 3, stride=1)
-        n, _, h, w = r.shape
-        return r.reshape(n, h // period, period, w // period, period).mean((1, 3))  # (N, s, s)
-    return F.mse_loss(phase_table(sr), phase_table(hr))
+    these tables and nothing else moves them much, so the term leaves texture alone.
+
+    region "all": one table per image, over all its pixels. region "flat": one table for the batch,
+    over the pixels where HR is flat (7x7 standard deviation under metrics.GRID_FLAT_STD grey levels,
+    the mask of eval.py's flat-region grid), where a grid shows most and texture cannot hide it.
+    """
+    def grey(x):
+        return x.mean(1, keepdim=True)  # (N, 1, H, W): the grey level, where a grid shows
+
+    def phase_sums(x):  # (N, s, s): sums over the pixels of each phase
+        n, _, h, w = x.shape
+        return x.reshape(n, h // period, period, w // period, period).sum((1, 3))
+
+    def residual(x):
+        return x - F.avg_pool2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), 3, stride=1)
+
+    y_sr, y_hr = grey(sr), grey(hr)
+    if region == "all":
+        count = (sr.shape[2] // period) * (sr.shape[3] // period)
+        return F.mse_loss(phase_sums(residual(y_sr)) / count, phase_sums(residual(y_hr)) / count)
+    with torch.no_grad():  # HR is [-1, 1]: one grey level is 2/255
+        mean = F.avg_pool2d(F.pad(y_hr, [3, 3, 3, 3], mode="reflect"), 7, stride=1)
+        var = F.avg_pool2d(F.pad(y_hr * y_hr, [3, 3, 3, 3], mode="reflect"), 7, stride=1) - mean * mean
+        flat = (var < (metrics.GRID_FLAT_STD * 2 / 255) ** 2).to(y_sr.dtype)
+        count = phase_sums(flat).sum(0).clamp(min=1)  # (s, s)
+    table_sr = phase_sums(residual(y_sr) * flat).sum(0) / count
+    return F.mse_loss(table_sr, phase_sums(residual(y_hr) * flat).sum(0) / count)
 
 
 def freeze_batchnorm(model):
@@ -233,7 +256,7 @@ def srgan_step(net_g, net_d, vgg, ema, optimizer_g, optimizer_d, scaler, lr_imgs
         "pixel": lambda: F.mse_loss(sr_imgs, hr_imgs),
         "texture": lambda: F.mse_loss(gram_matrix(sr_features), gram_matrix(hr_features)),
         "artifact": lambda: artifact_map_loss(sr_imgs, hr_imgs, sr_ema),
-        "grid": lambda: grid_loss(sr_imgs, hr_imgs, args.scaling_factor),
+        "grid": lambda: grid_loss(sr_imgs, hr_imgs, args.scaling_factor, args.grid_region),
     }
     losses = {name: terms[name]() for name, w in weights.items() if w}
     loss_g = sum(weights[name] * value for name, value in losses.items())

@@ -40,7 +40,7 @@ ADJUSTABLE_ON_RESUME = ("iterations", "lr", "ema", "val_every", "val_precision",
                         "channels_last", "cache_images", "tensorboard", "checkpoint_dir")
 # settings added after runs were started, with the value that a run without them had
 ADDED_LATER = {"ema": 0.0, "gan_loss": "standard", "artifact_weight": 0.0, "freeze_bn": False, "val_artifacts": False,
-               "grid_weight": 0.0}
+               "grid_weight": 0.0, "grid_region": "all"}
 # flags that say how to start, not what the run is
 NOT_RECORDED = ("resume", "init", "resume_notes")
 # size flags that default to "the checkpoint's": on resume they are compared with the stored model

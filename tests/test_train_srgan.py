@@ -589,3 +589,19 @@ def test_grid_loss_sees_a_pattern_at_the_period_and_little_else():
     noise = hr + 0.1 * torch.randn(hr.shape, generator=g)  # as strong, but at no period
     assert train_srgan.grid_loss(grid, hr, 4).item() > 20 * train_srgan.grid_loss(noise, hr, 4).item()
     assert train_srgan.grid_loss(grid, hr, 2).item() > 0  # a period-4 pattern shows at period 2 too
+
+
+def test_grid_loss_over_flat_pixels_reads_only_where_hr_is_flat():
+    g = torch.Generator().manual_seed(0)
+    hr = torch.full((2, 3, 96, 96), -0.8)  # a dark, flat crop...
+    hr[:, :, :, 48:] = torch.rand(2, 3, 96, 48, generator=g) * 2 - 1  # ...whose right half is texture
+    dots = torch.zeros_like(hr)
+    dots[:, :, ::4, ::4] = 0.05  # a faint checkerboard
+    in_flat, in_texture = hr.clone(), hr.clone()
+    in_flat[:, :, :, :40] += dots[:, :, :, :40]
+    in_texture[:, :, :, 56:] += dots[:, :, :, 56:]
+    flat = train_srgan.grid_loss(in_flat, hr, 4, "flat").item()
+    assert flat > 100 * train_srgan.grid_loss(in_texture, hr, 4, "flat").item()
+    # the whole-image table dilutes the flat half's grid by the texture around it
+    assert flat > 3 * train_srgan.grid_loss(in_flat, hr, 4, "all").item()
+    assert train_srgan.grid_loss(hr, hr, 4, "flat").item() == 0.0
