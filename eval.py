@@ -6,8 +6,8 @@
 Each HR image is cropped to a multiple of the scale and shrunk with PIL bicubic; the output is
 quantised to uint8 and compared on the Y channel with ``--crop-border`` pixels removed (metrics.py).
 ``--niqe`` adds the no-reference NIQE (lower is better; metrics.niqe) and a row for the HR images
-themselves; ``--artifacts`` adds the artifact measures (grid over flat regions and over all pixels,
-border ratio; docs/artifacts.md) and the flat-field probe of each checkpoint. Prints Markdown
+themselves; ``--artifacts`` adds the artifact measures (grid over flat regions, dark
+regions and all pixels, border ratio; docs/artifacts.md) and the flat-field probe of each checkpoint. Prints Markdown
 tables; ``--json`` also writes every number, per image too.
 """
 
@@ -44,8 +44,8 @@ def build_parser():
                         help="add NIQE (no-reference, lower is better; Mittal et al. 2013, the MATLAB release's "
                              "model) on the same Y channel and border, and a row for the HR images")
     parser.add_argument("--artifacts", action="store_true",
-                        help="add the artifact measures: grid at the scale's period over flat regions and over all "
-                             "pixels, border ratio (lower is cleaner), the flat-field probe, and an HR row "
+                        help="add the artifact measures: grid at the scale's period over flat regions, dark "
+                             "regions and all pixels, border ratio (lower is cleaner), the flat-field probe, and an HR row "
                              "(docs/artifacts.md)")
     parser.add_argument("--self-ensemble", action="store_true",
                         help="average the model's outputs over the 8 flips / 90-degree rotations (x8 slower)")
@@ -169,7 +169,8 @@ def evaluate(methods, test_sets, scale, crop_border, precision="fp32", device="c
 
 
 COLUMNS = [("psnr", "PSNR", ".2f"), ("ssim", "SSIM", ".4f"), ("niqe", "NIQE", ".2f"),
-           ("grid_flat", "grid flat", ".2f"), ("grid", "grid", ".2f"), ("border", "border", ".2f")]
+           ("grid_flat", "grid flat", ".2f"), ("grid_dark", "grid dark", ".2f"), ("grid", "grid", ".2f"),
+           ("border", "border", ".2f")]
 
 
 def format_table(results):
@@ -189,10 +190,11 @@ def format_notes(results):
     """One line per set whose flat-region grid or NIQE is a mean over fewer than all its images."""
     notes = []
     for set_name, sets in next(iter(results.values())).items():
-        if "grid_flat_count" in sets or ("grid_flat" in sets and sets["grid_flat"] is None):
-            n = sets.get("grid_flat_count", 0)
-            notes.append(f"{set_name} grid flat: over the {n} of {sets['count']} images with at least "
-                         f"{metrics.GRID_FLAT_MIN_PIXELS} flat pixels" + (" (none: '-')" if not n else ""))
+        for key, kind in (("grid_flat", "flat"), ("grid_dark", "dark")):
+            if f"{key}_count" in sets or (key in sets and sets[key] is None):
+                n = sets.get(f"{key}_count", 0)
+                notes.append(f"{set_name} grid {kind}: over the {n} of {sets['count']} images with at least "
+                             f"{metrics.GRID_FLAT_MIN_PIXELS} {kind} pixels" + (" (none: '-')" if not n else ""))
         counts = {name: s[set_name]["niqe_count"] for name, s in results.items() if "niqe_count" in s[set_name]}
         for name, n in counts.items():
             notes.append(f"{set_name} NIQE of {name}: over the {n} of {sets['count']} images where it is defined")

@@ -51,8 +51,8 @@ def super_resolve(model, lr, scale, precision, device, tile=inference.DEFAULT_TI
 
 
 def score(sr, hr, crop_border, niqe_params=None, artifacts_scale=None):
-    """{'psnr', 'ssim'} (and 'niqe' with metrics.load_niqe_params()'s model; 'grid_flat', 'grid' and
-    'border' with the scale as ``artifacts_scale``) of an 8-bit SR image."""
+    """{'psnr', 'ssim'} (and 'niqe' with metrics.load_niqe_params()'s model; 'grid_flat', 'grid_dark',
+    'grid' and 'border' with the scale as ``artifacts_scale``) of an 8-bit SR image."""
     scores = {"psnr": metrics.calc_psnr(sr, hr, crop_border), "ssim": metrics.calc_ssim(sr, hr, crop_border)}
     if niqe_params is not None:
         scores["niqe"] = metrics.calc_niqe(sr, crop_border, niqe_params)

@@ -206,7 +206,8 @@ def calc_niqe(img, crop_border, params=None):
 # These measures look for each pattern directly, on the Y channel (0-255) after the border crop.
 
 GRID_FLAT_STD = 2.0  # a pixel is "flat" where the HR image's 7x7 standard deviation is below this
-GRID_FLAT_MIN_PIXELS = 2000  # fewer flat pixels than this: no flat-region grid for the image
+GRID_FLAT_MIN_PIXELS = 2000  # fewer flat (or dark) pixels than this: no flat (dark) grid for the image
+GRID_DARK_LUMA = 40.0  # a pixel is "dark" where the HR luma's 7x7 mean is below this (black is 16)
 BORDER_BAND = 8  # the outer band of the border ratio, in pixels
 
 
@@ -231,6 +232,12 @@ def flat_mask(y_hr):
     mean = _box_mean(y_hr, 7)
     var = np.maximum(_box_mean(y_hr * y_hr, 7) - mean * mean, 0.0)
     return var < GRID_FLAT_STD**2
+
+
+def dark_mask(y_hr):
+    """True where the HR luma's 7x7 mean is below GRID_DARK_LUMA: shadows and black, where a faint
+    grid shows most to the eye."""
+    return _box_mean(y_hr, 7) < GRID_DARK_LUMA
 
 
 def grid_strength(y, period, mask=None):
@@ -270,13 +277,15 @@ def border_ratio(y, band=BORDER_BAND):
 
 
 def artifact_scores(sr, hr, scale, crop_border):
-    """{'grid_flat', 'grid', 'border'} of an 8-bit RGB image (PIL or array) against its HR image.
+    """{'grid_flat', 'grid_dark', 'grid', 'border'} of an 8-bit RGB image (PIL or array) against its HR image.
 
-    On the Y channel with ``crop_border`` pixels cut; the grid's period is ``scale``, and the flat
-    mask comes from the HR image, so every method is measured on the same pixels. 'grid_flat' is None
-    when the HR image has fewer than GRID_FLAT_MIN_PIXELS flat pixels (its mean would be noise).
+    On the Y channel with ``crop_border`` pixels cut; the grid's period is ``scale``, and the flat and
+    dark masks come from the HR image, so every method is measured on the same pixels. 'grid_flat'
+    ('grid_dark') is None when the HR image has fewer than GRID_FLAT_MIN_PIXELS flat (dark) pixels:
+    its mean would be noise.
     """
     y_sr, y_hr = _y_pair(sr, hr, crop_border)
-    mask = flat_mask(y_hr)
-    flat = grid_strength(y_sr, scale, mask) if mask.sum() >= GRID_FLAT_MIN_PIXELS else None
-    return {"grid_flat": flat, "grid": grid_strength(y_sr, scale), "border": border_ratio(y_sr)}
+    scores = {}
+    for name, mask in (("grid_flat", flat_mask(y_hr)), ("grid_dark", dark_mask(y_hr))):
+        scores[name] = grid_strength(y_sr, scale, mask) if mask.sum() >= GRID_FLAT_MIN_PIXELS else None
+    return {**scores, "grid": grid_strength(y_sr, scale), "border": border_ratio(y_sr)}

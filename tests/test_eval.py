@@ -187,12 +187,13 @@ def test_artifacts_columns_hr_row_probe_and_strict_json(ckpt_file, tmp_path, cap
     hr = images.crop_to_multiple(images.open_image(folder / "busy.png"), 4)
     assert results["HR (ground truth)"]["Art"]["images"]["busy.png"] == metrics.artifact_scores(hr, hr, 4, 4)
     tiny = results["tiny.pth"]["Art"]
-    assert set(tiny["images"]["busy.png"]) == {"psnr", "ssim", "grid_flat", "grid", "border"}
+    assert set(tiny["images"]["busy.png"]) == {"psnr", "ssim", "grid_flat", "grid_dark", "grid", "border"}
     assert tiny["images"]["busy.png"]["grid_flat"] is None and tiny["images"]["flat.png"]["grid_flat"] is not None
     assert tiny["grid_flat"] == tiny["images"]["flat.png"]["grid_flat"] and tiny["grid_flat_count"] == 1
     printed = capsys.readouterr().out
-    assert "| Method | Art PSNR | Art SSIM | Art grid flat | Art grid | Art border |" in printed
+    assert "| Method | Art PSNR | Art SSIM | Art grid flat | Art grid dark | Art grid | Art border |" in printed
     assert "Art grid flat: over the 1 of 2 images" in printed
+    assert "Art grid dark: over the 0 of 2 images with at least 2000 dark pixels (none: '-')" in printed
     assert "| Bicubic | 0 | 0 | 0 |" in printed  # the probe table
     saved = json.loads(out.read_text())  # strict JSON: the PSNR of the flat image is inf for bicubic
     assert saved["results"]["Bicubic"]["Art"]["images"]["flat.png"]["psnr"] is None

@@ -194,6 +194,19 @@ def test_artifact_scores_on_rgb_images_and_the_flat_threshold():
     assert metrics.artifact_scores(hr, hr, 4, 4)["grid_flat"] < 1e-9
     small = hr[:48, :48]  # 40x40 = 1600 flat pixels after the crop: fewer than 2000
     assert metrics.artifact_scores(small, small, 4, 4)["grid_flat"] is None
+    assert scores["grid_dark"] is None  # grey 90 is not dark
+
+
+def test_grid_over_dark_regions_reads_only_where_hr_is_dark():
+    hr = np.full((96, 96, 3), 200, np.uint8)
+    hr[:, :48] = 20  # a black left half, a bright right half
+    sr = hr.copy()
+    sr[::4, 52::4] = 230  # a grid on the bright half only...
+    assert metrics.artifact_scores(sr, hr, 4, 4)["grid_dark"] < 1e-9
+    sr = hr.copy()
+    sr[::4, :44:4] = 26  # ...or on the dark half only: a faint one, 6 grey levels
+    scores = metrics.artifact_scores(sr, hr, 4, 4)
+    assert scores["grid_dark"] > 1
 
 
 def test_artifact_measures_of_hr_and_bicubic_on_set14():
