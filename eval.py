@@ -45,8 +45,8 @@ def build_parser():
                              "model) on the same Y channel and border, and a row for the HR images")
     parser.add_argument("--artifacts", action="store_true",
                         help="add the artifact measures: grid at the scale's period over flat regions, dark "
-                             "regions and all pixels, border ratio (lower is cleaner), the flat-field probe, and an HR row "
-                             "(docs/artifacts.md)")
+                             "regions and all pixels, border ratio (lower is cleaner), the flat-field probe, and an "
+                             "HR row (docs/artifacts.md)")
     parser.add_argument("--self-ensemble", action="store_true",
                         help="average the model's outputs over the 8 flips / 90-degree rotations (x8 slower)")
     parser.add_argument("--json", default=None, metavar="OUT",

@@ -156,3 +156,40 @@ def test_every_recipe_parses_and_names_the_shipped_model_it_makes():
         args = script.build_parser().parse_args([f"@{path}"])
         assert args.iterations > 0 and args.checkpoint_dir.startswith("runs/"), path
         assert f"checkpoints/{path.stem}.pth" in path.read_text().splitlines()[0], path
+
+
+@pytest.mark.parametrize("script", ["srresnet", "srgan"])
+def test_a_run_saved_by_an_earlier_version_resumes_as_that_version_went_on(script, tmp_path, monkeypatch):
+    """tests/fixtures/resume holds iteration 2 of a tiny run of each script (with --ema, and the SRGAN
+    with its optional losses), saved by the code before training.Run, and that code's log of
+    iterations 1-4 (README.md there says how they were made). Today's code resumes it: in one go or
+    stopped half-way, the same bits; and the losses of iterations 3-4 are the ones that code logged
+    (to float noise: another CPU may round differently)."""
+    import shutil
+
+    import train_srgan
+    from conftest import assert_identical, read_log
+
+    fixture = ROOT / "tests" / "fixtures" / "resume"
+    monkeypatch.chdir(ROOT)  # the run's data list names its images from the repo root
+    main = {"srresnet": train_srresnet.main, "srgan": train_srgan.main}[script]
+    saved = {}
+    for name, stops in (("whole", [4]), ("split", [3, 4])):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(fixture / f"{script}_iteration2.pth", folder / f"{script}_latest.pth")
+        for stop in stops:
+            main(["--resume", str(folder / f"{script}_latest.pth"), "--iterations", str(stop)])
+        saved[name] = checkpoint.load_checkpoint(folder / f"{script}_latest.pth")
+        rows, expected = read_log(folder / f"{script}_log.csv"), read_log(fixture / f"{script}_log.csv")[2:]
+        assert [r["iteration"] for r in rows] == ["3", "4"]
+        for row, old in zip(rows, expected):
+            for key, value in old.items():
+                assert (float(row[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-7) if value
+                        else row[key] == ""), (key, row, old)
+    whole, split = saved["whole"], saved["split"]
+    assert whole["training"]["iteration"] == 4
+    for entry in ("model", "ema", "discriminator") if script == "srgan" else ("model", "ema"):
+        assert_identical(whole[entry]["state_dict"], split[entry]["state_dict"], entry)
+    for entry in ("optimizers", "schedulers", "rng"):
+        assert_identical(whole["training"][entry], split["training"][entry], entry)
