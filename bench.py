@@ -294,8 +294,8 @@ def bench_training(model, device, batch_size, crop_size, iterations):
             argv = ["--init", init, "--data-folder", tmp, "--val-data", "", "--checkpoint-dir", os.path.join(tmp, key),
                     "--iterations", str(iterations + 2), "--log-every", str(iterations + 2), "--batch-size",
                     str(batch_size), "--crop-size", str(crop_size), "--workers", "0", "--device", str(device)]
-            real = training.train_batches, training.make_optimizer, utils.keep_freed_memory
-            training.train_batches = batches
+            real = datasets.train_batches, training.make_optimizer, utils.keep_freed_memory
+            datasets.train_batches = batches
             if key == "reference":
                 argv += ["--precision", "fp32", "--no-channels-last"]
                 training.make_optimizer = lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=False)
@@ -304,7 +304,7 @@ def bench_training(model, device, batch_size, crop_size, iterations):
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                     train_srresnet.main(argv)
             finally:
-                training.train_batches, training.make_optimizer, utils.keep_freed_memory = real
+                datasets.train_batches, training.make_optimizer, utils.keep_freed_memory = real
             seconds = statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:]))  # the first one warms up
             rows.append({"path": key, "seconds": seconds, "its_per_s": 1 / seconds,
                          "samples_per_s": batch_size / seconds})
@@ -315,7 +315,7 @@ def bench_training(model, device, batch_size, crop_size, iterations):
 
 def bench_loader(device, scale, batch_size, crop_size, batches, photos, photo_size, tmp):
     """Samples/s on large PNGs: decoding each sample (SRDataset in this process) against the decoded
-    store of create_data_lists.py --store read by training.train_batches with the default --workers."""
+    store of create_data_lists.py --store read by datasets.train_batches with the default --workers."""
     log(f"data loader: writing {photos} {photo_size[0]}x{photo_size[1]} PNGs")
     folder, lists = os.path.join(tmp, "photos"), os.path.join(tmp, "lists")
     os.makedirs(folder)
@@ -332,7 +332,7 @@ def bench_loader(device, scale, batch_size, crop_size, batches, photos, photo_si
     args = train_srresnet.build_parser().parse_args(["--data-folder", lists, "--batch-size", str(batch_size),
                                                      "--crop-size", str(crop_size), "--scaling-factor", str(scale)])
     log(f"data loader: decoded store, {args.workers} workers")
-    loader = training.train_batches(args, training.Context(device, "fp32", False), 0, scale)
+    loader = datasets.train_batches(args, scale, 0)
     for _ in range(4 * max(args.workers, 1) + 2):  # start the workers, use up what they prefetched meanwhile
         next(loader)
     start = time.perf_counter()

@@ -13,8 +13,9 @@ import warnings
 import zlib
 
 import numpy as np
+import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 import images
@@ -183,7 +184,7 @@ class SRDataset(Dataset):
             if there is one (a UserError if it is stale), False never. Same samples either way.
         seed: crops and augmentations are a function of (seed, epoch, index), so a run can be
             resumed exactly. Training index ``k >= len(self)`` means image ``k % len`` in epoch
-            ``k // len`` (what training.ResumableSampler yields): each epoch has new crops.
+            ``k // len`` (what ResumableSampler yields): each epoch has new crops.
 
     Training images whose sides are smaller than crop_size are dropped when the data set is built
     (a UserError if none remain). A file that fails to decode during training is replaced by
@@ -306,3 +307,57 @@ def _header_size(path):
             return img.size
     except (OSError, SyntaxError, ValueError):
         return (0, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the training batches
+
+
+class ResumableSampler(Sampler):
+    """An endless sampler whose order depends only on (seed, position), so a run resumes exactly.
+
+    Each epoch is a fresh permutation (seeded by seed and epoch) split between the processes of a
+    torchrun job; incomplete batches are dropped. Yields ``epoch * n + index`` so that SRDataset
+    draws that epoch's crop. Starts at batch ``start_batch``.
+    """
+
+    def __init__(self, n, batch_size, seed, rank=0, world_size=1, start_batch=0):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = (n // world_size) // batch_size
+        if self.batches_per_epoch == 0:
+            raise utils.UserError(f"the training list has {n} usable images, fewer than one batch of "
+                                  f"{batch_size} per process ({world_size} processes); lower --batch-size")
+        self.start_batch = start_batch
+
+    def __iter__(self):
+        epoch, offset = divmod(self.start_batch, self.batches_per_epoch)
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            order = torch.randperm(self.n, generator=g)[self.rank::self.world_size]
+            order = order[: self.batches_per_epoch * self.batch_size]
+            for index in order[offset * self.batch_size:].tolist():
+                yield epoch * self.n + index
+            epoch, offset = epoch + 1, 0
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)  # one thread per loader process: more only fight for the cores
+
+
+def train_batches(args, scale, start_iteration, rank=0, world_size=1, pin_memory=False):
+    """Endless iterator of a training run's (LR ImageNet-normalised, HR in [-1, 1]) batches from
+    iteration ``start_iteration`` on, for this process of ``world_size`` (``args``: the run's flags)."""
+    dataset = SRDataset(args.data_folder, "train", args.crop_size, scale, "imagenet-norm", "[-1, 1]",
+                        augment=args.augment, seed=args.seed)
+    # a decoded store (create_data_lists.py --store) is shared by the workers; a cache is per worker
+    if dataset.store is None and (args.cache_images == "on" or (args.cache_images == "auto" and len(dataset) <= 2000)):
+        dataset.cache = {}
+    sampler = ResumableSampler(len(dataset), args.batch_size, args.seed, rank, world_size, start_iteration)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        pin_memory=pin_memory, drop_last=True, worker_init_fn=_worker_init,
+                        prefetch_factor=4 if args.workers > 0 else None)
+    # the DataLoader draws its workers' seeds from torch's RNG: fork it, so that the RNG state that
+    # --resume restores is the one the uninterrupted run has at that iteration
+    with torch.random.fork_rng(devices=[]):
+        return iter(loader)

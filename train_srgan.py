@@ -31,12 +31,10 @@ too) and srgan_log.csv.
 import argparse
 import math
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import checkpoint
 import datasets
@@ -122,11 +120,11 @@ def build_parser():
     g = parser.add_argument_group("discriminator (default: the paper's)")
     g.add_argument("--d-kernel-size", type=training.kernel_size, default=None,
                    help="convolution kernel, odd (paper: 3)")
-    g.add_argument("--d-n-channels", type=training.at_most(models.MAX_CHANNELS), default=None,
+    g.add_argument("--d-n-channels", type=training.at_least(1, maximum=models.MAX_CHANNELS), default=None,
                    help="channels of the first block, doubled every second block (paper: 64)")
-    g.add_argument("--d-n-blocks", type=training.at_most(models.MAX_BLOCKS), default=None,
+    g.add_argument("--d-n-blocks", type=training.at_least(1, maximum=models.MAX_BLOCKS), default=None,
                    help="convolutional blocks, stride 2 on every second one (paper: 8)")
-    g.add_argument("--fc-size", type=training.at_most(models.MAX_CHANNELS), default=None,
+    g.add_argument("--fc-size", type=training.at_least(1, maximum=models.MAX_CHANNELS), default=None,
                    help="hidden linear layer width (paper: 1024)")
     return parser
 
@@ -327,7 +325,6 @@ def main(argv=None):
                               "(train_srresnet.py's srresnet_best.pth, or checkpoints/srresnet_x4.pth); "
                               "or --resume a run")
     resolve_content_loss(args)
-    latest_path, best_path, log_path = training.run_files(args, "srgan")
     with training.distributed(args) as ctx:
         # --- models: from the run being resumed, or the generator from --init and a new discriminator
         training.seed_everything(args.seed)
@@ -339,7 +336,6 @@ def main(argv=None):
         training.record_sizes(args, gen_args)
         training.record_sizes(args, {flag: d_args[key] for flag, key in DISCRIMINATOR_FLAGS.items()})
         scale = gen_args["scaling_factor"]
-        datasets.check_crop_size(args.crop_size, scale)
         generator = models.Generator(**gen_args)
         if init is not None:
             generator.initialize_with_srresnet(init)
@@ -362,119 +358,30 @@ def main(argv=None):
         # one grad scaler for both optimizers (scale both losses, step both, update once), as
         # PyTorch's AMP notes prescribe for several optimizers; disabled unless fp16
         scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.precision == "fp16")
-        state = dict(models_={"model": generator, "discriminator": discriminator},
-                     optimizers={"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
-                     schedulers={"scheduler_g": scheduler_g, "scheduler_d": scheduler_d}, scaler=scaler)
-        start, best_psnr = 0, float("-inf")
-        if resume:
-            start, best_psnr = training.restore(resume, args.resume, **state)
-            best_psnr = training.best_psnr_so_far(best_path, best_psnr)
-            if args.lr != resume["training"]["args"].get("lr"):
-                training.set_base_lr(optimizer_g, scheduler_g, args.lr)
-                training.set_base_lr(optimizer_d, scheduler_d, args.lr)
-        # --ema: an averaged copy of the weights (saved to resume too); validation judges and files keep
-        # that copy when there is one
-        ema = training.ema_copy(generator, args.ema, resume)
-        if ema is not None:
-            state["models_"]["ema"] = ema
-        kept = ema if ema is not None else generator
         net_g = DistributedDataParallel(generator) if ctx.world_size > 1 else generator
         net_d = DistributedDataParallel(discriminator) if ctx.world_size > 1 else discriminator
         # the generator's loss: weight * term, summed over this table (a weight of 0 leaves a term out)
         loss_weights = {"content": 1.0, "adversarial": args.beta, "pixel": args.pixel_weight,
                         "texture": args.texture_weight, "artifact": args.artifact_weight, "grid": args.grid_weight}
-        log_terms = [name for name, w in loss_weights.items() if w]
+        columns = ["perceptual", *[name for name, w in loss_weights.items() if w], "discriminator", "d_real", "d_fake"]
+        content = f"VGG19 i={args.vgg_i} j={args.vgg_j} ({args.vgg_weights})" if vgg is not None else "pixel MSE"
+        banner = f"SRGAN: generator {gen_args}, discriminator {d_args}, content loss {content};"
 
-        # --- everything that can fail on a bad file fails now, before the first iteration
-        batches = training.train_batches(args, ctx, start, scale)
-        val_set = training.load_validation_set(args, scale, args.val_artifacts) if ctx.is_main else []
-        niqe_params = metrics.load_niqe_params() if args.val_artifacts and val_set else None
-        # the folder is this run's until it ends: a second process (new run or --resume) is refused
-        run_lock = training.claim_run_folder(args, "srgan") if ctx.is_main else None
-        log = writer = stop = bar = None  # made inside the try: the finally releases what exists
-        try:
-            log = training.CsvLog(log_path, ["iteration", "perceptual", *log_terms, "discriminator", "d_real", "d_fake",
-                                             "lr", "val_psnr", "val_ssim",
-                                             *(["val_niqe", "val_grid"] if args.val_artifacts else []), "seconds"],
-                                  resume_iteration=start if resume else None) if ctx.is_main else None
-            writer = training.tensorboard_writer(args) if ctx.is_main else None
-            if ctx.is_main:
-                training.announce_resume(args, start)
-                content = (f"VGG19 i={args.vgg_i} j={args.vgg_j} ({args.vgg_weights})" if vgg is not None
-                           else "pixel MSE")
-                print(f"SRGAN: generator {gen_args}, discriminator {d_args}, content loss {content}; "
-                      f"on {ctx.device} x{ctx.world_size}, {ctx.precision}"
-                      f"{', channels_last' if ctx.channels_last else ''}; iterations {start} -> {args.iterations}"
-                      + (f"; validation on {args.val_data} in {args.val_precision}" if val_set else "")
-                      + (f"; EMA of the weights (decay {args.ema})" if ema is not None else ""))
-
-            stop = training.StopSignal()
-            bar = tqdm(total=args.iterations, initial=start, unit="it", desc="srgan", disable=not ctx.is_main)
-            finite = torch.ones((), dtype=torch.bool, device=ctx.device)  # every loss finite so far
-            # a resumed run's checkpoint is good: it was checked before it was written
-            last_good = f"{args.resume} (iteration {start})" if resume else None
-            started = time.time()
-            for iteration in range(start + 1, args.iterations + 1):
+        with training.Run(args, "srgan", ctx, resume, {"model": generator, "discriminator": discriminator},
+                          {"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
+                          {"scheduler_g": scheduler_g, "scheduler_d": scheduler_d}, scaler, scale, columns,
+                          banner) as run:
+            batches = datasets.train_batches(args, scale, run.start, ctx.rank, ctx.world_size,
+                                             pin_memory=ctx.device.type == "cuda")
+            for iteration in run.iterations():
                 lr_imgs, hr_imgs = next(batches)  # (N, 3, c/s, c/s) ImageNet-normalised, (N, 3, c, c) in [-1, 1]
                 lr_imgs, hr_imgs = ctx.to_device(lr_imgs), ctx.to_device(hr_imgs)
-                step = srgan_step(net_g, net_d, vgg, ema, optimizer_g, optimizer_d, scaler, lr_imgs, hr_imgs,
+                step = srgan_step(net_g, net_d, vgg, run.ema, optimizer_g, optimizer_d, scaler, lr_imgs, hr_imgs,
                                   loss_weights, args, ctx)
                 scheduler_g.step()
                 scheduler_d.step()
-                if ema is not None:
-                    training.update_ema(ema, generator, args.ema)
-                finite &= torch.isfinite(step["perceptual"]) & torch.isfinite(step["discriminator"])  # no sync here
-                bar.update(1)
-
-                # every few iterations: NaN check, validation, log, checkpoint (rank 0 writes the files)
-                if not training.check_due(iteration, args, ctx, stop):
-                    continue
-                last = iteration == args.iterations
-                save = training.due(iteration, args.save_every) or last or stop.requested
-                # never let a broken model replace the last good checkpoint (bool() is a sync point)
-                good = bool(finite) and (not ctx.is_main or training.is_good(generator, lr_imgs, ctx, ema))
-                stopping = training.stop_if_bad(ctx, good, stop, iteration, last_good)
-                if ctx.is_main:
-                    training.keep_snapshot(args, "srgan", iteration, kept,
-                                           {"script": "train_srgan.py", "ema": args.ema})
-                val = None
-                if ctx.is_main and val_set and (training.due(iteration, args.val_every) or last):
-                    val, best_psnr = training.validate_and_keep_best(
-                        kept, val_set, ctx, scale, iteration, best_psnr, best_path,
-                        {"script": "train_srgan.py", "val_data": args.val_data, "ema": args.ema,
-                         "precision": ctx.precision, "val_precision": args.val_precision}, bar, args.val_precision,
-                        niqe_params)
-                if ctx.is_main and (training.due(iteration, args.log_every) or val is not None or last):
-                    training.log_row(log, writer, bar, {
-                        "iteration": iteration, **{name: value.item() for name, value in step.items()},
-                        "lr": scheduler_g.get_last_lr()[0],
-                        "val_psnr": val["psnr"] if val else "", "val_ssim": val["ssim"] if val else "",
-                        **({"val_niqe": val["niqe"] if val and val["niqe"] is not None else "",
-                            "val_grid": val["grid_flat"] if val and val["grid_flat"] is not None else ""}
-                           if args.val_artifacts else {}),
-                        "seconds": round(time.time() - started, 1)})
-                # the checkpoint last: a kill before it resumes from the previous one and redoes these
-                # rows; a kill after it has lost nothing (a save before the row lost the row)
-                if (save or stopping) and ctx.is_main:
-                    training.save_training_checkpoint(latest_path, "srgan", iteration, best_psnr, args, **state)
-                    last_good = f"{latest_path} (iteration {iteration})"
-                if stopping:
-                    bar.write(f"interrupted: saved {latest_path} at iteration {iteration}; "
-                              f"continue with: python train_srgan.py --resume {latest_path}")
-                    raise stop.exception()  # exit code 130 (Ctrl-C) or 143 (SIGTERM)
-        finally:
-            if stop is not None:
-                stop.restore()
-            if bar is not None:
-                bar.close()
-            if log is not None:
-                log.close()
-            if writer is not None:
-                writer.close()
-            if run_lock is not None:
-                run_lock.release()
-        return {"iteration": args.iterations, "best_psnr": best_psnr if math.isfinite(best_psnr) else None,
-                "losses": {k: v.item() for k, v in step.items() if k not in ("d_real", "d_fake")}}
+                run.step(iteration, step, lr_imgs)  # average, checks, log, validation, checkpoint
+        return run.result(losses={k: v.item() for k, v in step.items() if k not in ("d_real", "d_fake")})
 
 
 if __name__ == "__main__":

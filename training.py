@@ -1,8 +1,8 @@
-"""Helpers that train_srresnet.py and train_srgan.py call from their loops (the loops are in the scripts).
+"""What train_srresnet.py and train_srgan.py share (their loops and losses are in the scripts).
 
-Flags and the resume rules, processes and devices, a data order that is a pure function of (seed,
-iteration) so that a resumed run continues exactly, optimisers and schedules, checkpoints, validation,
-the CSV log and Ctrl-C. Plain functions and small records; no training logic hides here.
+Flags and the resume rules, processes and devices, optimisers and schedules, the checkpoint format,
+validation, and :class:`Run`: a run's bookkeeping around the step (files and lock, log, Ctrl-C,
+moving average, snapshots, validation, saves), which the loop calls once per iteration.
 """
 
 import argparse
@@ -16,18 +16,20 @@ import os
 import random
 import signal
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
 
 import checkpoint
 import datasets
 import evaluation
 import images
 import inference
+import metrics
 import models
 import utils
 from utils import UserError
@@ -59,8 +61,8 @@ class TrainingStopped(UserError):
 # flags
 
 
-def at_least(minimum, kind=int):
-    """argparse type: a finite number >= minimum."""
+def at_least(minimum, kind=int, maximum=None):
+    """argparse type: a finite number >= minimum (and <= maximum, if given)."""
     def parse(text):
         try:
             value = kind(text)
@@ -68,15 +70,7 @@ def at_least(minimum, kind=int):
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
         if not (value >= minimum and math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"must be a number >= {minimum}, got {text}")
-        return value
-    return parse
-
-
-def at_most(maximum):
-    """argparse type: a whole number from 1 to ``maximum``."""
-    def parse(text):
-        value = at_least(1)(text)
-        if value > maximum:
+        if maximum is not None and value > maximum:
             raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
         return value
     return parse
@@ -134,8 +128,10 @@ def add_common_arguments(parser, iterations, lr, lr_schedule):
     g = parser.add_argument_group("model (default: the --init file's size, else the paper's)")
     g.add_argument("--large-kernel-size", type=kernel_size, default=None, help="first and last kernel, odd (paper: 9)")
     g.add_argument("--small-kernel-size", type=kernel_size, default=None, help="other kernels, odd (paper: 3)")
-    g.add_argument("--n-channels", type=at_most(models.MAX_CHANNELS), default=None, help="feature channels (paper: 64)")
-    g.add_argument("--n-blocks", type=at_most(models.MAX_BLOCKS), default=None, help="residual blocks (paper: 16)")
+    g.add_argument("--n-channels", type=at_least(1, maximum=models.MAX_CHANNELS), default=None,
+                   help="feature channels (paper: 64)")
+    g.add_argument("--n-blocks", type=at_least(1, maximum=models.MAX_BLOCKS), default=None,
+                   help="residual blocks (paper: 16)")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=at_least(1), default=16, help="batch size per process (default: 16)")
     g.add_argument("--lr", type=positive_float, default=lr, help=f"Adam learning rate (default: {lr:g})")
@@ -176,104 +172,66 @@ def add_common_arguments(parser, iterations, lr, lr_schedule):
     g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (<checkpoint-dir>/tensorboard)")
 
 
-def explicit_flags(parser, argv):
-    """The destinations of the flags given on the command line (not left at their defaults)."""
-    defaults = {action.dest: action.default for action in parser._actions}
-    try:
-        for action in parser._actions:
-            action.default = argparse.SUPPRESS
-        return set(vars(parser.parse_args(argv)))
-    finally:
-        for action in parser._actions:
-            action.default = defaults[action.dest]
-
-
 def parse_args(parser, argv, script):
-    """Parse the flags of a training script; with --resume, merge in the run's recorded settings.
+    """Parse the flags of a training script; with --resume, the run's recorded settings are the defaults.
 
-    Returns (args, resume checkpoint or None). With --resume, a flag not given takes the run's value;
-    a flag given is applied and announced if it is in ADJUSTABLE_ON_RESUME, else refused (UserError).
+    Returns (args, resume checkpoint or None). With --resume, the parser's defaults become the run's
+    settings and the flags are parsed again: a setting that then differs was given, and it is applied
+    and announced if it is in ADJUSTABLE_ON_RESUME, else refused (UserError).
     """
     args = parser.parse_args(argv)
-    args.resume_notes = []
     if args.resume and args.init:
         raise UserError("--resume continues a run and --init starts a new one: give one of them")
-    resume = None
+    resume, notes = None, []
     if args.resume:
         resume = load_training_checkpoint(args.resume, script)
-        given = explicit_flags(parser, argv)
-        notes = args.resume_notes
-        stored_args = {**ADDED_LATER, **resume["training"]["args"]}
-        for key, stored in stored_args.items():
-            if key in NOT_RECORDED or not hasattr(args, key):
-                continue
+        recorded = {key: value for key, value in {**ADDED_LATER, **resume["training"]["args"]}.items()
+                    if key not in NOT_RECORDED and hasattr(args, key)}
+        parser.set_defaults(**recorded)
+        args = parser.parse_args(argv)
+        for key, stored in recorded.items():
             value = getattr(args, key)
-            if key not in given:
-                setattr(args, key, stored)
-                continue
-            if stored is None and key in SIZE_FLAGS:  # "the checkpoint's size": compare with it
+            if stored is None and key in SIZE_FLAGS and value is not None:  # "the checkpoint's size"
                 entry, name = SIZE_FLAGS[key]
                 stored = resume[entry]["args"].get(name) if isinstance(resume[entry].get("args"), dict) else None
-            if value != stored and key in ADJUSTABLE_ON_RESUME:
-                notes.append((key, stored, value))
-            elif value != stored:
-                raise UserError(f"--{key.replace('_', '-')} {_shown(value)}: the run in {args.resume} has "
-                                f"{_shown(stored)}; changing it would make another run (start one with --init "
-                                f"{args.resume}, or drop the flag)")
+            if value == stored:
+                continue
+            if key not in ADJUSTABLE_ON_RESUME:
+                shown = ["'' (none)" if v in ("", None) else v for v in (value, stored)]
+                raise UserError(f"--{key.replace('_', '-')} {shown[0]}: the run in {args.resume} has {shown[1]}; "
+                                f"changing it would make another run (start one with --init {args.resume}, or "
+                                "drop the flag)")
+            notes.append((key, stored, value))
         # a run continues where its checkpoint is: a moved (or copied) run folder is not re-created
         here = os.path.dirname(args.resume) or "."
-        if "checkpoint_dir" not in given and os.path.realpath(here) != os.path.realpath(args.checkpoint_dir):
+        given_dir = args.checkpoint_dir != recorded.get("checkpoint_dir")
+        if not given_dir and os.path.realpath(here) != os.path.realpath(args.checkpoint_dir):
             notes.append(("moved", args.checkpoint_dir, here))
             args.checkpoint_dir = here
         iteration = resume["training"]["iteration"]
         if args.iterations <= iteration:
             raise UserError(f"--iterations {args.iterations}: the run in {args.resume} is already at "
                             f"iteration {iteration}; give a larger --iterations to train further")
-    if args.scaling_factor is not None:
-        datasets.check_crop_size(args.crop_size, args.scaling_factor, "--scaling-factor")
+    args.resume_notes = notes
     return args, resume
 
 
-def _shown(value):
-    """A setting as a message shows it: an empty one as '' (none)."""
-    return "'' (none)" if value in ("", None) else value
-
-
-def announce_resume(args, iteration):
-    """One line per flag that changes the resumed run."""
-    for key, old, new in args.resume_notes:
-        flag = f"--{key.replace('_', '-')}"
-        if key == "iterations":
-            what = (f"the run now ends at iteration {new} instead of {old}; the {args.lr_schedule} schedule "
-                    f"is recomputed for {new} iterations from iteration {iteration} on")
-        elif key == "lr":
-            what = f"the base learning rate changes from {old:g} to {new:g} from iteration {iteration} on"
-        elif key == "moved":
-            print(f"resume: the run's files go to {new}, the folder of the checkpoint given (the run was started "
-                  f"in {old})", file=sys.stderr)
-            continue
-        elif key == "ema":
-            kept = f"the weights' moving average (decay {new})" if new else "the trained weights"
-            what = (f"validation and the kept models use {kept} from iteration {iteration} on"
-                    + ("; the average starts from the current weights" if new and not old else ""))
-        else:
-            what = f"{old} -> {new}"
-        print(f"resume: {flag} {new}: {what}", file=sys.stderr)
-
-
 def model_args(args, init_model=None):
-    """SRResNet constructor arguments: the --init model's (size flags must agree), else the flags
-    with the paper's defaults."""
+    """SRResNet constructor arguments of a new run: the --init model's (size flags must agree), else
+    the flags with the paper's defaults. The crop size is checked against the scale here."""
     flags = ("large_kernel_size", "small_kernel_size", "n_channels", "n_blocks", "scaling_factor")
     paper = dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=4)
     if init_model is None:
-        return {k: paper[k] if getattr(args, k) is None else getattr(args, k) for k in flags}
-    stored = init_model.args
-    for k in flags:
-        if getattr(args, k) is not None and getattr(args, k) != stored[k]:
-            raise UserError(f"--{k.replace('_', '-')} {getattr(args, k)}: the --init model {args.init} has "
-                            f"{k}={stored[k]}; drop the flag to use its size")
-    return dict(stored)
+        sizes = {k: paper[k] if getattr(args, k) is None else getattr(args, k) for k in flags}
+        of = "--scaling-factor" if args.scaling_factor is not None else "the scale"
+    else:
+        sizes, of = dict(init_model.args), f"the scale of {args.init},"
+        for k in flags:
+            if getattr(args, k) is not None and getattr(args, k) != sizes[k]:
+                raise UserError(f"--{k.replace('_', '-')} {getattr(args, k)}: the --init model {args.init} has "
+                                f"{k}={sizes[k]}; drop the flag to use its size")
+    datasets.check_crop_size(args.crop_size, sizes["scaling_factor"], of)
+    return sizes
 
 
 def record_sizes(args, model_args):
@@ -286,9 +244,7 @@ def load_init_model(args):
     """The generator weights named by --init (any checkpoint load_model reads), or None."""
     if not args.init:
         return None
-    model = checkpoint.load_model(args.init)
-    datasets.check_crop_size(args.crop_size, model.scaling_factor, f"the scale of {args.init},")
-    return model
+    return checkpoint.load_model(args.init)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,55 +344,6 @@ def set_rng_state(state):
 # data
 
 
-class ResumableSampler(Sampler):
-    """An endless sampler whose order depends only on (seed, position), so a run resumes exactly.
-
-    Each epoch is a fresh permutation (seeded by seed and epoch) split between the processes of a
-    torchrun job; incomplete batches are dropped. Yields ``epoch * n + index`` so that SRDataset
-    draws that epoch's crop. Starts at batch ``start_batch``.
-    """
-
-    def __init__(self, n, batch_size, seed, rank=0, world_size=1, start_batch=0):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.batches_per_epoch = (n // world_size) // batch_size
-        if self.batches_per_epoch == 0:
-            raise UserError(f"the training list has {n} usable images, fewer than one batch of "
-                            f"{batch_size} per process ({world_size} processes); lower --batch-size")
-        self.start_batch = start_batch
-
-    def __iter__(self):
-        epoch, offset = divmod(self.start_batch, self.batches_per_epoch)
-        while True:
-            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-            order = torch.randperm(self.n, generator=g)[self.rank::self.world_size]
-            order = order[: self.batches_per_epoch * self.batch_size]
-            for index in order[offset * self.batch_size:].tolist():
-                yield epoch * self.n + index
-            epoch, offset = epoch + 1, 0
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)  # one thread per loader process: more only fight for the cores
-
-
-def train_batches(args, ctx, start_iteration, scale):
-    """Endless iterator of (LR ImageNet-normalised, HR in [-1, 1]) batches from iteration ``start_iteration`` on."""
-    dataset = datasets.SRDataset(args.data_folder, "train", args.crop_size, scale, "imagenet-norm", "[-1, 1]",
-                                 augment=args.augment, seed=args.seed)
-    # a decoded store (create_data_lists.py --store) is shared by the workers; a cache is per worker
-    if dataset.store is None and (args.cache_images == "on" or (args.cache_images == "auto" and len(dataset) <= 2000)):
-        dataset.cache = {}
-    sampler = ResumableSampler(len(dataset), args.batch_size, args.seed, ctx.rank, ctx.world_size, start_iteration)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        pin_memory=ctx.device.type == "cuda", drop_last=True, worker_init_fn=_worker_init,
-                        prefetch_factor=4 if args.workers > 0 else None)
-    # the DataLoader draws its workers' seeds from torch's RNG: fork it, so that the RNG state that
-    # --resume restores is the one the uninterrupted run has at that iteration
-    with torch.random.fork_rng(devices=[]):
-        return iter(loader)
-
-
 def load_validation_set(args, scale, niqe=False):
     """The validation images as [(path, HR, LR)] (evaluation.lr_pair), all decoded and checked now,
     so that a bad file stops the run before training rather than after it. [] without --val-data."""
@@ -491,13 +398,6 @@ def set_base_lr(optimizer, scheduler, lr):
 
 # ----------------------------------------------------------------------------------------------
 # checkpoints
-
-
-def run_files(args, script):
-    """(latest training checkpoint, best model, CSV log) of a run."""
-    d = args.checkpoint_dir
-    return (os.path.join(d, f"{script}_latest.pth"), os.path.join(d, f"{script}_best.pth"),
-            os.path.join(d, f"{script}_log.csv"))
 
 
 class RunLock:
@@ -566,24 +466,6 @@ class RunLock:
                 os.rmdir(folder)  # fails, as it should, unless empty
 
 
-def claim_run_folder(args, script):
-    """Lock the run's folder (RunLock), then check that a new run does not overwrite another run's
-    checkpoint; leftovers of killed saves are removed. Returns the RunLock (release it at the end)."""
-    latest, best, log = run_files(args, script)
-    utils.check_writable(latest)
-    lock = RunLock(args.checkpoint_dir, script)
-    try:
-        if os.path.exists(latest) and not (args.resume and os.path.samefile(latest, args.resume)):
-            raise UserError(f"{latest}: another run is already there; continue it with --resume {latest}, "
-                            "or give another --checkpoint-dir")
-    except UserError:
-        lock.release()
-        raise
-    for path in (latest, best):
-        utils.remove_stale_temporaries(path)
-    return lock
-
-
 def load_training_checkpoint(path, script):
     """A training checkpoint of ``script`` ('srresnet' or 'srgan'), checked for every entry resume needs."""
     ckpt = checkpoint.load_checkpoint(path)
@@ -609,41 +491,6 @@ def load_training_checkpoint(path, script):
     if "ema" in ckpt and ckpt["ema"]["args"] != ckpt["model"]["args"]:
         raise UserError(f"{path}: malformed training checkpoint: its 'ema' and 'model' differ in size")
     return ckpt
-
-
-def restore(ckpt, path, models_, optimizers, schedulers, scaler):
-    """Load weights, optimizer, scheduler, scaler and RNG states from a training checkpoint.
-
-    ``models_`` etc. are {name: object} with the names used when saving. Returns (iteration, best_psnr).
-    """
-    training = ckpt["training"]
-    for name, model in models_.items():
-        built = checkpoint.build_from_spec(ckpt[name], path, name, archs=(type(model).__name__,))
-        model.load_state_dict(built.state_dict())
-    try:
-        for name, opt in optimizers.items():
-            opt.load_state_dict(training["optimizers"][name])
-        for name, sched in schedulers.items():
-            sched.load_state_dict(training["schedulers"][name])
-        scaler.load_state_dict(training["scaler"])
-        set_rng_state(training["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-        raise UserError(f"{path}: malformed training checkpoint: cannot restore its state "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    best = training.get("best_psnr", float("-inf"))
-    return training["iteration"], float(best) if isinstance(best, (int, float)) else float("-inf")
-
-
-def ema_copy(model, decay, resume=None):
-    """--ema: a frozen copy of ``model`` that update_ema moves towards the trained weights after each
-    step (None when ``decay`` is 0). A resumed run's 'ema' entry is loaded; a run that turns --ema on
-    at a resume starts the average from its current weights."""
-    if not decay:
-        return None
-    ema = copy.deepcopy(checkpoint.unwrap_model(model)).requires_grad_(False)
-    if resume is not None and "ema" in resume:  # checked by load_training_checkpoint
-        ema.load_state_dict(resume["ema"]["state_dict"])
-    return ema
 
 
 @torch.no_grad()
@@ -676,33 +523,6 @@ def save_training_checkpoint(path, script, iteration, best_psnr, args, models_, 
 def save_best(path, model, info):
     """The small inference checkpoint of the best model so far."""
     checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model, info), path)
-
-
-def keep_snapshot(args, script, iteration, model, info):
-    """With --keep-every N, the inference file of every Nth iteration (GAN generators are chosen
-    after the run: the last one is not always the best)."""
-    if due(iteration, args.keep_every):
-        path = os.path.join(args.checkpoint_dir, f"{script}_{iteration}.pth")
-        save_best(path, model, {**info, "iteration": iteration})
-
-
-@torch.no_grad()
-def is_good(model, lr_imgs, ctx, ema=None):
-    """True if every weight and buffer is finite and the model (eval mode) gives a finite output on
-    one training input, and the same of its moving average ``ema`` if there is one: what a
-    checkpoint must satisfy before it replaces a good one."""
-    if ema is not None and not is_good(ema, lr_imgs, ctx):
-        return False
-    model = checkpoint.unwrap_model(model)
-    if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
-        return False
-    modes = {m: m.training for m in model.modules()}  # per module: --freeze-bn keeps BatchNorm in eval mode
-    model.eval()
-    with ctx.autocast():
-        out = model(lr_imgs[:1])
-    for m, training in modes.items():
-        m.training = training
-    return bool(torch.isfinite(out).all())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -739,7 +559,7 @@ class CsvLog:
                 if reader.fieldnames != fields:  # edited by hand, or another script's log
                     raise UserError(f"{path}: its columns are not this run's ({','.join(fields)}); move the file "
                                     "aside and resume again to start a new log")
-                rows = [r for r in reader if _row_iteration(r) <= resume_iteration]
+                rows = [r for r in reader if self._iteration(r) <= resume_iteration]
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
@@ -765,23 +585,12 @@ class CsvLog:
         if self.file is not None:
             self.file.close()
 
-
-def _row_iteration(row):
-    try:
-        return int(row.get("iteration") or 0)
-    except ValueError:
-        return 0
-
-
-def tensorboard_writer(args):
-    """A SummaryWriter under <checkpoint-dir>/tensorboard, or None."""
-    if not args.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(os.path.join(args.checkpoint_dir, "tensorboard"))
+    @staticmethod
+    def _iteration(row):
+        try:
+            return int(row.get("iteration") or 0)
+        except ValueError:
+            return 0
 
 
 class StopSignal:
@@ -811,61 +620,280 @@ def due(iteration, every):
     return every > 0 and iteration % every == 0
 
 
-def check_due(iteration, args, ctx, stop):
-    """Whether this iteration checks, saves, validates or logs. The same on every rank (a Ctrl-C is
-    acted on at once by a single process, at the next log step by a torchrun job)."""
-    return (iteration == args.iterations or due(iteration, args.log_every) or due(iteration, args.save_every)
-            or due(iteration, args.val_every) or due(iteration, args.keep_every)
-            or (ctx.world_size == 1 and stop.requested))
+# ----------------------------------------------------------------------------------------------
+# the run
 
 
-def stop_if_bad(ctx, good, stop, iteration, last_good):
-    """Agree over all ranks; raise TrainingStopped if any saw a non-finite loss or model.
-    Returns True if a rank was asked to stop (Ctrl-C / SIGTERM)."""
-    bad, stopping = any_rank(ctx, not good, stop.requested)
-    if bad:
-        raise TrainingStopped(f"the loss or the weights became NaN or infinite by iteration {iteration}; stopped. "
-                              f"The last good checkpoint is {last_good or 'not written yet'}; try a lower --lr, "
-                              "--grad-clip or --precision fp32")
-    return stopping
+class Run:
+    """Everything a training script does around its optimisation step, written once for both.
 
+    ``with Run(...) as run:`` restores a resumed run (weights, optimizers, schedules, RNG), makes the
+    moving average of the weights (--ema), loads the validation images, locks the run's folder, opens
+    the CSV log (and TensorBoard), catches Ctrl-C / SIGTERM and shows the progress bar. The loop calls
+    ``run.step(iteration, losses, lr_imgs)`` once after each optimisation step: it moves the average
+    and, when due, checks that losses and weights are finite, keeps a snapshot, validates and keeps
+    the best model, writes a log row and saves the checkpoint, in that order. It never computes a
+    loss or steps an optimizer: the script calls it, never the reverse.
 
-def best_psnr_so_far(best_path, stored):
-    """The best validation PSNR of a resumed run: its checkpoint's, or its best file's if higher (that
-    file can be newer: a run stopped between its validation and its checkpoint)."""
-    try:
-        info = checkpoint.load_checkpoint(best_path).get("info", {})
-        return max(stored, float(info.get("val_psnr", float("-inf"))))
-    except (UserError, TypeError, ValueError, AttributeError):
-        return stored
+    Its files, in --checkpoint-dir: <script>_latest.pth (everything to --resume), <script>_best.pth
+    (the best validation PSNR), <script>_log.csv and, with --keep-every, <script>_<iteration>.pth.
+    The moving average, when there is one, is the model that is validated and kept.
+    """
 
+    def __init__(self, args, script, ctx, resume, models_, optimizers, schedulers, scaler, scale, loss_columns,
+                 banner):
+        """``models_`` etc.: {name: object}, saved under those names ('model' is the one trained and
+        averaged); ``loss_columns``: the keys of the losses given to step(), as logged; ``banner``:
+        the first words of the start-up line (the models and losses)."""
+        self.args, self.script, self.ctx, self.scale, self.banner = args, script, ctx, scale, banner
+        self.latest_path, self.best_path, self.log_path = (os.path.join(args.checkpoint_dir, f"{script}_{name}")
+                                                           for name in ("latest.pth", "best.pth", "log.csv"))
+        self.state = dict(models_=dict(models_), optimizers=optimizers, schedulers=schedulers, scaler=scaler)
+        self.model, self.resumed = models_["model"], resume is not None
+        self.start, self.best_psnr = 0, float("-inf")
+        if resume:
+            self.start, self.best_psnr = self._restore(resume)
+            if args.lr != resume["training"]["args"].get("lr"):
+                for optimizer, scheduler in zip(optimizers.values(), schedulers.values()):
+                    set_base_lr(optimizer, scheduler, args.lr)
+        # --ema: a frozen copy that update_ema moves towards the trained weights after each step; a run
+        # that turns it on at a resume starts it from the current weights
+        self.ema = None
+        if args.ema:
+            self.ema = copy.deepcopy(checkpoint.unwrap_model(self.model)).requires_grad_(False)
+            if resume is not None and "ema" in resume:  # checked by load_training_checkpoint
+                self.ema.load_state_dict(resume["ema"]["state_dict"])
+            self.state["models_"]["ema"] = self.ema
+        self.kept = self.ema if self.ema is not None else self.model  # validated and kept
+        val_artifacts = getattr(args, "val_artifacts", False)
+        # everything that can fail on a bad file fails now, before the first iteration
+        self.val_set = load_validation_set(args, scale, val_artifacts) if ctx.is_main else []
+        self.niqe_params = metrics.load_niqe_params() if val_artifacts and self.val_set else None
+        self.fields = ["iteration", *loss_columns, "lr", "val_psnr", "val_ssim",
+                       *(["val_niqe", "val_grid"] if val_artifacts else []), "seconds"]
+        self.lock = self.log = self.writer = self.stop = self.bar = None
 
-def validate_and_keep_best(model, val_set, ctx, scale, iteration, best_psnr, best_path, info, bar, precision,
-                           niqe_params=None):
-    """Validate (in ``precision``; see validate); save the model as the best if it is; report. A
-    failure is a warning, not the end of the run. Returns (validate's dict or None, best_psnr)."""
-    try:
-        val = validate(model, val_set, ctx, scale, precision, niqe_params)
-    except Exception as e:  # noqa: BLE001 - a failed validation must not end a long run
-        bar.write(f"warning: validation at iteration {iteration} failed ({type(e).__name__}: {e}); training goes on")
-        return None, best_psnr
-    if val["psnr"] > best_psnr:
-        best_psnr = val["psnr"]
-        save_best(best_path, model, {**info, "iteration": iteration, "val_psnr": val["psnr"], "val_ssim": val["ssim"]})
-    extra = ""
-    if "niqe" in val:
-        niqe, grid = (("-" if v is None else f"{v:.2f}") for v in (val["niqe"], val["grid_flat"]))
-        extra = f", NIQE {niqe}, grid flat {grid}"
-    bar.write(f"iteration {iteration}: validation PSNR {val['psnr']:.3f} dB, SSIM {val['ssim']:.4f}{extra} "
-              f"(best PSNR {best_psnr:.3f})")
-    return val, best_psnr
+    def _restore(self, ckpt):
+        """Load weights, optimizer, scheduler, scaler and RNG states; (iteration, best PSNR)."""
+        path, training = self.args.resume, ckpt["training"]
+        for name, model in self.state["models_"].items():
+            built = checkpoint.build_from_spec(ckpt[name], path, name, archs=(type(model).__name__,))
+            model.load_state_dict(built.state_dict())
+        try:
+            for name, opt in self.state["optimizers"].items():
+                opt.load_state_dict(training["optimizers"][name])
+            for name, sched in self.state["schedulers"].items():
+                sched.load_state_dict(training["schedulers"][name])
+            self.state["scaler"].load_state_dict(training["scaler"])
+            set_rng_state(training["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise UserError(f"{path}: malformed training checkpoint: cannot restore its state "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        best = training.get("best_psnr", float("-inf"))
+        best = float(best) if isinstance(best, (int, float)) else float("-inf")
+        return training["iteration"], self.best_psnr_so_far(self.best_path, best)
 
+    @staticmethod
+    def best_psnr_so_far(best_path, stored):
+        """The best validation PSNR of a resumed run: its checkpoint's, or its best file's if higher
+        (that file can be newer: a run stopped between its validation and its checkpoint)."""
+        try:
+            info = checkpoint.load_checkpoint(best_path).get("info", {})
+            return max(stored, float(info.get("val_psnr", float("-inf"))))
+        except (UserError, TypeError, ValueError, AttributeError):
+            return stored
 
-def log_row(log, writer, bar, row):
-    """One row to the CSV log, TensorBoard and the progress bar."""
-    log.write(row)
-    bar.set_postfix({k: f"{v:.4g}" for k, v in list(row.items())[1:3] if isinstance(v, float)})
-    if writer is not None:
-        for key, value in row.items():
-            if key != "iteration" and isinstance(value, float):
-                writer.add_scalar(key, value, row["iteration"])
+    def __enter__(self):
+        args, ctx = self.args, self.ctx
+        try:
+            if ctx.is_main:
+                self.lock = self._claim_folder()
+                self.log = CsvLog(self.log_path, self.fields, resume_iteration=self.start if self.resumed else None)
+                if args.tensorboard:
+                    self.writer = self._tensorboard_writer()
+                self._announce_resume()
+                print(f"{self.banner} on {ctx.device} x{ctx.world_size}, {ctx.precision}"
+                      f"{', channels_last' if ctx.channels_last else ''}; iterations {self.start} -> {args.iterations}"
+                      + (f"; validation on {args.val_data} in {args.val_precision}" if self.val_set else "")
+                      + (f"; EMA of the weights (decay {args.ema})" if self.ema is not None else ""))
+            self.stop = StopSignal()
+            self.bar = tqdm(total=args.iterations, initial=self.start, unit="it", desc=self.script,
+                            disable=not ctx.is_main)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.finite = torch.ones((), dtype=torch.bool, device=ctx.device)  # every loss finite so far
+        # a resumed run's checkpoint is good: it was checked before it was written
+        self.last_good = f"{args.resume} (iteration {self.start})" if self.resumed else None
+        self.started = time.time()
+        return self
+
+    def __exit__(self, *exc):
+        if self.stop is not None:
+            self.stop.restore()
+        for thing in (self.bar, self.log, self.writer):
+            if thing is not None:
+                thing.close()
+        if self.lock is not None:
+            self.lock.release()
+        return False
+
+    def _tensorboard_writer(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter(os.path.join(self.args.checkpoint_dir, "tensorboard"))
+
+    def _claim_folder(self):
+        """Lock the run's folder (RunLock: a second process, new run or --resume, is refused), then
+        check that a new run does not overwrite another run's checkpoint; remove leftovers of killed saves."""
+        args = self.args
+        utils.check_writable(self.latest_path)
+        lock = RunLock(args.checkpoint_dir, self.script)
+        try:
+            if os.path.exists(self.latest_path) and not (args.resume and os.path.samefile(self.latest_path,
+                                                                                          args.resume)):
+                raise UserError(f"{self.latest_path}: another run is already there; continue it with --resume "
+                                f"{self.latest_path}, or give another --checkpoint-dir")
+        except UserError:
+            lock.release()
+            raise
+        for path in (self.latest_path, self.best_path):
+            utils.remove_stale_temporaries(path)
+        return lock
+
+    def _announce_resume(self):
+        """One line per flag that changes the resumed run."""
+        args, iteration = self.args, self.start
+        for key, old, new in args.resume_notes:
+            if key == "iterations":
+                what = (f"the run now ends at iteration {new} instead of {old}; the {args.lr_schedule} schedule "
+                        f"is recomputed for {new} iterations from iteration {iteration} on")
+            elif key == "lr":
+                what = f"the base learning rate changes from {old:g} to {new:g} from iteration {iteration} on"
+            elif key == "moved":
+                print(f"resume: the run's files go to {new}, the folder of the checkpoint given (the run was "
+                      f"started in {old})", file=sys.stderr)
+                continue
+            elif key == "ema":
+                kept = f"the weights' moving average (decay {new})" if new else "the trained weights"
+                what = (f"validation and the kept models use {kept} from iteration {iteration} on"
+                        + ("; the average starts from the current weights" if new and not old else ""))
+            else:
+                what = f"{old} -> {new}"
+            print(f"resume: --{key.replace('_', '-')} {new}: {what}", file=sys.stderr)
+
+    def iterations(self):
+        """The iterations left: start + 1 to --iterations."""
+        return range(self.start + 1, self.args.iterations + 1)
+
+    @staticmethod
+    def checks_at(iteration, args, world_size, stop_requested):
+        """Whether this iteration checks, saves, validates or logs. The same on every rank (a Ctrl-C is
+        acted on at once by a single process, at the next log step by a torchrun job)."""
+        return (iteration == args.iterations or stop_requested and world_size == 1
+                or any(due(iteration, every) for every in (args.log_every, args.save_every, args.val_every,
+                                                           args.keep_every)))
+
+    def step(self, iteration, losses, lr_imgs):
+        """After each optimisation step: ``losses`` is {column: 0-d tensor} (no device sync unless
+        due); ``lr_imgs`` the step's input batch (the finiteness check runs the model on one)."""
+        args, ctx = self.args, self.ctx
+        if self.ema is not None:
+            update_ema(self.ema, self.model, args.ema)
+        for value in losses.values():
+            self.finite &= torch.isfinite(value)  # stays on the device: no sync at every step
+        self.bar.update(1)
+        if not self.checks_at(iteration, args, ctx.world_size, self.stop.requested):
+            return
+        last = iteration == args.iterations
+        save = due(iteration, args.save_every) or last or self.stop.requested
+        # never let a broken model replace the last good checkpoint (bool() is a sync point); every
+        # rank takes the same decision
+        good = bool(self.finite) and (not ctx.is_main or all(self.is_good(m, lr_imgs, ctx) for m in
+                                                             (self.model, self.ema) if m is not None))
+        bad, stopping = any_rank(ctx, not good, self.stop.requested)
+        if bad:
+            raise TrainingStopped(f"the loss or the weights became NaN or infinite by iteration {iteration}; "
+                                  f"stopped. The last good checkpoint is {self.last_good or 'not written yet'}; "
+                                  "try a lower --lr, --grad-clip or --precision fp32")
+        if ctx.is_main:
+            info = {"script": f"train_{self.script}.py", "ema": args.ema}
+            if due(iteration, args.keep_every):  # GAN generators are chosen after the run
+                path = os.path.join(args.checkpoint_dir, f"{self.script}_{iteration}.pth")
+                save_best(path, self.kept, {**info, "iteration": iteration})
+            val = None
+            if self.val_set and (due(iteration, args.val_every) or last):
+                val = self.validate_and_keep_best(iteration, {"script": info["script"], "val_data": args.val_data,
+                                                              "ema": args.ema, "precision": ctx.precision,
+                                                              "val_precision": args.val_precision})
+            if due(iteration, args.log_every) or val is not None or last:
+                val = val or {}
+                lr = next(iter(self.state["schedulers"].values())).get_last_lr()[0]
+                self.log_row({"iteration": iteration, **{k: v.item() for k, v in losses.items()}, "lr": lr,
+                              **{f"val_{k}": "" if val.get(key) is None else val[key]
+                                 for k, key in (("psnr", "psnr"), ("ssim", "ssim"), ("niqe", "niqe"),
+                                                ("grid", "grid_flat"))},
+                              "seconds": round(time.time() - self.started, 1)})
+            # the checkpoint last: a kill before it resumes from the previous one and redoes these
+            # rows; a kill after it has lost nothing (a save before the row lost the row)
+            if save or stopping:
+                save_training_checkpoint(self.latest_path, self.script, iteration, self.best_psnr, args,
+                                         **self.state)
+                self.last_good = f"{self.latest_path} (iteration {iteration})"
+        if stopping:
+            self.bar.write(f"interrupted: saved {self.latest_path} at iteration {iteration}; "
+                           f"continue with: python train_{self.script}.py --resume {self.latest_path}")
+            raise self.stop.exception()  # exit code 130 (Ctrl-C) or 143 (SIGTERM)
+
+    @staticmethod
+    @torch.no_grad()
+    def is_good(model, lr_imgs, ctx):
+        """True if every weight and buffer is finite and the model (eval mode) gives a finite output on
+        one training input: what a checkpoint must satisfy before it replaces a good one."""
+        model = checkpoint.unwrap_model(model)
+        if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+            return False
+        modes = {m: m.training for m in model.modules()}  # per module: --freeze-bn keeps BatchNorm in eval mode
+        model.eval()
+        with ctx.autocast():
+            out = model(lr_imgs[:1])
+        for m, training in modes.items():
+            m.training = training
+        return bool(torch.isfinite(out).all())
+
+    def validate_and_keep_best(self, iteration, info):
+        """Validate (in --val-precision; see validate); save the model as the best if it is; report. A
+        failure is a warning, not the end of the run. Returns validate's dict or None."""
+        try:
+            val = validate(self.kept, self.val_set, self.ctx, self.scale, self.args.val_precision, self.niqe_params)
+        except Exception as e:  # noqa: BLE001 - a failed validation must not end a long run
+            self.bar.write(f"warning: validation at iteration {iteration} failed ({type(e).__name__}: {e}); "
+                           "training goes on")
+            return None
+        if val["psnr"] > self.best_psnr:
+            self.best_psnr = val["psnr"]
+            save_best(self.best_path, self.kept, {**info, "iteration": iteration, "val_psnr": val["psnr"],
+                                                  "val_ssim": val["ssim"]})
+        extra = ""
+        if "niqe" in val:
+            niqe, grid = (("-" if v is None else f"{v:.2f}") for v in (val["niqe"], val["grid_flat"]))
+            extra = f", NIQE {niqe}, grid flat {grid}"
+        self.bar.write(f"iteration {iteration}: validation PSNR {val['psnr']:.3f} dB, SSIM {val['ssim']:.4f}{extra} "
+                       f"(best PSNR {self.best_psnr:.3f})")
+        return val
+
+    def log_row(self, row):
+        """One row to the CSV log, TensorBoard and the progress bar."""
+        self.log.write(row)
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in list(row.items())[1:3] if isinstance(v, float)})
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "iteration" and isinstance(value, float):
+                    self.writer.add_scalar(key, value, row["iteration"])
+
+    def result(self, **extra):
+        """What main() returns: {'iteration', 'best_psnr' (None without validation), **extra}."""
+        return {"iteration": self.args.iterations,
+                "best_psnr": self.best_psnr if math.isfinite(self.best_psnr) else None, **extra}

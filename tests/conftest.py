@@ -161,12 +161,12 @@ def sigint_at(monkeypatch, iteration):
     import os
     import signal
 
-    import training
+    import datasets
 
-    real = training.train_batches
+    real = datasets.train_batches
 
-    def batches(args, ctx, start, scale):
-        source = real(args, ctx, start, scale)
+    def batches(args, scale, start, *more, **options):
+        source = real(args, scale, start, *more, **options)
 
         def gen():
             for k, batch in enumerate(source, start=start + 1):
@@ -174,17 +174,25 @@ def sigint_at(monkeypatch, iteration):
                     os.kill(os.getpid(), signal.SIGINT)
                 yield batch
         return gen()
-    monkeypatch.setattr(training, "train_batches", batches)
+    monkeypatch.setattr(datasets, "train_batches", batches)
+
+
+def cli(main, argv):
+    """Run a script's main as its command line does (utils.run_cli), in this process; the exit code."""
+    import utils
+
+    try:
+        utils.run_cli(main, [str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+    return 0
 
 
 def cli_error(main, argv, capsys):
     """Run a script's main as the command line does; return its one 'error:' line (exit code 2)."""
-    import utils
-
-    with pytest.raises(SystemExit) as exc:
-        utils.run_cli(main, [str(a) for a in argv])
+    code = cli(main, argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2, err
+    assert code == 2, err
     assert err and err[-1].startswith("error: ") and sum(line.startswith("error:") for line in err) == 1, err
     assert not any(line.startswith("Traceback") for line in err), err
     return err[-1]

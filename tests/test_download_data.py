@@ -2,6 +2,7 @@
 reaches the internet): checksums, skipping, resuming, and one error line for every failure."""
 
 import contextlib
+import functools
 import hashlib
 import http.server
 import threading
@@ -10,8 +11,7 @@ import time
 import pytest
 
 import download_data
-import utils
-from conftest import ROOT
+from conftest import ROOT, cli
 
 COMMIT = "8f6dd8c1d20cb7e8792a7177b4f6fd677633f598"
 
@@ -89,12 +89,7 @@ def server(tmp_path, monkeypatch):
     srv.close()
 
 
-def run(argv):
-    try:
-        utils.run_cli(download_data.main, [str(a) for a in argv])
-    except SystemExit as e:
-        return e.code
-    return 0
+run = functools.partial(cli, download_data.main)  # the exit code of the command line with these flags
 
 
 def error_line(capsys):

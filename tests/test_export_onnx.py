@@ -1,25 +1,21 @@
 """export_onnx.py: the ONNX graph computes what PyTorch fp32 computes, at any size and batch."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
 import checkpoint
 import models
-import utils
-from conftest import TINY, load_script
+from conftest import TINY, cli, load_script
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 export_onnx = load_script("export_onnx")
 
 
-def run(argv):
-    try:
-        utils.run_cli(export_onnx.main, [str(a) for a in argv])
-    except SystemExit as e:
-        return e.code
-    return 0
+run = functools.partial(cli, export_onnx.main)  # the exit code of the command line with these flags
 
 
 def tiny_file(tmp_path, arch, scale):

@@ -1,5 +1,6 @@
 """test.py: outputs, the --hr demo, and one clear error line for every kind of bad input."""
 
+import functools
 import os
 import random
 import signal
@@ -18,18 +19,12 @@ import inference
 import metrics
 import models
 import utils
-from conftest import ROOT, TINY, load_script, random_image
+from conftest import ROOT, TINY, cli, load_script, random_image
 
 test_script = load_script("test")
 
 
-def run(argv):
-    """Run test.py's main as the command line does; returns the exit code (0 on success)."""
-    try:
-        utils.run_cli(test_script.main, [str(a) for a in argv])
-    except SystemExit as e:
-        return e.code
-    return 0
+run = functools.partial(cli, test_script.main)  # the exit code of the command line with these flags
 
 
 @pytest.fixture(scope="module")

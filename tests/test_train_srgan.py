@@ -181,7 +181,6 @@ def test_resume_refuses_the_other_scripts_checkpoint(data, trained, tmp_path, ca
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-
 def test_the_generator_starts_from_the_srresnet_with_its_size(data, tmp_path):
     """No size flags: the generator takes the SRResNet's size and weights; D the flags' size."""
     run_quietly(train_srgan.main, gan_argv(data, tmp_path / "ck", "--iterations", "1", "--lr", "1e-12",
@@ -297,12 +296,6 @@ def test_content_loss_bad_combinations(data, tmp_path, capsys, extra, message):
     assert not (tmp_path / "ck").exists()
 
 
-def test_content_loss_cannot_change_on_resume(trained, capsys):
-    latest = trained["dir"] / "srgan_latest.pth"
-    line = cli_error(train_srgan.main, ["--resume", latest, "--iterations", "50", "--content-loss", "mse"], capsys)
-    assert line.startswith("error: --content-loss mse: ") and "another run" in line
-
-
 def test_keep_every_keeps_the_generator_of_every_nth_iteration(data, tmp_path):
     run_quietly(train_srgan.main, gan_argv(data, tmp_path / "ck", "--iterations", "5", "--keep-every", "2",
                                            "--val-data", ""))
@@ -377,17 +370,6 @@ def test_a_kill_just_after_a_checkpoint_loses_no_log_row(data, tmp_path, monkeyp
     assert [int(r["iteration"]) for r in rows if r["val_psnr"]] == [4, 6]
 
 
-@pytest.mark.parametrize("flag", [["--beta", "0.01"], ["--content-scale", "1"], ["--d-n-channels", "16"],
-                                  ["--vgg-j", "1"], ["--vgg-weights", "imagenet"], ["--texture-weight", "1"],
-                                  ["--scaling-factor", "2"], ["--crop-size", "64"]])
-def test_a_flag_that_would_make_another_run_is_refused_on_resume(trained, flag, capsys):
-    latest = trained["dir"] / "srgan_latest.pth"
-    before = latest.read_bytes()
-    line = cli_error(train_srgan.main, ["--resume", latest, "--iterations", "50", *flag], capsys)
-    assert line.startswith(f"error: {flag[0]} ") and "another run" in line
-    assert latest.read_bytes() == before
-
-
 def test_lr_given_with_resume_is_applied_to_both_networks(data, tmp_path, capsys):
     ck = tmp_path / "ck"
     run_quietly(train_srgan.main, gan_argv(data, ck, "--iterations", "2", "--lr-schedule", "constant",
@@ -416,28 +398,6 @@ def test_bad_flags(data, tmp_path, capsys, extra, message):
     line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", "--iterations", "2", *extra), capsys)
     assert message in line, line
     assert not (tmp_path / "ck").exists()
-
-
-def test_nan_stops_and_the_named_checkpoint_is_good(data, tmp_path, capsys):
-    """NaN injected through the generator in training mode from its 3rd call: the run stops and names
-    a checkpoint whose generator gives finite outputs."""
-    calls = {"n": 0}
-
-    def poison(module, inputs, output):
-        if isinstance(module, models.Generator) and module.training:
-            calls["n"] += 1
-            if calls["n"] >= 3:
-                return output * float("nan")
-    handle = torch.nn.modules.module.register_module_forward_hook(poison)
-    try:
-        line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", "--iterations", "6", "--save-every", "1",
-                                                    "--val-data", ""), capsys)
-    finally:
-        handle.remove()
-    assert "NaN or infinite by iteration 3" in line and "(iteration 2)" in line
-    model = checkpoint.load_model(tmp_path / "ck" / "srgan_latest.pth")
-    with torch.no_grad():
-        assert torch.isfinite(model(torch.randn(1, 3, 12, 12))).all()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,14 +477,6 @@ def test_freeze_bn_keeps_the_generators_statistics_and_remedies_are_recorded(dat
     assert {"artifact", "grid"} <= set(read_log(tmp_path / "r" / "srgan_log.csv")[0])
 
 
-@pytest.mark.parametrize("flag", [["--freeze-bn"], ["--gan-loss", "relativistic"], ["--artifact-weight", "1"],
-                                  ["--grid-weight", "10"]])
-def test_a_remedy_cannot_be_turned_on_at_a_resume(trained, flag, capsys):
-    latest = str(trained["dir"] / "srgan_latest.pth")
-    line = cli_error(train_srgan.main, ["--resume", latest, "--iterations", "99", *flag], capsys)
-    assert "changing it would make another run" in line
-
-
 @pytest.mark.parametrize("extra, message", [(["--gan-loss", "wgan"], "invalid choice"),
                                             (["--artifact-weight", "-1"], "must be a number >= 0"),
                                             (["--artifact-weight", "nan"], "must be a number >= 0")])
@@ -567,12 +519,6 @@ def test_sizes_that_cannot_build_are_one_line(data, tmp_path, capsys, extra, mes
     if extra[0] in ("--small-kernel-size", "--n-blocks"):
         argv = [a for a in argv if a != str(data["srresnet"]) and a != "--srresnet-checkpoint"]
     assert message in cli_error(train_srgan.main, argv, capsys)
-
-
-def test_a_refusal_names_an_empty_setting(trained, capsys):
-    line = cli_error(train_srgan.main, ["--resume", trained["dir"] / "srgan_latest.pth", "--iterations", "50",
-                                        "--val-data", ""], capsys)
-    assert "--val-data '' (none): the run in" in line and "has Val;" in line
 
 
 def test_a_vgg_layer_that_does_not_exist_blames_vgg_i_and_j(data, tmp_path, capsys):

@@ -62,7 +62,6 @@ def test_loss_goes_down_on_real_images(tmp_path):
     assert last < 0.5 * first, (first, last)
 
 
-
 def test_outputs_and_best_checkpoint(tmp_path, data_lists):
     ck = tmp_path / "ck"
     result = train_srresnet.main(flags(data_lists, ck, 6, "--val-every", "3", "--log-every", "2"))
@@ -187,12 +186,11 @@ def test_ema_turned_on_and_off_at_a_resume(finished_run, capsys):
 
 def test_loader_workers_give_the_same_batches_from_the_store(tmp_path, data_lists):
     args = train_srresnet.build_parser().parse_args(flags(data_lists, tmp_path, 10, "--workers", "2", "--seed", "4"))
-    ctx = training.Context(torch.device("cpu"), "fp32", False)
-    decoded = training.train_batches(args, ctx, 3, 4)
+    decoded = datasets.train_batches(args, 4, 3)
     expected = [next(decoded) for _ in range(4)]
     del decoded
     datasets.write_store(datasets.list_path(str(data_lists), "train"), log=lambda *a: None)
-    stored = training.train_batches(args, ctx, 3, 4)
+    stored = datasets.train_batches(args, 4, 3)
     for lr, hr in expected:
         lr2, hr2 = next(stored)
         assert torch.equal(lr, lr2) and torch.equal(hr, hr2)
@@ -204,17 +202,6 @@ def finished_run(tmp_path, data_lists):
     ck = tmp_path / "run"
     train_srresnet.main(flags(data_lists, ck, 6, "--lr", "2e-4", "--log-every", "1", "--val-data", ""))
     return ck / "srresnet_latest.pth"
-
-
-@pytest.mark.parametrize("flag", [["--crop-size", "32"], ["--batch-size", "3"], ["--seed", "7"], ["--n-blocks", "2"],
-                                  ["--n-channels", "16"], ["--scaling-factor", "2"], ["--lr-schedule", "cosine"],
-                                  ["--pixel-loss", "l1"], ["--precision", "fp32"], ["--augment"],
-                                  ["--val-data", "Val"], ["--data-folder", "elsewhere"], ["--grad-clip", "1"]])
-def test_a_flag_that_would_make_another_run_is_refused_on_resume(finished_run, flag, capsys):
-    before = finished_run.read_bytes()
-    line = cli_error(train_srresnet.main, ["--resume", finished_run, "--iterations", "8", *flag], capsys)
-    assert line.startswith(f"error: {flag[0]} ") and "another run" in line
-    assert finished_run.read_bytes() == before
 
 
 def test_flags_given_with_resume_apply_and_are_announced(finished_run, capsys):
@@ -231,10 +218,6 @@ def test_flags_given_with_resume_apply_and_are_announced(finished_run, capsys):
     ckpt = checkpoint.load_checkpoint(finished_run)
     assert ckpt["training"]["iteration"] == 9 and ckpt["training"]["args"]["lr"] == 5e-5
     assert ckpt["training"]["optimizers"]["optimizer"]["param_groups"][0]["lr"] == 5e-5
-
-
-def test_resume_to_a_finished_iteration_is_an_error(finished_run, capsys):
-    assert "already at iteration 6" in cli_error(train_srresnet.main, ["--resume", finished_run], capsys)
 
 
 def test_init_starts_a_new_run_from_any_checkpoint(tmp_path, data_lists):
@@ -279,30 +262,6 @@ def test_a_truncated_validation_image_is_refused_before_training(tmp_path, data_
     (data_lists / "Val_test_images.json").write_text(json.dumps([str(tiny)]))
     line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 4), capsys)
     assert "tiny.png: 10x10 is too small for x4" in line and not (tmp_path / "ck").exists()
-
-
-def test_nan_stops_and_the_named_checkpoint_is_good(tmp_path, data_lists, capsys):
-    """NaN injected through the model (a forward hook, training mode, from the 4th call): the run stops
-    with a message naming a checkpoint whose model gives finite outputs."""
-    calls = {"n": 0}
-
-    def poison(module, inputs, output):
-        if isinstance(module, models.SRResNet) and module.training:
-            calls["n"] += 1
-            if calls["n"] >= 4:
-                return output * float("nan")
-    handle = torch.nn.modules.module.register_module_forward_hook(poison)
-    try:
-        line = cli_error(train_srresnet.main, flags(data_lists, tmp_path / "ck", 10, "--save-every", "1",
-                                                    "--val-data", ""), capsys)
-    finally:
-        handle.remove()
-    assert "NaN or infinite by iteration 4" in line and "last good checkpoint is" in line
-    named = line.split("last good checkpoint is ")[1].split(" (iteration")[0]
-    assert named == str(tmp_path / "ck" / "srresnet_latest.pth") and "(iteration 3)" in line
-    model = checkpoint.load_model(named)
-    with torch.no_grad():
-        assert torch.isfinite(model(torch.randn(1, 3, 12, 12))).all()
 
 
 def test_huge_lr_never_writes_a_broken_checkpoint(tmp_path, data_lists, capsys):
@@ -372,12 +331,12 @@ def test_a_kill_around_a_save_loses_no_log_row(tmp_path, data_lists, monkeypatch
     checkpoint, still ends with one row per iteration once resumed. (The checkpoint used to be saved
     before the row: a kill in between lost row 6 for good.)"""
     ck = tmp_path / "ck"
-    real_log_row, real_save = training.log_row, training.save_training_checkpoint
+    real_log_row, real_save = training.Run.log_row, training.save_training_checkpoint
 
-    def log_row(log, writer, bar, row):
+    def log_row(run, row):
         if where == "before the row" and row["iteration"] == 6:
             raise Killed
-        real_log_row(log, writer, bar, row)
+        real_log_row(run, row)
 
     def save(path, kind, iteration, *args, **kwargs):
         real_save(path, kind, iteration, *args, **kwargs)
@@ -385,7 +344,7 @@ def test_a_kill_around_a_save_loses_no_log_row(tmp_path, data_lists, monkeypatch
             raise Killed
 
     with monkeypatch.context() as m:
-        m.setattr(training, "log_row", log_row)
+        m.setattr(training.Run, "log_row", log_row)
         m.setattr(training, "save_training_checkpoint", save)
         with pytest.raises(Killed):
             train_srresnet.main(flags(data_lists, ck, 8, "--val-every", "3", "--save-every", "3", "--log-every", "1"))
@@ -598,18 +557,16 @@ def test_scheduler_shapes():
 
 
 def test_sampler_resumes_mid_epoch_and_splits_ranks():
-    full = training.ResumableSampler(10, 3, seed=1)
+    full = datasets.ResumableSampler(10, 3, seed=1)
     it = iter(full)
     seq = [next(it) for _ in range(12)]  # 3 batches per epoch -> 9 per epoch, then epoch 1
     assert all(k < 10 for k in seq[:9]) and all(10 <= k < 20 for k in seq[9:])
-    later = iter(training.ResumableSampler(10, 3, seed=1, start_batch=2))
+    later = iter(datasets.ResumableSampler(10, 3, seed=1, start_batch=2))
     assert [next(later) for _ in range(6)] == seq[6:12]
-    r0 = iter(training.ResumableSampler(10, 2, seed=1, rank=0, world_size=2))
-    r1 = iter(training.ResumableSampler(10, 2, seed=1, rank=1, world_size=2))
+    r0 = iter(datasets.ResumableSampler(10, 2, seed=1, rank=0, world_size=2))
+    r1 = iter(datasets.ResumableSampler(10, 2, seed=1, rank=1, world_size=2))
     a, b = {next(r0) for _ in range(4)}, {next(r1) for _ in range(4)}
     assert not a & b
-
-
 
 
 def test_nan_right_after_a_resume_names_the_resumed_checkpoint(finished_run, capsys):

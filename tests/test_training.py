@@ -11,7 +11,7 @@ import models
 import train_srresnet
 import training
 import utils
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, cli_error
 
 
 @pytest.fixture
@@ -43,16 +43,6 @@ def test_resume_takes_the_runs_settings_and_applies_the_adjustable_ones(run_chec
     assert {key for key, _, _ in args.resume_notes} == {"lr", "val_every", "val_precision"}
     args, _ = parse(["--resume", run_checkpoint, "--lr", "3e-4"])  # the run's own value: nothing to announce
     assert args.resume_notes == []
-
-
-@pytest.mark.parametrize("flag", [["--crop-size", "48"], ["--seed", "6"], ["--n-channels", "16"],
-                                  ["--pixel-loss", "l1"], ["--batch-size", "4"], ["--precision", "fp32"]])
-def test_resume_refuses_what_would_make_another_run(run_checkpoint, flag):
-    args, _ = parse(["--resume", run_checkpoint])
-    if flag == ["--precision", "fp32"] and args.precision == "fp32":
-        flag = ["--precision", "bf16"]
-    with pytest.raises(utils.UserError, match=rf"^{flag[0]} .*another run"):
-        parse(["--resume", run_checkpoint, *flag])
 
 
 def test_resume_and_init_together_and_too_few_iterations(run_checkpoint):
@@ -107,32 +97,30 @@ def test_csv_log_drops_rows_after_the_resumed_iteration(tmp_path):
 
 def test_best_psnr_so_far_takes_the_newer_best_file(tmp_path):
     best = tmp_path / "best.pth"
-    assert training.best_psnr_so_far(str(best), 25.0) == 25.0  # no file yet
+    assert training.Run.best_psnr_so_far(str(best), 25.0) == 25.0  # no file yet
     training.save_best(str(best), models.SRResNet(**TINY), {"val_psnr": 26.5})
-    assert training.best_psnr_so_far(str(best), 25.0) == 26.5
-    assert training.best_psnr_so_far(str(best), 27.0) == 27.0
+    assert training.Run.best_psnr_so_far(str(best), 25.0) == 26.5
+    assert training.Run.best_psnr_so_far(str(best), 27.0) == 27.0
     best.write_bytes(b"broken")
-    assert training.best_psnr_so_far(str(best), 25.0) == 25.0
+    assert training.Run.best_psnr_so_far(str(best), 25.0) == 25.0
 
 
-def test_check_due_and_due():
+def test_which_iterations_check():
     args = argparse.Namespace(iterations=100, log_every=10, save_every=25, val_every=0, keep_every=40)
-    ctx = training.Context(torch.device("cpu"), "fp32", False)
-    stop = argparse.Namespace(requested=False)
-    due = [i for i in range(1, 101) if training.check_due(i, args, ctx, stop)]
+    due = [i for i in range(1, 101) if training.Run.checks_at(i, args, 1, False)]
     assert due == sorted(set(range(10, 101, 10)) | {25, 75}) and training.due(5, 0) is False
-    stop.requested = True
-    assert training.check_due(3, args, ctx, stop)  # a Ctrl-C is acted on at the next iteration
+    assert training.Run.checks_at(3, args, 1, True)  # a Ctrl-C is acted on at the next iteration
+    assert not training.Run.checks_at(3, args, 2, True)  # a torchrun job: at the next log step
 
 
 def test_is_good_sees_non_finite_weights():
     model = models.SRResNet(**TINY)
     ctx = training.Context(torch.device("cpu"), "fp32", False)
     lr = torch.randn(1, 3, 8, 8)
-    assert training.is_good(model, lr, ctx)
+    assert training.Run.is_good(model, lr, ctx)
     with torch.no_grad():
         model.conv_block1.conv_block[0].weight[0, 0, 0, 0] = float("nan")
-    assert not training.is_good(model, lr, ctx)
+    assert not training.Run.is_good(model, lr, ctx)
     assert checkpoint.unwrap_model(model) is model
 
 
@@ -167,12 +155,11 @@ def test_a_run_saved_by_an_earlier_version_resumes_as_that_version_went_on(scrip
     (to float noise: another CPU may round differently)."""
     import shutil
 
-    import train_srgan
     from conftest import assert_identical, read_log
 
-    fixture = ROOT / "tests" / "fixtures" / "resume"
+    fixture = FIXTURE
     monkeypatch.chdir(ROOT)  # the run's data list names its images from the repo root
-    main = {"srresnet": train_srresnet.main, "srgan": train_srgan.main}[script]
+    main = main_of(script)
     saved = {}
     for name, stops in (("whole", [4]), ("split", [3, 4])):
         folder = tmp_path / name
@@ -193,3 +180,66 @@ def test_a_run_saved_by_an_earlier_version_resumes_as_that_version_went_on(scrip
         assert_identical(whole[entry]["state_dict"], split[entry]["state_dict"], entry)
     for entry in ("optimizers", "schedulers", "rng"):
         assert_identical(whole["training"][entry], split["training"][entry], entry)
+
+
+# ----------------------------------------------------------------------------------------------
+# both scripts, on the saved runs of tests/fixtures/resume (tiny models, 4 images of 64x64)
+
+FIXTURE = ROOT / "tests" / "fixtures" / "resume"
+TINY_RUN = ["--data-folder", "tests/fixtures/resume", "--val-data", "", "--crop-size", "32", "--batch-size", "2",
+            "--workers", "0", "--device", "cpu", "--precision", "fp32", "--n-channels", "8", "--n-blocks", "1",
+            "--large-kernel-size", "3", "--small-kernel-size", "3"]
+TINY_GAN = ["--init", str(FIXTURE / "srresnet_iteration2.pth"), "--content-loss", "mse", "--d-n-channels", "8",
+            "--d-n-blocks", "1", "--fc-size", "16"]
+
+
+def main_of(script):
+    import train_srgan
+    return {"srresnet": train_srresnet.main, "srgan": train_srgan.main}[script]
+
+
+@pytest.mark.parametrize("script, flag", [
+    *[("srresnet", f) for f in (["--crop-size", "48"], ["--batch-size", "3"], ["--seed", "7"], ["--n-blocks", "2"],
+                                ["--n-channels", "16"], ["--scaling-factor", "2"], ["--lr-schedule", "cosine"],
+                                ["--pixel-loss", "l1"], ["--precision", "bf16"], ["--augment"], ["--val-data", "Val"],
+                                ["--data-folder", "elsewhere"], ["--grad-clip", "1"])],
+    *[("srgan", f) for f in (["--beta", "0.01"], ["--content-scale", "1"], ["--d-n-channels", "16"],
+                             ["--content-loss", "vgg54"], ["--vgg-weights", "imagenet"], ["--texture-weight", "1"],
+                             ["--freeze-bn"], ["--gan-loss", "relativistic"], ["--artifact-weight", "2"],
+                             ["--grid-weight", "0"], ["--grid-region", "flat"], ["--crop-size", "64"])]])
+def test_a_flag_that_would_make_another_run_is_refused_on_resume(script, flag, tmp_path, capsys):
+    """One line naming the flag, the run's own value ('' shown as none) and what to do; nothing written."""
+    latest = tmp_path / f"{script}_latest.pth"
+    latest.write_bytes((FIXTURE / f"{script}_iteration2.pth").read_bytes())
+    line = cli_error(main_of(script), ["--resume", latest, "--iterations", "9", *flag], capsys)
+    recorded = checkpoint.load_checkpoint(latest)["training"]["args"][flag[0][2:].replace("-", "_")]
+    shown = "'' (none)" if recorded in ("", None) else recorded
+    assert line.startswith(f"error: {flag[0]} ") and f"the run in {latest} has {shown}; changing it would make " \
+        f"another run (start one with --init {latest}, or drop the flag)" in line, line
+    assert latest.read_bytes() == (FIXTURE / f"{script}_iteration2.pth").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [latest.name]
+
+
+@pytest.mark.parametrize("script", ["srresnet", "srgan"])
+def test_nan_stops_the_run_and_the_named_checkpoint_is_good(script, tmp_path, monkeypatch, capsys):
+    """NaN injected through the trained model (a forward hook, training mode, from its 4th call): the
+    run stops with one line naming the checkpoint of iteration 3, whose model gives finite outputs."""
+    calls, trained = {"n": 0}, {"srresnet": models.SRResNet, "srgan": models.Generator}[script]
+
+    def poison(module, inputs, output):
+        if type(module) is trained and module.training:  # (the Generator holds an SRResNet)
+            calls["n"] += 1
+            if calls["n"] >= 4:
+                return output * float("nan")
+    monkeypatch.chdir(ROOT)
+    argv = TINY_RUN + ["--checkpoint-dir", tmp_path / "ck", "--iterations", "10", "--save-every", "1"]
+    handle = torch.nn.modules.module.register_module_forward_hook(poison)
+    try:
+        line = cli_error(main_of(script), argv + (TINY_GAN if script == "srgan" else []), capsys)
+    finally:
+        handle.remove()
+    latest = tmp_path / "ck" / f"{script}_latest.pth"
+    assert f"NaN or infinite by iteration 4; stopped. The last good checkpoint is {latest} (iteration 3)" in line
+    assert checkpoint.load_checkpoint(latest)["training"]["iteration"] == 3
+    with torch.no_grad():
+        assert torch.isfinite(checkpoint.load_model(latest)(torch.randn(1, 3, 12, 12))).all()
