@@ -137,25 +137,26 @@ def test_a_crafted_pickle_cannot_download_or_read_files_through_the_allow_list(t
     downloads = []
     monkeypatch.setattr(models, "_imagenet_vgg19_state_dict", lambda: downloads.append("vgg19") or {})
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: downloads.append(a))
-    crafted = {
+    crafted = {  # {the global called: the pickle}
         # the VGG loss network downloads ImageNet weights when built: not a class the tutorial pickles
-        "vgg": _pickle_calling("models", "TruncatedVGG19", 5, 4),
+        "models.TruncatedVGG19": _pickle_calling("models", "TruncatedVGG19", 5, 4),
         # protocol 4 resolves dotted names: this maps /etc/passwd into a storage
-        "from_file": _pickle_calling("torch.storage", "UntypedStorage.from_file", "/etc/passwd", False, 100,
-                                     protocol=4),
-        "hub": _pickle_calling("torch.hub", "load_state_dict_from_url", "http://example.invalid/x.pth"),
-        "getattr": _pickle_calling("builtins", "getattr", "x", "y"),
+        "torch.storage.UntypedStorage.from_file": _pickle_calling(
+            "torch.storage", "UntypedStorage.from_file", "/etc/passwd", False, 100, protocol=4),
+        "torch.hub.load_state_dict_from_url": _pickle_calling("torch.hub", "load_state_dict_from_url",
+                                                              "http://example.invalid/x.pth"),
+        "builtins.getattr": _pickle_calling("builtins", "getattr", "x", "y"),
     }
     # the crafted files are real attacks: an unrestricted unpickler does what they ask
     with pytest.raises(ValueError):  # (the stand-in download returns no weights)
-        pickle.loads(crafted["vgg"])
+        pickle.loads(crafted["models.TruncatedVGG19"])
     assert downloads == ["vgg19"]
-    assert pickle.loads(crafted["from_file"])["model"].nbytes() == 100
+    assert pickle.loads(crafted["torch.storage.UntypedStorage.from_file"])["model"].nbytes() == 100
     downloads.clear()
     for name, data in crafted.items():
         path = tmp_path / f"{name}.pth.tar"
         path.write_bytes(data)
-        with pytest.raises(utils.UserError, match=f"{name}.pth.tar: refused: GLOBAL"):
+        with pytest.raises(utils.UserError, match=f"{name}.pth.tar: refused: GLOBAL {name} "):
             convert_checkpoint.main([str(path), str(tmp_path / "out.pth")])
     # an allowed class called with a path builds nothing from it
     path = tmp_path / "odd.pth.tar"

@@ -2,7 +2,6 @@
 
 import functools
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -81,22 +80,6 @@ def test_hr_mode_writes_the_comparison_and_prints_psnr(ckpt_file, tmp_path, caps
     assert "bicubic" in stdout and "dB" in stdout and "SRResNet" in stdout
 
 
-def test_folder_run_continues_past_a_bad_file(ckpt_file, tmp_path, capsys):
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    random_image((16, 12), seed=3).save(folder / "a.png")
-    (folder / "b.png").write_bytes(b"not an image at all")
-    random_image((16, 12), seed=4).save(folder / "c.bmp")
-    (folder / "readme.txt").write_text("ignored: not an image extension")
-    out = tmp_path / "results"
-    assert run(["--checkpoint", ckpt_file, "--img", folder, "--output-dir", out]) == 2
-    assert files_in(out) == ["a_bicubic.png", "a_sr.png", "c_bicubic.png", "c_sr.png"]
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(errors) == 2
-    assert "b.png" in errors[0] and "cannot decode" in errors[0]
-    assert "1 of 3 images failed" in errors[1]
-
-
 def test_default_sample_folder(ckpt_file, tmp_path, monkeypatch):
     monkeypatch.setattr(test_script, "HERE", str(tmp_path))
     with pytest.raises(utils.UserError, match="no --img given"):
@@ -115,73 +98,32 @@ def test_default_sample_folder(ckpt_file, tmp_path, monkeypatch):
 # bad input: one 'error: ...' line naming the file, exit code 2, no traceback, no output file
 
 
-def bad_image(tmp_path, kind):
-    """A bad input of the given kind; returns (path to pass, name the error must mention)."""
-    if kind == "missing file":
-        return tmp_path / "nope.png", "nope.png"
+BAD_INPUTS = {"folder without images": "empty", "non-image file": "notes.txt", "missing checkpoint": "none.pth",
+              "truncated checkpoint": "cut.pth", "discriminator-only checkpoint": "d.pth", "not a checkpoint": "x.pth"}
+
+
+@pytest.mark.parametrize("kind", BAD_INPUTS)
+def test_bad_input(kind, ckpt_file, image, tmp_path, capsys):
+    """(bad images of other kinds, and a random-bytes checkpoint: test_bad_inputs.py)"""
+    bad = tmp_path / BAD_INPUTS[kind]
     if kind == "folder without images":
-        (tmp_path / "empty").mkdir()
-        (tmp_path / "empty" / "notes.txt").write_text("hello")
-        return tmp_path / "empty", "empty"
-    if kind == "non-image file":
-        (tmp_path / "notes.txt").write_text("hello")
-        return tmp_path / "notes.txt", "notes.txt"
-    if kind == "truncated image":
-        path = tmp_path / "cut.png"
-        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
-        return path, "cut.png"
-    if kind == "empty file":
-        (tmp_path / "zero.png").write_bytes(b"")
-        return tmp_path / "zero.png", "zero.png"
-    if kind == "decompression bomb":  # checked with PIL's limit lowered (see the test)
-        random_image((64, 64)).save(tmp_path / "bomb.png")
-        return tmp_path / "bomb.png", "bomb.png"
-    raise ValueError(kind)
-
-
-@pytest.mark.parametrize("kind", ["missing file", "folder without images", "non-image file", "truncated image",
-                                  "empty file", "decompression bomb"])
-def test_bad_image(kind, ckpt_file, tmp_path, capsys, monkeypatch):
-    path, name = bad_image(tmp_path, kind)
-    if kind == "decompression bomb":
-        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x the limit: refused
-    out = tmp_path / "results"
-    assert run(["--checkpoint", ckpt_file, "--img", path, "--output-dir", out]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and name in err[0]
-    assert "Traceback" not in err[0]
-    assert files_in(out) == []
-
-
-def bad_checkpoint(tmp_path, kind):
-    if kind == "missing checkpoint":
-        return tmp_path / "none.pth"
-    path = tmp_path / f"{kind.replace(' ', '_')}.pth"
-    if kind == "corrupt checkpoint":
-        path.write_bytes(random.Random(kind).randbytes(2000))
+        bad.mkdir()
+        (bad / "notes.txt").write_text("hello")
+    elif kind == "non-image file":
+        bad.write_text("hello")
     elif kind == "truncated checkpoint":
-        torch.manual_seed(0)
-        checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), path)
-        path.write_bytes(path.read_bytes()[:3000])
+        bad.write_bytes(ckpt_file.read_bytes()[:3000])
     elif kind == "discriminator-only checkpoint":
-        disc = models.Discriminator(n_channels=4, n_blocks=2, fc_size=8)
-        checkpoint.save_checkpoint({"format_version": checkpoint.FORMAT_VERSION,
-                                    "discriminator": checkpoint.model_spec(disc)}, path)
+        checkpoint.save_checkpoint({"format_version": checkpoint.FORMAT_VERSION, "discriminator":
+                                    checkpoint.model_spec(models.Discriminator(n_channels=4, n_blocks=2, fc_size=8))},
+                                   bad)
     elif kind == "not a checkpoint":
-        torch.save({"weights": torch.zeros(3)}, path)
-    return path
-
-
-@pytest.mark.parametrize("kind", ["missing checkpoint", "corrupt checkpoint", "truncated checkpoint",
-                                  "discriminator-only checkpoint", "not a checkpoint"])
-def test_bad_checkpoint(kind, image, tmp_path, capsys):
-    path = bad_checkpoint(tmp_path, kind)
+        torch.save({"weights": torch.zeros(3)}, bad)
     out = tmp_path / "results"
-    assert run(["--checkpoint", path, "--img", image, "--output-dir", out]) == 2
+    ckpt, img = (bad, image) if kind.endswith("checkpoint") else (ckpt_file, bad)
+    assert run(["--checkpoint", ckpt, "--img", img, "--output-dir", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and path.name in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and bad.name in err[0]
     assert files_in(out) == []
 
 
