@@ -276,6 +276,15 @@ def run_script(argv, disk=None):
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
+def null_device(folder, name="null"):
+    """A character device node like /dev/null, made in a temporary folder (never aim at /dev itself)."""
+    import stat
+
+    path = folder / name
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return path
+
+
 def assert_ema_step(ema, previous, current, decay):
     """State dicts: ema == decay * previous + (1 - decay) * current for floating tensors (weights and
     BatchNorm statistics); integer buffers (batches seen) equal current's."""

@@ -24,7 +24,7 @@ from PIL import Image
 import checkpoint
 import inference
 import models
-from conftest import ROOT, TINY, random_image, run_script
+from conftest import ROOT, TINY, null_device, random_image, run_script
 
 NOBODY = 65534
 
@@ -674,12 +674,6 @@ def test_data_lists_skip_undecodable_files_and_bombs(base):
 # outputs that are device nodes, pipes or '-': written through, never replaced
 
 
-def _null_node(folder, name):
-    path = folder / name
-    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null, in a temporary folder
-    return path
-
-
 def test_script_outputs_never_replace_a_device_node(tmp_path, tiny_checkpoint, capsys):
     from conftest import load_script
     eval_script, convert, plot_log = load_script("eval"), load_script("convert_checkpoint"), load_script("plot_log")
@@ -688,7 +682,7 @@ def test_script_outputs_never_replace_a_device_node(tmp_path, tiny_checkpoint, c
     random_image((40, 36)).save(images_dir / "a.png")
     log = tmp_path / "srgan_log.csv"
     log.write_text("iteration,loss,lr,val_psnr,val_ssim,seconds\n1,0.05,1e-4,,,1\n2,0.04,1e-4,25.1,0.7,2\n")
-    node, png_node = _null_node(tmp_path, "null"), _null_node(tmp_path, "null.png")
+    node, png_node = null_device(tmp_path), null_device(tmp_path, "null.png")
     eval_script.main(["--bicubic", "--scale", "4", "--test-folders", str(images_dir), "--json", str(node)])
     convert.main([str(tiny_checkpoint), str(node)])
     plot_log.main([str(log), str(png_node)])

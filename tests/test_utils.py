@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import utils
-from conftest import ROOT
+from conftest import ROOT, full_disk, null_device
 
 
 def test_autocast_and_device_errors():
@@ -45,19 +45,15 @@ def test_a_long_but_legal_name_can_be_written(tmp_path):
     assert os.listdir(tmp_path) == [path.name]
 
 
-def test_a_failed_write_removes_the_folders_it_made(tmp_path, monkeypatch):
-    def no_space(fd):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(utils.UserError, match=r"deeper/a.png: cannot write \(No space left on device\)"):
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    with full_disk("fsync"), pytest.raises(utils.UserError, match=r"deeper/a.png: cannot write \(No space left on"):
         with utils.atomic_write_all([tmp_path / "new" / "deeper" / "a.png", tmp_path / "new" / "b.png"]) as files:
             for f in files:
                 f.write(b"data")
     assert os.listdir(tmp_path) == []
     (tmp_path / "kept").mkdir()  # a folder that was there stays
-    with pytest.raises(utils.UserError):
-        with utils.atomic_write(tmp_path / "kept" / "a.png") as f:
-            f.write(b"data")
+    with full_disk("fsync"), pytest.raises(utils.UserError), utils.atomic_write(tmp_path / "kept" / "a.png") as f:
+        f.write(b"data")
     assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
 
 
@@ -119,17 +115,6 @@ def test_error_lines_stay_one_line(capsys):
     with pytest.raises(SystemExit):
         utils.run_cli(main, [])
     assert capsys.readouterr().err == "error: bad\\nname.png: cannot read (first reason\\nsecond reason)\n"
-
-
-# ----------------------------------------------------------------------------------------------
-# outputs that are not regular files: written through, never replaced
-
-
-def null_device(folder):
-    """A character device node like /dev/null, made in a temporary folder (never aim at /dev itself)."""
-    path = folder / "null"
-    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    return path
 
 
 def test_atomic_write_goes_through_a_device_a_pipe_and_stdout(tmp_path, capfd):
