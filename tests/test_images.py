@@ -65,21 +65,14 @@ def test_open_image_modes(tmp_path):
     assert images.open_image(tmp_path / "g.png").getpixel((0, 0)) == (77, 77, 77)
 
 
-@pytest.mark.parametrize("content,match", [(b"", "empty file"), (b"not an image", "cannot decode")])
+@pytest.mark.parametrize("content, match", [(b"", "empty file"), (b"not an image", "cannot decode"),
+                                            ("half a PNG", "bad.png: "), (None, "bad.png: no such file")])
 def test_open_image_errors(tmp_path, content, match):
     path = tmp_path / "bad.png"
-    path.write_bytes(content)
+    if content == "half a PNG":
+        random_image((64, 64)).save(path)
+        content = path.read_bytes()[:path.stat().st_size // 2]
+    if content is not None:
+        path.write_bytes(content)
     with pytest.raises(utils.UserError, match=match):
         images.open_image(path)
-    with pytest.raises(utils.UserError, match="no such file"):
-        images.open_image(tmp_path / "missing.png")
-
-
-def test_open_image_truncated(tmp_path):
-    path = tmp_path / "t.png"
-    random_image((64, 64)).save(path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(utils.UserError, match="t.png"):
-        images.open_image(path)
-

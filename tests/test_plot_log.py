@@ -5,6 +5,7 @@ from PIL import Image
 
 import plot_log
 import utils
+from conftest import cli_error
 
 SRGAN_LOG = ("iteration,perceptual,content,adversarial,discriminator,d_real,d_fake,lr,val_psnr,val_ssim,seconds\n"
              + "".join(f"{i},{0.02 + i * 1e-4},{0.02},{1 + i / 10},{1.3 - i / 100},{0.5 + i / 100},{0.5 - i / 100},"
@@ -44,10 +45,7 @@ def test_errors_are_one_line(tmp_path, capsys, case, message):
         argv[1] = str(log)
     elif case == "extension":
         argv[1] = str(tmp_path / "out.jpg")
-    with pytest.raises(SystemExit) as e:
-        utils.run_cli(plot_log.main, argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.count("\n") == 1 and message in err
+    assert message in cli_error(plot_log.main, argv, capsys)
     assert not (tmp_path / "out.png").exists()
 
 
