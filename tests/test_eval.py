@@ -15,11 +15,6 @@ from conftest import cli_error, load_script, need_shared, random_image
 eval_script = load_script("eval")
 
 
-@pytest.fixture(scope="module")
-def ckpt_file(tiny_checkpoint):
-    return tiny_checkpoint
-
-
 @pytest.fixture
 def test_set(tmp_path):
     """A folder 'Mini' of 3 images (one grayscale, one not a multiple of the scale) and its JSON list."""
@@ -46,15 +41,15 @@ def test_bicubic_matches_the_published_set5_baseline(tmp_path, capsys):
     assert len(saved["results"]["Bicubic"]["Set5"]["images"]) == 5
 
 
-def test_model_rows_use_utils_metrics(ckpt_file, test_set, tmp_path, capsys):
+def test_model_rows_use_utils_metrics(tiny_checkpoint, test_set, tmp_path, capsys):
     folder, listing = test_set
     out = tmp_path / "r.json"
-    results = eval_script.main(["--checkpoint", str(ckpt_file), "--bicubic", "--test-folders", str(folder),
+    results = eval_script.main(["--checkpoint", str(tiny_checkpoint), "--bicubic", "--test-folders", str(folder),
                                 str(listing), "--json", str(out), "--device", "cpu"])
     assert list(results) == ["Bicubic", "tiny.pth"]
     assert list(results["tiny.pth"]) == ["Mini", "Mini2"]  # folder name, list name
     # the same numbers computed by hand with the shared functions
-    model = inference.prepare_model(checkpoint.load_model(ckpt_file), "cpu", "fp32")
+    model = inference.prepare_model(checkpoint.load_model(tiny_checkpoint), "cpu", "fp32")
     hr = images.crop_to_multiple(images.open_image(folder / "b.bmp"), 4)  # grayscale -> RGB, 48x40
     lr = images.bicubic_resize(hr, (hr.width // 4, hr.height // 4))
     sr = images.convert_image(inference.upscale_tensor(model, images.convert_image(lr, "pil", "imagenet-norm"), 4,
@@ -70,9 +65,9 @@ def test_model_rows_use_utils_metrics(ckpt_file, test_set, tmp_path, capsys):
     assert saved["scale"] == 4 and saved["results"]["tiny.pth"]["Mini"]["count"] == 3
 
 
-def test_tiles_crop_border_and_self_ensemble(ckpt_file, test_set):
+def test_tiles_crop_border_and_self_ensemble(tiny_checkpoint, test_set):
     folder, _ = test_set
-    base = ["--checkpoint", str(ckpt_file), "--test-folders", str(folder)]
+    base = ["--checkpoint", str(tiny_checkpoint), "--test-folders", str(folder)]
     whole = eval_script.main(base + ["--tile", "0"])["tiny.pth"]["Mini"]
     tiled = eval_script.main(base + ["--tile", "32"])["tiny.pth"]["Mini"]
     assert tiled["psnr"] == whole["psnr"]
@@ -109,23 +104,23 @@ def test_self_ensemble_of_an_equivariant_method_changes_nothing(test_set):
     (["--checkpoint", "{checkpoint}", "--test-folders", "{folder}", "--tile", "-1"], "--tile -1: use 0"),
     (["--bicubic", "--scale", "4", "--test-folders", "{broken}"], "d.png"),  # an unreadable test image
 ])
-def test_errors(argv, message, ckpt_file, test_set, tmp_path, capsys):
+def test_errors(argv, message, tiny_checkpoint, test_set, tmp_path, capsys):
     folder, _ = test_set
     (tmp_path / "Broken").mkdir()
     (tmp_path / "Broken" / "d.png").write_bytes(b"broken")
-    values = dict(folder=folder, checkpoint=ckpt_file, missing=tmp_path / "missing", broken=tmp_path / "Broken")
+    values = dict(folder=folder, checkpoint=tiny_checkpoint, missing=tmp_path / "missing", broken=tmp_path / "Broken")
     assert message in cli_error(eval_script.main, [a.format(**values) for a in argv], capsys)
 
 
-def test_niqe_column_and_hr_row(ckpt_file, tmp_path, capsys):
+def test_niqe_column_and_hr_row(tiny_checkpoint, tmp_path, capsys):
     """--niqe: a NIQE column for every row, an HR row with NIQE only, the same numbers as metrics.calc_niqe."""
     folder = tmp_path / "Big"
     folder.mkdir()
     random_image((120, 110), seed=4).save(folder / "a.png")
     random_image((105, 130), seed=5).save(folder / "b.png")
     out = tmp_path / "r.json"
-    results = eval_script.main(["--checkpoint", str(ckpt_file), "--bicubic", "--niqe", "--test-folders", str(folder),
-                                "--json", str(out), "--device", "cpu"])
+    results = eval_script.main(["--checkpoint", str(tiny_checkpoint), "--bicubic", "--niqe", "--test-folders",
+                                str(folder), "--json", str(out), "--device", "cpu"])
     assert list(results) == ["Bicubic", "tiny.pth", "HR (ground truth)"]
     hr = images.crop_to_multiple(images.open_image(folder / "b.png"), 4)
     assert results["HR (ground truth)"]["Big"]["images"]["b.png"] == {"niqe": metrics.calc_niqe(hr, 4)}
@@ -145,7 +140,7 @@ def test_niqe_on_an_image_too_small_names_it(test_set, capsys, monkeypatch, tmp_
     assert "gone.npz: cannot read NIQE's model parameters" in cli_error(eval_script.main, argv, capsys)
 
 
-def test_json_never_replaces_an_input_and_leftovers_go(ckpt_file, test_set, tmp_path, capsys):
+def test_json_never_replaces_an_input_and_leftovers_go(tiny_checkpoint, test_set, tmp_path, capsys):
     folder, listing = test_set
     before = listing.read_bytes()
     argv = ["--bicubic", "--scale", "4", "--test-folders", listing, "--json", listing]
@@ -155,7 +150,7 @@ def test_json_never_replaces_an_input_and_leftovers_go(ckpt_file, test_set, tmp_
     assert not (tmp_path / ".r.json.abc.tmp").exists() and (tmp_path / "r.json").is_file()
 
 
-def test_artifacts_columns_hr_row_probe_and_strict_json(ckpt_file, tmp_path, capsys):
+def test_artifacts_columns_hr_row_probe_and_strict_json(tiny_checkpoint, tmp_path, capsys):
     """--artifacts: grid flat / grid / border columns from metrics.artifact_scores, an HR row, the
     flat-field probe table, per-image values in --json (null where an image has too few flat pixels)."""
     folder = tmp_path / "Art"
@@ -164,7 +159,7 @@ def test_artifacts_columns_hr_row_probe_and_strict_json(ckpt_file, tmp_path, cap
     Image.new("RGB", (120, 100), (40, 60, 80)).save(folder / "flat.png")  # all flat
     random_image((64, 64), seed=6).save(folder / "busy.png")  # no flat pixels
     out = tmp_path / "a.json"
-    results = eval_script.main(["--checkpoint", str(ckpt_file), "--bicubic", "--artifacts", "--test-folders",
+    results = eval_script.main(["--checkpoint", str(tiny_checkpoint), "--bicubic", "--artifacts", "--test-folders",
                                 str(folder), "--json", str(out), "--device", "cpu"])
     assert list(results) == ["Bicubic", "tiny.pth", "HR (ground truth)"]
     hr = images.crop_to_multiple(images.open_image(folder / "busy.png"), 4)
@@ -181,7 +176,7 @@ def test_artifacts_columns_hr_row_probe_and_strict_json(ckpt_file, tmp_path, cap
     saved = json.loads(out.read_text())  # strict JSON: the PSNR of the flat image is inf for bicubic
     assert saved["results"]["Bicubic"]["Art"]["images"]["flat.png"]["psnr"] is None
     probe = saved["flat_field_probe"]["tiny.pth"]
-    model = inference.prepare_model(checkpoint.load_model(ckpt_file), "cpu", "fp32")
+    model = inference.prepare_model(checkpoint.load_model(tiny_checkpoint), "cpu", "fp32")
     import evaluation
     assert {int(k): v for k, v in probe.items()} == evaluation.flat_field_probe(model, 4)
     assert "Infinity" not in out.read_text() and "NaN" not in out.read_text()

@@ -26,11 +26,6 @@ test_script = load_script("test")
 run = functools.partial(cli, test_script.main)  # the exit code of the command line with these flags
 
 
-@pytest.fixture(scope="module")
-def ckpt_file(tiny_checkpoint):
-    return tiny_checkpoint
-
-
 @pytest.fixture
 def image(tmp_path):
     path = tmp_path / "in" / "photo.png"
@@ -43,9 +38,9 @@ def files_in(folder):
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def test_writes_sr_and_bicubic_and_prints_the_time(ckpt_file, image, tmp_path, capsys):
+def test_writes_sr_and_bicubic_and_prints_the_time(tiny_checkpoint, image, tmp_path, capsys):
     out = tmp_path / "results"
-    assert run(["--checkpoint", ckpt_file, "--img", image, "--output-dir", out, "--precision", "fp32"]) == 0
+    assert run(["--checkpoint", tiny_checkpoint, "--img", image, "--output-dir", out, "--precision", "fp32"]) == 0
     assert files_in(out) == ["photo_bicubic.png", "photo_sr.png"]
     for name in files_in(out):
         with Image.open(out / name) as img:
@@ -54,10 +49,10 @@ def test_writes_sr_and_bicubic_and_prints_the_time(ckpt_file, image, tmp_path, c
     assert "photo.png: 24x18 -> 96x72" in stdout and " s (model)" in stdout
 
 
-def test_tiles_do_not_change_the_output(ckpt_file, tmp_path, capsys):
+def test_tiles_do_not_change_the_output(tiny_checkpoint, tmp_path, capsys):
     image = tmp_path / "wide.png"
     random_image((80, 40), seed=1).save(image)  # 3 x 2 tiles of 32
-    common = ["--checkpoint", ckpt_file, "--img", image, "--precision", "fp32"]
+    common = ["--checkpoint", tiny_checkpoint, "--img", image, "--precision", "fp32"]
     assert run(common + ["--output-dir", tmp_path / "a", "--tile", "0"]) == 0
     assert run(common + ["--output-dir", tmp_path / "b", "--tile", "32"]) == 0
     a, b = (np.asarray(Image.open(tmp_path / d / "wide_sr.png")).astype(int) for d in "ab")
@@ -68,11 +63,11 @@ def test_tiles_do_not_change_the_output(ckpt_file, tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
-def test_hr_mode_writes_the_comparison_and_prints_psnr(ckpt_file, tmp_path, capsys):
+def test_hr_mode_writes_the_comparison_and_prints_psnr(tiny_checkpoint, tmp_path, capsys):
     path = tmp_path / "hr.png"
     random_image((70, 50), seed=2).save(path)
     out = tmp_path / "results"
-    assert run(["--checkpoint", ckpt_file, "--img", path, "--output-dir", out, "--hr"]) == 0
+    assert run(["--checkpoint", tiny_checkpoint, "--img", path, "--output-dir", out, "--hr"]) == 0
     assert files_in(out) == ["hr_comparison.png"]
     with Image.open(out / "hr_comparison.png") as img:
         assert img.width == 3 * 68 + 2 * 4 and img.height > 48  # cropped to 68x48, 3 panels
@@ -80,14 +75,14 @@ def test_hr_mode_writes_the_comparison_and_prints_psnr(ckpt_file, tmp_path, caps
     assert "bicubic" in stdout and "dB" in stdout and "SRResNet" in stdout
 
 
-def test_default_sample_folder(ckpt_file, tmp_path, monkeypatch):
+def test_default_sample_folder(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(test_script, "HERE", str(tmp_path))
     with pytest.raises(utils.UserError, match="no --img given"):
-        test_script.main(["--checkpoint", str(ckpt_file)])
+        test_script.main(["--checkpoint", str(tiny_checkpoint)])
     (tmp_path / "data").mkdir()
     random_image((16, 12)).save(tmp_path / "data" / "astronaut.png")
     out = tmp_path / "results"
-    assert run(["--checkpoint", ckpt_file, "--output-dir", out]) == 0
+    assert run(["--checkpoint", tiny_checkpoint, "--output-dir", out]) == 0
     assert files_in(out) == ["astronaut_bicubic.png", "astronaut_sr.png"]
     # the default checkpoint is looked for next to the script, and its absence said plainly
     with pytest.raises(utils.UserError, match=r"checkpoints/srresnet_x4\.pth: no such file"):
@@ -103,7 +98,7 @@ BAD_INPUTS = {"folder without images": "empty", "non-image file": "notes.txt", "
 
 
 @pytest.mark.parametrize("kind", BAD_INPUTS)
-def test_bad_input(kind, ckpt_file, image, tmp_path, capsys):
+def test_bad_input(kind, tiny_checkpoint, image, tmp_path, capsys):
     """(bad images of other kinds, and a random-bytes checkpoint: test_bad_inputs.py)"""
     bad = tmp_path / BAD_INPUTS[kind]
     if kind == "folder without images":
@@ -112,7 +107,7 @@ def test_bad_input(kind, ckpt_file, image, tmp_path, capsys):
     elif kind == "non-image file":
         bad.write_text("hello")
     elif kind == "truncated checkpoint":
-        bad.write_bytes(ckpt_file.read_bytes()[:3000])
+        bad.write_bytes(tiny_checkpoint.read_bytes()[:3000])
     elif kind == "discriminator-only checkpoint":
         checkpoint.save_checkpoint({"format_version": checkpoint.FORMAT_VERSION, "discriminator":
                                     checkpoint.model_spec(models.Discriminator(n_channels=4, n_blocks=2, fc_size=8))},
@@ -120,16 +115,16 @@ def test_bad_input(kind, ckpt_file, image, tmp_path, capsys):
     elif kind == "not a checkpoint":
         torch.save({"weights": torch.zeros(3)}, bad)
     out = tmp_path / "results"
-    ckpt, img = (bad, image) if kind.endswith("checkpoint") else (ckpt_file, bad)
+    ckpt, img = (bad, image) if kind.endswith("checkpoint") else (tiny_checkpoint, bad)
     assert run(["--checkpoint", ckpt, "--img", img, "--output-dir", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and bad.name in err[0]
     assert files_in(out) == []
 
 
-def test_fp16_on_cpu_is_a_clear_error(ckpt_file, image, tmp_path, capsys):
+def test_fp16_on_cpu_is_a_clear_error(tiny_checkpoint, image, tmp_path, capsys):
     out = tmp_path / "results"
-    assert run(["--checkpoint", ckpt_file, "--img", image, "--output-dir", out,
+    assert run(["--checkpoint", tiny_checkpoint, "--img", image, "--output-dir", out,
                 "--device", "cpu", "--precision", "fp16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32"]
@@ -137,13 +132,13 @@ def test_fp16_on_cpu_is_a_clear_error(ckpt_file, image, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_command_line_in_a_subprocess(ckpt_file, tmp_path):
+def test_command_line_in_a_subprocess(tiny_checkpoint, tmp_path):
     """The real command: an error is one line without a traceback (that importing test.py does no
     work: test_models.test_import_starts_no_work)."""
     (tmp_path / "zero.png").write_bytes(b"")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("SR_DEBUG", None)
-    done = subprocess.run([sys.executable, "test.py", "--checkpoint", str(ckpt_file),
+    done = subprocess.run([sys.executable, "test.py", "--checkpoint", str(tiny_checkpoint),
                            "--img", str(tmp_path / "zero.png"), "--output-dir", str(tmp_path / "out")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
@@ -217,7 +212,7 @@ def test_collect_images_and_output_stems(tmp_path):
 
 
 
-def test_an_output_never_replaces_an_input(ckpt_file, tmp_path, capsys):
+def test_an_output_never_replaces_an_input(tiny_checkpoint, tmp_path, capsys):
     """--img DIR DIR/a_sr.png --output-dir DIR: a.jpg's output would be the input a_sr.png: refused for
     that image (one line, the others go on, exit 2); the same folder reached through a link too."""
     folder = tmp_path / "d"
@@ -228,7 +223,8 @@ def test_an_output_never_replaces_an_input(ckpt_file, tmp_path, capsys):
     user_file = (folder / "a_sr.png").read_bytes()
     (tmp_path / "link").symlink_to(folder)
     for output_dir in (folder, tmp_path / "link"):
-        assert run(["--checkpoint", ckpt_file, "--img", folder, folder / "a_sr.png", "--output-dir", output_dir]) == 2
+        assert run(["--checkpoint", tiny_checkpoint, "--img", folder, folder / "a_sr.png",
+                    "--output-dir", output_dir]) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
         assert len(errors) == 2 and "a.jpg: its output" in errors[0] and "is the input" in errors[0]
         assert (folder / "a_sr.png").read_bytes() == user_file
@@ -236,16 +232,16 @@ def test_an_output_never_replaces_an_input(ckpt_file, tmp_path, capsys):
                                     "b_bicubic.png", "b_sr.png"]
 
 
-def test_a_rerun_over_its_own_results_skips_them(ckpt_file, tmp_path, capsys):
+def test_a_rerun_over_its_own_results_skips_them(tiny_checkpoint, tmp_path, capsys):
     folder = tmp_path / "d"
     folder.mkdir()
     random_image((20, 16), seed=1).save(folder / "a.png")
     for _ in range(2):
-        assert run(["--checkpoint", ckpt_file, "--img", folder, "--output-dir", folder]) == 0
+        assert run(["--checkpoint", tiny_checkpoint, "--img", folder, "--output-dir", folder]) == 0
     assert files_in(folder) == ["a.png", "a_bicubic.png", "a_sr.png"]
     assert "skipped 2 image(s) this program wrote" in capsys.readouterr().err
     (folder / "a.png").unlink()
-    assert run(["--checkpoint", ckpt_file, "--img", folder]) == 2
+    assert run(["--checkpoint", tiny_checkpoint, "--img", folder]) == 2
     assert "outputs of this program are skipped" in capsys.readouterr().err
 
 
@@ -255,35 +251,35 @@ def test_check_outputs_refuses_shared_outputs(tmp_path):
     assert list(refused) == [paths[1]] and "also the output of" in refused[paths[1]]
 
 
-def test_sigterm_and_leftovers(ckpt_file, image, tmp_path, monkeypatch, capsys):
+def test_sigterm_and_leftovers(tiny_checkpoint, image, tmp_path, monkeypatch, capsys):
     """A hidden temporary left by a killed run is removed by the next one; SIGTERM ends a run like
     Ctrl-C (exit 143, one line, nothing half-written)."""
     out = tmp_path / "out"
     out.mkdir()
     (out / ".photo_sr.png.abc123.tmp").write_bytes(b"")
-    assert run(["--checkpoint", ckpt_file, "--img", image, "--output-dir", out]) == 0
+    assert run(["--checkpoint", tiny_checkpoint, "--img", image, "--output-dir", out]) == 0
     assert files_in(out) == ["photo_bicubic.png", "photo_sr.png"]
     monkeypatch.setattr(test_script.inference, "upscale_image",
                         lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(5))
-    assert run(["--checkpoint", ckpt_file, "--img", image, "--output-dir", tmp_path / "b"]) == 143
+    assert run(["--checkpoint", tiny_checkpoint, "--img", image, "--output-dir", tmp_path / "b"]) == 143
     assert capsys.readouterr().err.rstrip().splitlines()[-1] == "terminated"
     assert not (tmp_path / "b").exists()
-    assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "new\nline.png"]) == 2
+    assert run(["--checkpoint", tiny_checkpoint, "--img", tmp_path / "new\nline.png"]) == 2
     assert "error: " + str(tmp_path) + "/new\\nline.png: no such file or folder" in capsys.readouterr().err
 
 
-def test_model_picks_a_shipped_file(ckpt_file, image, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(test_script, "SHIPPED", {"srresnet": str(ckpt_file), "srgan": str(tmp_path / "gan.pth")})
+def test_model_picks_a_shipped_file(tiny_checkpoint, image, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(test_script, "SHIPPED", {"srresnet": str(tiny_checkpoint), "srgan": str(tmp_path / "gan.pth")})
     assert run(["--model", "srresnet", "--img", image, "--output-dir", tmp_path / "a"]) == 0
-    assert str(ckpt_file) in capsys.readouterr().out
+    assert str(tiny_checkpoint) in capsys.readouterr().out
     assert run(["--model", "srgan", "--img", image, "--output-dir", tmp_path / "b"]) == 2
     assert "--model srgan: " + str(tmp_path / "gan.pth") + " is missing" in capsys.readouterr().err
-    assert run(["--model", "srgan", "--checkpoint", ckpt_file, "--img", image]) == 2
+    assert run(["--model", "srgan", "--checkpoint", tiny_checkpoint, "--img", image]) == 2
     assert "not both" in capsys.readouterr().err
     assert run(["--model", "esrgan", "--img", image]) == 2
 
 
-def test_a_users_own_file_named_like_an_output_is_an_input_and_never_replaced(ckpt_file, tmp_path, capsys):
+def test_a_users_own_file_named_like_an_output_is_an_input_and_never_replaced(tiny_checkpoint, tmp_path, capsys):
     """holiday.jpg beside the user's own, unrelated holiday_sr.png: the name proves nothing. The PNG
     is upscaled like any image; holiday.jpg's output would replace it: refused in one line. In
     another output folder, an unmarked holiday_sr.png is not replaced either; our own outputs are."""
@@ -293,37 +289,37 @@ def test_a_users_own_file_named_like_an_output_is_an_input_and_never_replaced(ck
     random_image((20, 16), seed=1).save(folder / "holiday.jpg")
     random_image((20, 16), seed=2).save(folder / "holiday_sr.png")
     mine = (folder / "holiday_sr.png").read_bytes()
-    assert run(["--checkpoint", ckpt_file, "--img", folder, "--output-dir", folder]) == 2
+    assert run(["--checkpoint", tiny_checkpoint, "--img", folder, "--output-dir", folder]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert "holiday.jpg: its output" in errors[0] and (folder / "holiday_sr.png").read_bytes() == mine
     assert files_in(folder) == ["holiday.jpg", "holiday_sr.png", "holiday_sr_bicubic.png", "holiday_sr_sr.png"]
     assert images.is_marked_output(folder / "holiday_sr_sr.png")
     assert not images.is_marked_output(folder / "holiday_sr.png")
     (elsewhere / "holiday_sr.png").write_bytes(mine)
-    assert run(["--checkpoint", ckpt_file, "--img", folder / "holiday.jpg", "--output-dir", elsewhere]) == 2
+    assert run(["--checkpoint", tiny_checkpoint, "--img", folder / "holiday.jpg", "--output-dir", elsewhere]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "exists and was not written by this program; not replaced" in line
     assert (elsewhere / "holiday_sr.png").read_bytes() == mine and files_in(elsewhere) == ["holiday_sr.png"]
     (elsewhere / "holiday_sr.png").unlink()
     for _ in range(2):  # our own outputs are replaced by a rerun
-        assert run(["--checkpoint", ckpt_file, "--img", folder / "holiday.jpg", "--output-dir", elsewhere]) == 0
+        assert run(["--checkpoint", tiny_checkpoint, "--img", folder / "holiday.jpg", "--output-dir", elsewhere]) == 0
     assert files_in(elsewhere) == ["holiday_bicubic.png", "holiday_sr.png"]
 
 
-def test_both_outputs_carry_the_inputs_icc_profile(ckpt_file, tmp_path):
+def test_both_outputs_carry_the_inputs_icc_profile(tiny_checkpoint, tmp_path):
     from PIL import ImageCms
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     random_image((20, 16), seed=1).save(tmp_path / "wide.png", icc_profile=profile)
-    assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "wide.png", "--output-dir", tmp_path / "o"]) == 0
+    assert run(["--checkpoint", tiny_checkpoint, "--img", tmp_path / "wide.png", "--output-dir", tmp_path / "o"]) == 0
     for name in ("wide_sr.png", "wide_bicubic.png"):
         assert Image.open(tmp_path / "o" / name).info.get("icc_profile") == profile, name
 
 
-def test_a_large_image_shows_its_tiles_and_memory_errors_are_one_line_per_image(ckpt_file, tmp_path, capsys,
+def test_a_large_image_shows_its_tiles_and_memory_errors_are_one_line_per_image(tiny_checkpoint, tmp_path, capsys,
                                                                                 monkeypatch):
     random_image((160, 130), seed=1).save(tmp_path / "big.png")
     random_image((20, 16), seed=2).save(tmp_path / "small.png")
-    assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "big.png", "--tile", "32",
+    assert run(["--checkpoint", tiny_checkpoint, "--img", tmp_path / "big.png", "--tile", "32",
                 "--output-dir", tmp_path / "o"]) == 0
     err = capsys.readouterr().err
     assert "tiles:   0%|          | 0/25" in err  # a 160x130 input in 32-pixel tiles: 5 x 5
@@ -335,25 +331,26 @@ def test_a_large_image_shows_its_tiles_and_memory_errors_are_one_line_per_image(
             raise MemoryError
         return real(img, scale)
     monkeypatch.setattr(inference, "bicubic_upscale", fails_on_big)
-    assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "big.png", tmp_path / "small.png",
+    assert run(["--checkpoint", tiny_checkpoint, "--img", tmp_path / "big.png", tmp_path / "small.png",
                 "--output-dir", tmp_path / "p"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert "big.png: out of memory" in errors[0] and files_in(tmp_path / "p") == ["small_bicubic.png", "small_sr.png"]
 
 
-def test_images_in_sub_folders_get_a_note_or_recursive(ckpt_file, tmp_path, capsys):
+def test_images_in_sub_folders_get_a_note_or_recursive(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "d" / "sub").mkdir(parents=True)
     random_image((20, 16), seed=1).save(tmp_path / "d" / "a.png")
     random_image((20, 16), seed=2).save(tmp_path / "d" / "sub" / "b.png")
-    assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "d", "--output-dir", tmp_path / "o"]) == 0
+    assert run(["--checkpoint", tiny_checkpoint, "--img", tmp_path / "d", "--output-dir", tmp_path / "o"]) == 0
     assert "1 image(s) in sub-folders not searched; add --recursive" in capsys.readouterr().err
     assert files_in(tmp_path / "o") == ["a_bicubic.png", "a_sr.png"]
-    assert run(["--checkpoint", ckpt_file, "--img", tmp_path / "d", "--recursive", "--output-dir", tmp_path / "r"]) == 0
+    assert run(["--checkpoint", tiny_checkpoint, "--img", tmp_path / "d", "--recursive",
+                "--output-dir", tmp_path / "r"]) == 0
     assert files_in(tmp_path / "r") == ["a_bicubic.png", "a_sr.png", "b_bicubic.png", "b_sr.png"]
 
 
 @pytest.mark.parametrize("mode", ["L", "I;16", "RGBA"])
-def test_hr_scores_what_eval_scores_for_every_mode(ckpt_file, tmp_path, capsys, mode):
+def test_hr_scores_what_eval_scores_for_every_mode(tiny_checkpoint, tmp_path, capsys, mode):
     """test.py --hr and eval.py give the same PSNR / SSIM for a grayscale, 16-bit or RGBA image."""
     rgb = random_image((64, 56), seed=4)
     if mode == "I;16":
@@ -363,10 +360,10 @@ def test_hr_scores_what_eval_scores_for_every_mode(ckpt_file, tmp_path, capsys, 
     folder = tmp_path / "set"
     folder.mkdir()
     img.save(folder / "x.png")
-    assert run(["--checkpoint", ckpt_file, "--img", folder / "x.png", "--hr", "--precision", "fp32",
+    assert run(["--checkpoint", tiny_checkpoint, "--img", folder / "x.png", "--hr", "--precision", "fp32",
                 "--output-dir", tmp_path / "o"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "fp32)" in line
-    scores = load_script("eval").main(["--checkpoint", str(ckpt_file), "--test-folders", str(folder),
+    scores = load_script("eval").main(["--checkpoint", str(tiny_checkpoint), "--test-folders", str(folder),
                                        "--precision", "fp32"])["tiny.pth"]["set"]
     assert f"{scores['psnr']:.2f} dB / {scores['ssim']:.4f}" in line, (line, scores)
