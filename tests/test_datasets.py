@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import datasets
@@ -26,16 +27,16 @@ def test_train_lr_is_exact_bicubic_of_hr_crop(data_lists):
     assert hr.shape == (3, 48, 48) and lr.shape == (3, 12, 12)
     hr_img = images.convert_image(hr, "[0, 1]", "pil")
     expected = images.convert_image(hr_img.resize((12, 12), Image.BICUBIC), "pil", "[0, 1]")
-    assert torch_equal(lr, expected)
+    assert torch.equal(lr, expected)
 
 
 def test_train_crop_comes_from_the_image_and_is_deterministic(data_lists, image_folder):
     ds = datasets.SRDataset(data_lists, "train", 40, 4, "imagenet-norm", "[-1, 1]", seed=3)
     lr, hr = ds[1]
-    assert torch_equal(ds[1][1], hr)  # same index, same crop
+    assert torch.equal(ds[1][1], hr)  # same index, same crop
     n = len(ds)
     other_epoch = ds[1 + n][1]  # index k + n = same image, next epoch: another crop (almost surely)
-    assert not torch_equal(other_epoch, hr)
+    assert not torch.equal(other_epoch, hr)
     # the crop is a window of the source image
     full = np.asarray(images.open_image(ds.images[1])).astype(np.float32)
     crop = ((hr.numpy().transpose(1, 2, 0) + 1) / 2 * 255).round()
@@ -78,7 +79,7 @@ def test_image_modes_become_rgb(tmp_path, mode):
     lr, hr = ds[0]
     assert lr.shape == (3, 8, 8) and hr.shape == (3, 32, 32)
     if mode in ("L", "LA"):
-        assert torch_equal(hr[0], hr[1]) and torch_equal(hr[1], hr[2])
+        assert torch.equal(hr[0], hr[1]) and torch.equal(hr[1], hr[2])
 
 
 def test_augment_keeps_alignment(data_lists):
@@ -86,15 +87,15 @@ def test_augment_keeps_alignment(data_lists):
     for k in range(6):
         lr, hr = ds[k]
         hr_img = images.convert_image(hr, "[0, 1]", "pil")
-        assert torch_equal(lr, images.convert_image(hr_img.resize((10, 10), Image.BICUBIC), "pil", "[0, 1]"))
+        assert torch.equal(lr, images.convert_image(hr_img.resize((10, 10), Image.BICUBIC), "pil", "[0, 1]"))
 
 
 def test_cache_gives_identical_samples(data_lists):
     a = datasets.SRDataset(data_lists, "train", 40, 4, "[0, 1]", "[0, 1]")
     b = datasets.SRDataset(data_lists, "train", 40, 4, "[0, 1]", "[0, 1]", cache=True)
     for k in (0, 7):
-        assert torch_equal(a[k][1], b[k][1])  # first call decodes and caches
-        assert torch_equal(a[k][1], b[k][1])  # second call comes from the cache
+        assert torch.equal(a[k][1], b[k][1])  # first call decodes and caches
+        assert torch.equal(a[k][1], b[k][1])  # second call comes from the cache
     assert len(b.cache) == 2
 
 
@@ -138,11 +139,6 @@ def test_bad_lists_and_crop(tmp_path):
         datasets.SRDataset(tmp_path, "train", 90, 4, "[0, 1]", "[0, 1]")
 
 
-def torch_equal(a, b):
-    import torch
-    return torch.equal(a, b)
-
-
 @pytest.fixture
 def mixed_list(tmp_path):
     """A training list of images of several modes, one JPEG with an EXIF rotation."""
@@ -170,7 +166,7 @@ def test_store_gives_exactly_the_samples_of_decoding(mixed_list, augment):
     # every image, three epochs (k >= len: the next epochs' crops), bit for bit
     for k in range(3 * len(stored)):
         (lr_a, hr_a), (lr_b, hr_b) = decoded[k], stored[k]
-        assert torch_equal(lr_a, lr_b) and torch_equal(hr_a, hr_b), k
+        assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b), k
     # the store holds what open_image decodes (EXIF rotation applied: the JPEG is 60 wide, 100 high)
     entry = stored.store[next(p for p in stored.images if p.endswith("rotated.jpg"))]
     assert entry["shape"] == [100, 60, 3]

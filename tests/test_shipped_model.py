@@ -16,16 +16,21 @@ CHECKPOINT = ROOT / "checkpoints" / "srresnet_x4.pth"
 SAMPLE = ROOT / "data" / "astronaut.png"
 
 
-def test_shipped_checkpoint_is_small_and_documented():
-    assert CHECKPOINT.stat().st_size < 10 * 2**20
-    ckpt = checkpoint.load_checkpoint(CHECKPOINT)
-    assert "training" not in ckpt  # inference-only
-    assert ckpt["model"]["arch"] == "SRResNet"
-    assert ckpt["model"]["args"] == dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16,
-                                         scaling_factor=4)
-    info = ckpt["info"]
-    for key in ("script", "data", "iterations", "precision", "train_seconds", "commit", "val_psnr"):
-        assert key in info, key
+@pytest.mark.parametrize("path, arch, args, keys", [
+    ("srresnet_x4.pth", "SRResNet", dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16,
+                                         scaling_factor=4),
+     ("script", "data", "iterations", "precision", "train_seconds", "commit", "val_psnr")),
+    ("srgan_mse_x4.pth", "Generator", None, ("method", "init", "content_loss", "beta", "iterations", "train_seconds",
+                                             "data", "holdout", "selection", "commit"))])
+def test_shipped_checkpoints_are_small_inference_files_that_record_how_they_were_made(path, arch, args, keys):
+    path = ROOT / "checkpoints" / path
+    assert path.stat().st_size < 10 * 2**20
+    ckpt = checkpoint.load_checkpoint(path)
+    assert "training" not in ckpt and ckpt["model"]["arch"] == arch  # inference-only
+    assert args is None or ckpt["model"]["args"] == args
+    assert all(key in ckpt["info"] for key in keys), sorted(ckpt["info"])
+    if arch == "Generator":
+        assert ckpt["info"]["content_loss"] == "mse" and ckpt["info"]["iteration"] == ckpt["info"]["iterations"]
 
 
 @pytest.mark.slow  # full-size models on real photos
@@ -56,17 +61,6 @@ def test_shipped_model_keeps_flat_regions_flat():
 
 
 SRGAN = ROOT / "checkpoints" / "srgan_mse_x4.pth"
-
-
-def test_shipped_srgan_is_a_documented_generator():
-    ckpt = checkpoint.load_checkpoint(SRGAN)
-    assert "training" not in ckpt and ckpt["model"]["arch"] == "Generator"
-    assert SRGAN.stat().st_size < 10 * 2**20
-    info = ckpt["info"]
-    for key in ("method", "init", "content_loss", "beta", "iterations", "train_seconds", "data", "holdout",
-                "selection", "commit"):
-        assert key in info, key
-    assert info["content_loss"] == "mse" and info["iteration"] == info["iterations"]
 
 
 @pytest.mark.slow
