@@ -325,6 +325,9 @@ def main(argv=None):
                               "(train_srresnet.py's srresnet_best.pth, or checkpoints/srresnet_x4.pth); "
                               "or --resume a run")
     resolve_content_loss(args)
+    if args.grid_region != "all" and not args.grid_weight:
+        raise utils.UserError(f"--grid-region {args.grid_region}: the grid loss is off (--grid-weight 0); give "
+                              "--grid-weight W too")
     with training.distributed(args) as ctx:
         # --- models: from the run being resumed, or the generator from --init and a new discriminator
         training.seed_everything(args.seed)

@@ -295,6 +295,8 @@ def test_mse_content_loss_is_the_pixel_mse_and_builds_no_vgg(data, tmp_path, mon
     (["--content-loss", "mse", "--d-kernel-size", "2"], "must be odd"),
     (["--content-loss", "mse", "--n-blocks", "100000"], "must be at most 1024"),
     (["--content-loss", "mse", "--d-n-blocks", "40"], "exceeds 4096"),
+    (["--content-loss", "mse", "--grid-region", "flat"], "--grid-region flat: the grid loss is off (--grid-weight 0)"),
+    (["--content-loss", "mse", "--grid-region", "dark"], "--grid-region: invalid choice: 'dark'"),
 ])
 def test_bad_flags_of_an_mse_run(data, tmp_path, capsys, extra, message):
     """Bad content-loss combinations, remedy values and sizes that cannot build: one line, nothing written."""
