@@ -286,7 +286,7 @@ def bench_training(model, device, batch_size, crop_size, iterations):
             log(f"training, batch {batch_size} crop {crop_size}: {key}")
             stamps = []
 
-            def batches(*args):
+            def batches(*args, **kwargs):
                 while True:
                     sync(device)
                     stamps.append(time.perf_counter())
