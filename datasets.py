@@ -4,6 +4,8 @@ Training samples are random HR crops with their LR input made by PIL bicubic dow
 MATLAB's imresize, antialiased); test samples are whole images cropped to a multiple of the scale.
 A training list may have a decoded store next to it (:func:`write_store`): the images as raw
 uint8 RGB in one file that every loader process memory-maps, so that a crop costs no decoding.
+:func:`train_batches` serves a training run's batches in an order that depends only on (seed,
+iteration), so that a resumed run continues exactly.
 """
 
 import json
