@@ -27,7 +27,7 @@ import models
 import train_srgan
 import train_srresnet
 import training
-from conftest import Killed, assert_ema_step, assert_identical, cli_error, random_image, read_log, sigint_at
+from conftest import cli_error, random_image, read_log
 
 TINY_G = dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1, scaling_factor=4)
 
@@ -170,17 +170,6 @@ def test_load_model_on_srgan_checkpoints(trained):
     assert set(latest["training"]["schedulers"]) == {"scheduler_g", "scheduler_d"}
 
 
-def test_resume_refuses_the_other_scripts_checkpoint(data, trained, tmp_path, capsys):
-    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "a", "--iterations", "50", "--resume",
-                                                data["srresnet_latest"], init=False), capsys)
-    assert "train_srresnet.py" in line and "cannot resume train_srgan.py" in line
-    line = cli_error(train_srresnet.main, ["--data-folder", str(data["lists"]), "--crop-size", "32",
-                                           "--workers", "0", "--checkpoint-dir", str(tmp_path / "b"),
-                                           "--resume", str(trained["dir"] / "srgan_latest.pth")], capsys)
-    assert "train_srgan.py" in line and "cannot resume train_srresnet.py" in line
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-
-
 def test_the_generator_starts_from_the_srresnet_with_its_size(data, tmp_path):
     """No size flags: the generator takes the SRResNet's size and weights; D the flags' size."""
     run_quietly(train_srgan.main, gan_argv(data, tmp_path / "ck", "--iterations", "1", "--lr", "1e-12",
@@ -314,82 +303,6 @@ def test_keep_every_keeps_the_generator_of_every_nth_iteration(data, tmp_path):
     ckpt = checkpoint.load_checkpoint(tmp_path / "ck" / "srgan_4.pth")
     assert "training" not in ckpt and ckpt["info"]["iteration"] == 4
     assert isinstance(checkpoint.load_model(tmp_path / "ck" / "srgan_4.pth"), models.Generator)
-
-
-def test_ema_averages_the_generator_and_is_the_generator_kept(data, tmp_path):
-    """--ema 0.5: after one step the average is half the SRResNet start, half the trained generator;
-    after the next, half that and half the new weights; the kept files hold the average."""
-    ck = tmp_path / "ck"
-    run_quietly(train_srgan.main, gan_argv(data, ck, "--iterations", "1", "--ema", "0.5", "--keep-every", "1",
-                                           "--val-data", "", "--lr", "1e-3"))
-    start = {f"net.{k}": v for k, v in checkpoint.load_checkpoint(data["srresnet"])["model"]["state_dict"].items()}
-    latest = checkpoint.load_checkpoint(ck / "srgan_latest.pth")
-    ema1 = latest["ema"]["state_dict"]
-    assert_ema_step(ema1, start, latest["model"]["state_dict"], 0.5)
-    assert latest["ema"]["arch"] == "Generator"
-    run_quietly(train_srgan.main, ["--resume", str(ck / "srgan_latest.pth"), "--iterations", "2"])
-    latest = checkpoint.load_checkpoint(ck / "srgan_latest.pth")
-    assert_ema_step(latest["ema"]["state_dict"], ema1, latest["model"]["state_dict"], 0.5)
-    assert_identical(checkpoint.load_checkpoint(ck / "srgan_2.pth")["model"]["state_dict"],
-                     latest["ema"]["state_dict"])
-
-
-def test_readme_resume_command_continues_an_interrupted_run_exactly(data, tmp_path, monkeypatch):
-    """Non-default settings (cosine, --lr, crop 32, batch 2, extra loss terms, --ema), SIGINT at iteration 5,
-    then `--resume PATH` alone: G, its average, D, both optimizers, schedulers, scaler, RNG and log equal the
-    straight run's."""
-    extra = ["--iterations", "9", "--save-every", "4", "--log-every", "1", "--val-every", "3", "--lr", "3e-4",
-             "--lr-schedule", "cosine", "--pixel-weight", "0.1", "--texture-weight", "1", "--seed", "2",
-             "--ema", "0.9"]
-    run_quietly(train_srgan.main, gan_argv(data, tmp_path / "straight", *extra))
-    with monkeypatch.context() as m:
-        sigint_at(m, 5)
-        with pytest.raises(KeyboardInterrupt):
-            run_quietly(train_srgan.main, gan_argv(data, tmp_path / "split", *extra))
-    latest = tmp_path / "split" / "srgan_latest.pth"
-    assert checkpoint.load_checkpoint(latest)["training"]["iteration"] == 5
-    _, out, _ = run_quietly(train_srgan.main, ["--resume", str(latest)])
-    assert "iterations 5 -> 9" in out
-    a = checkpoint.load_checkpoint(tmp_path / "straight" / "srgan_latest.pth")
-    b = checkpoint.load_checkpoint(latest)
-    for ckpt in (a, b):
-        assert ckpt["training"]["args"].pop("checkpoint_dir")
-    assert "ema" in b
-    assert_identical(a, b)
-    assert read_log(tmp_path / "straight" / "srgan_log.csv") == read_log(tmp_path / "split" / "srgan_log.csv")
-
-
-def test_a_kill_just_after_a_checkpoint_loses_no_log_row(data, tmp_path, monkeypatch):
-    """The checkpoint of iteration 4 comes after its validation and log row: killed right after it, the
-    resumed run still logs every iteration once (test_train_srresnet checks a kill before the row too)."""
-    real_save = train_srgan.training.save_training_checkpoint
-
-    def save(path, kind, iteration, *args, **kwargs):
-        real_save(path, kind, iteration, *args, **kwargs)
-        if iteration == 4:
-            raise Killed
-
-    extra = ["--iterations", "6", "--save-every", "2", "--log-every", "1", "--val-every", "4"]
-    with monkeypatch.context() as m:
-        m.setattr(train_srgan.training, "save_training_checkpoint", save)
-        with pytest.raises(Killed):
-            run_quietly(train_srgan.main, gan_argv(data, tmp_path / "ck", *extra))
-    run_quietly(train_srgan.main, ["--resume", str(tmp_path / "ck" / "srgan_latest.pth")])
-    rows = read_log(tmp_path / "ck" / "srgan_log.csv")
-    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert [int(r["iteration"]) for r in rows if r["val_psnr"]] == [4, 6]
-
-
-def test_lr_given_with_resume_is_applied_to_both_networks(data, tmp_path, capsys):
-    ck = tmp_path / "ck"
-    run_quietly(train_srgan.main, gan_argv(data, ck, "--iterations", "2", "--lr-schedule", "constant",
-                                           "--val-data", ""))
-    run_quietly(train_srgan.main, ["--resume", str(ck / "srgan_latest.pth"), "--iterations", "4", "--lr", "2e-5",
-                                   "--log-every", "1"])
-    ckpt = checkpoint.load_checkpoint(ck / "srgan_latest.pth")
-    for name in ("optimizer_g", "optimizer_d"):
-        assert ckpt["training"]["optimizers"][name]["param_groups"][0]["lr"] == 2e-5
-    assert [float(r["lr"]) for r in read_log(ck / "srgan_log.csv")][-2:] == [2e-5, 2e-5]
 
 
 @pytest.mark.parametrize("extra, message", [

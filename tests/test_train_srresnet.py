@@ -22,11 +22,8 @@ import utils
 from conftest import (
     ROOT,
     TINY,
-    Killed,
-    assert_ema_step,
     assert_identical,
     cli_error,
-    load_script,
     need_shared,
     random_image,
     read_log,
@@ -82,31 +79,6 @@ RUN = [24, "--lr-schedule", "cosine", "--lr", "3e-4", "--log-every", "1", "--sav
        "--val-every", "8", "--seed", "3", "--precision", "bf16"]
 
 
-@pytest.mark.parametrize("ema", [[], ["--ema", "0.9"]])
-def test_readme_resume_command_continues_an_interrupted_run_exactly(tmp_path, data_lists, monkeypatch, ema):
-    """A run with non-default settings, SIGINT at iteration 11, then `--resume PATH` alone (the README's
-    command): weights (and their --ema average), optimizer, schedule, scaler, RNG and log equal the
-    uninterrupted run's, bit for bit."""
-    train_srresnet.main(flags(data_lists, tmp_path / "straight", *RUN, *ema))
-    with monkeypatch.context() as m:
-        sigint_at(m, 11)
-        with pytest.raises(KeyboardInterrupt):
-            train_srresnet.main(flags(data_lists, tmp_path / "split", *RUN, *ema))
-    latest = tmp_path / "split" / "srresnet_latest.pth"
-    assert checkpoint.load_checkpoint(latest)["training"]["iteration"] == 11
-    train_srresnet.main(["--resume", str(latest)])
-    a = checkpoint.load_checkpoint(tmp_path / "straight" / "srresnet_latest.pth")
-    b = checkpoint.load_checkpoint(latest)
-    assert b["training"]["iteration"] == 24
-    for ckpt in (a, b):
-        assert ckpt["training"]["args"].pop("checkpoint_dir")  # the one setting that differs
-    assert b["training"]["args"]["lr_schedule"] == "cosine" and b["training"]["args"]["crop_size"] == 24
-    assert ("ema" in b) == bool(ema)
-    assert_identical(a, b)
-    assert read_log(tmp_path / "straight" / "srresnet_log.csv") == read_log(tmp_path / "split" / "srresnet_log.csv")
-    assert len(read_log(tmp_path / "split" / "srresnet_log.csv")) == 24
-
-
 def test_decoded_store_trains_and_resumes_exactly_as_decoding(tmp_path, data_lists, monkeypatch):
     """A run that decodes every sample, and one from the decoded store (create_data_lists.py --store)
     interrupted and resumed: the same checkpoint, bit for bit."""
@@ -124,40 +96,6 @@ def test_decoded_store_trains_and_resumes_exactly_as_decoding(tmp_path, data_lis
     for ckpt in (a, b):
         assert ckpt["training"]["args"].pop("checkpoint_dir")
     assert_identical(a, b)
-
-
-def _weights(path, entry="model"):
-    return checkpoint.load_checkpoint(path)[entry]["state_dict"]
-
-
-def test_ema_averages_the_trained_weights_and_is_the_model_validated_and_kept(tmp_path, data_lists):
-    """--ema 0.75 from known weights W0: after each step E = 0.75 E + 0.25 W (E starts at W0); the
-    trained weights are those of a run without --ema; snapshots and the best file hold E."""
-    torch.manual_seed(2)
-    start = tmp_path / "start.pth"
-    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**{**TINY, "n_blocks": 1})), start)
-    run = ["--init", start, "--lr", "1e-3", "--keep-every", "1", "--log-every", "1"]
-    train_srresnet.main(flags(data_lists, tmp_path / "plain", 2, *run))
-    ck = tmp_path / "ck"
-    train_srresnet.main(flags(data_lists, ck, 1, *run, "--ema", "0.75"))
-    latest = ck / "srresnet_latest.pth"
-    ema1, w1 = _weights(latest, "ema"), _weights(latest)
-    assert_ema_step(ema1, _weights(start), w1, 0.75)
-    assert any(not torch.equal(ema1[k], w1[k]) for k in w1)
-    train_srresnet.main(["--resume", str(latest), "--iterations", "2"])
-    ema2, w2 = _weights(latest, "ema"), _weights(latest)
-    assert_ema_step(ema2, ema1, w2, 0.75)
-    assert_identical(w2, _weights(tmp_path / "plain" / "srresnet_latest.pth"))  # training is not changed
-    for iteration, ema in ((1, ema1), (2, ema2)):
-        snapshot = checkpoint.load_checkpoint(ck / f"srresnet_{iteration}.pth")
-        assert snapshot["info"]["ema"] == 0.75
-        assert_identical(snapshot["model"]["state_dict"], ema)
-    best = checkpoint.load_checkpoint(ck / "srresnet_best.pth")  # validated at iterations 1 and 2
-    assert best["info"]["ema"] == 0.75
-    assert_identical(best["model"]["state_dict"], {1: ema1, 2: ema2}[best["info"]["iteration"]])
-    results = load_script("eval").main(["--checkpoint", str(ck / "srresnet_best.pth"),
-                                        "--test-folders", str(data_lists / "Val_test_images.json")])
-    assert abs(results["srresnet_best.pth"]["Val"]["psnr"] - best["info"]["val_psnr"]) < 1e-6  # E was judged
 
 
 def test_ema_turned_on_and_off_at_a_resume(finished_run, capsys):
@@ -199,22 +137,6 @@ def finished_run(tmp_path, data_lists):
     ck = tmp_path / "run"
     train_srresnet.main(flags(data_lists, ck, 6, "--lr", "2e-4", "--log-every", "1", "--val-data", ""))
     return ck / "srresnet_latest.pth"
-
-
-def test_flags_given_with_resume_apply_and_are_announced(finished_run, capsys):
-    before = read_log(finished_run.parent / "srresnet_log.csv")
-    train_srresnet.main(["--resume", str(finished_run), "--iterations", "9", "--lr", "5e-5", "--log-every", "1",
-                         "--save-every", "2", "--n-blocks", "1", "--crop-size", "24"])  # the same values pass
-    err = capsys.readouterr().err
-    assert "resume: --lr 5e-05: the base learning rate changes from 0.0002 to 5e-05" in err
-    assert "resume: --iterations 9: the run now ends at iteration 9 instead of 6" in err
-    assert "resume: --save-every 2" in err
-    rows = read_log(finished_run.parent / "srresnet_log.csv")
-    assert rows[:6] == before
-    assert [float(r["lr"]) for r in rows] == [2e-4] * 6 + [5e-5] * 3  # really applied to the optimizer
-    ckpt = checkpoint.load_checkpoint(finished_run)
-    assert ckpt["training"]["iteration"] == 9 and ckpt["training"]["args"]["lr"] == 5e-5
-    assert ckpt["training"]["optimizers"]["optimizer"]["param_groups"][0]["lr"] == 5e-5
 
 
 def test_init_starts_a_new_run_from_any_checkpoint(tmp_path, data_lists):
@@ -320,79 +242,6 @@ def test_kill_9_then_resume_leaves_no_stale_lock_no_temporary_and_no_repeated_ro
     assert not [p for p in os.listdir(ck) if p.endswith(".tmp")]
     iterations = [int(r["iteration"]) for r in read_log(ck / "srresnet_log.csv")]
     assert iterations == list(range(1, saved + 5))
-
-
-@pytest.mark.parametrize("where", ["before the row", "after the checkpoint"])
-def test_a_kill_around_a_save_loses_no_log_row(tmp_path, data_lists, monkeypatch, where):
-    """Iteration 6 validates, logs and saves; a run killed just before its log row, or just after its
-    checkpoint, still ends with one row per iteration once resumed. (The checkpoint used to be saved
-    before the row: a kill in between lost row 6 for good.)"""
-    ck = tmp_path / "ck"
-    real_log_row, real_save = training.Run.log_row, training.save_training_checkpoint
-
-    def log_row(run, row):
-        if where == "before the row" and row["iteration"] == 6:
-            raise Killed
-        real_log_row(run, row)
-
-    def save(path, kind, iteration, *args, **kwargs):
-        real_save(path, kind, iteration, *args, **kwargs)
-        if where == "after the checkpoint" and iteration == 6:
-            raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(training.Run, "log_row", log_row)
-        m.setattr(training, "save_training_checkpoint", save)
-        with pytest.raises(Killed):
-            train_srresnet.main(flags(data_lists, ck, 8, "--val-every", "3", "--save-every", "3", "--log-every", "1"))
-    saved = checkpoint.load_checkpoint(ck / "srresnet_latest.pth")["training"]["iteration"]
-    assert saved == (3 if where == "before the row" else 6)
-    train_srresnet.main(["--resume", str(ck / "srresnet_latest.pth")])
-    rows = read_log(ck / "srresnet_log.csv")
-    assert [int(r["iteration"]) for r in rows] == list(range(1, 9))
-    assert [int(r["iteration"]) for r in rows if r["val_psnr"]] == [3, 6, 8]
-
-
-# ----------------------------------------------------------------------------------------------
-# bad flags and checkpoints: one 'error:' line, exit code 2, nothing written
-
-
-def _bad_checkpoints(tmp_path, data_lists):
-    """{name: path} of checkpoints that cannot be resumed."""
-    paths = {}
-    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), tmp_path / "inference.pth")
-    paths["inference-only"] = tmp_path / "inference.pth"
-    good_dir = tmp_path / "good"
-    train_srresnet.main(flags(data_lists, good_dir, 2, "--val-data", ""))
-    good = good_dir / "srresnet_latest.pth"
-    data = good.read_bytes()
-    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 3])
-    paths["truncated"] = tmp_path / "truncated.pth"
-    for name, change in {"no optimizers": lambda c: c["training"].pop("optimizers"),
-                         "format_version text": lambda c: c.update(format_version="one"),
-                         "training not a dict": lambda c: c.update(training=[1, 2]),
-                         "model not a dict": lambda c: c.update(model=3),
-                         "args missing": lambda c: c["training"].pop("args"),
-                         "srgan": lambda c: c["training"].update(script="srgan"),
-                         "optimizer of another model": lambda c: c["training"]["optimizers"].update(
-                             optimizer={"state": {}, "param_groups": []}),
-                         "ema not a model": lambda c: c.update(ema={"arch": "SRResNet"}),
-                         "ema of another size": lambda c: c.update(ema=checkpoint.model_spec(
-                             models.SRResNet(**{**TINY, "n_blocks": 1, "n_channels": 4})))}.items():
-        ckpt = checkpoint.load_checkpoint(good)
-        change(ckpt)
-        path = tmp_path / f"{name.replace(' ', '_')}.pth"
-        torch.save(ckpt, path)
-        paths[name] = path
-    return paths
-
-
-def test_bad_resume_checkpoints(tmp_path, data_lists, capsys):
-    for name, path in _bad_checkpoints(tmp_path, data_lists).items():
-        line = cli_error(train_srresnet.main, ["--resume", path, "--iterations", "5",
-                                               "--checkpoint-dir", tmp_path / "out"], capsys)
-        assert str(path) in line, (name, line)
-        assert not (tmp_path / "out").exists(), name
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -529,23 +378,6 @@ def test_torchrun_resumes_a_run_and_two_cpu_processes_keep_identical_weights(tmp
     assert [int(r["iteration"]) for r in read_log(tmp_path / "ck" / "srresnet_log.csv")] == [1, 2, 3, 4, 5, 6]
 
 
-def test_scheduler_shapes():
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    cos = training.make_scheduler(opt, "cosine", 10)
-    lrs = []
-    for _ in range(10):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        cos.step()
-    assert lrs[0] == 1.0 and lrs[5] == pytest.approx(0.5) and opt.param_groups[0]["lr"] == pytest.approx(0.0)
-    opt2 = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    step = training.make_scheduler(opt2, "step", 10)
-    for _ in range(5):
-        opt2.step()
-        step.step()
-    assert opt2.param_groups[0]["lr"] == pytest.approx(0.1)
-
-
 def test_sampler_resumes_mid_epoch_and_splits_ranks():
     full = datasets.ResumableSampler(10, 3, seed=1)
     it = iter(full)
@@ -643,20 +475,6 @@ def test_two_sigterms_during_a_save_let_it_finish(tmp_path, data_lists, monkeypa
     assert "Traceback" not in err and err.rstrip().splitlines()[-1] == "terminated"
     assert checkpoint.load_checkpoint(ck / "srresnet_latest.pth")["training"]["iteration"] == 4
     assert os.listdir(ck) == ["srresnet_latest.pth"]  # no temporary, no lock
-
-
-def test_the_best_checkpoint_records_what_eval_py_prints(tmp_path, data_lists):
-    """Validation is eval.py's path (fp32 by default, whatever the training precision): the logged best
-    val_psnr and the best file's record equal eval.py's PSNR of that file on the same list."""
-    ck = tmp_path / "ck"
-    train_srresnet.main(flags(data_lists, ck, 6, "--val-every", "2", "--log-every", "2", "--precision", "bf16"))
-    logged = max(float(r["val_psnr"]) for r in read_log(ck / "srresnet_log.csv") if r["val_psnr"])
-    info = checkpoint.load_checkpoint(ck / "srresnet_best.pth")["info"]
-    assert (info["precision"], info["val_precision"]) == ("bf16", "fp32")
-    results = load_script("eval").main(["--checkpoint", str(ck / "srresnet_best.pth"),
-                                        "--test-folders", str(data_lists / "Val_test_images.json")])
-    assert abs(results["srresnet_best.pth"]["Val"]["psnr"] - logged) < 1e-6
-    assert abs(info["val_psnr"] - logged) < 1e-6
 
 
 def test_non_finite_init_or_resume_files_and_a_broken_average_are_named(tmp_path, data_lists, capsys, monkeypatch):

@@ -2,16 +2,28 @@
 schedules, log pruning on resume, which checkpoint counts as the best, and when a step saves."""
 
 import argparse
+import shutil
 
 import pytest
 import torch
 
 import checkpoint
 import models
+import train_srgan
 import train_srresnet
 import training
 import utils
-from conftest import ROOT, TINY, cli_error
+from conftest import (
+    ROOT,
+    TINY,
+    Killed,
+    assert_ema_step,
+    assert_identical,
+    cli_error,
+    load_script,
+    read_log,
+    sigint_at,
+)
 
 
 @pytest.fixture
@@ -54,7 +66,6 @@ def test_resume_and_init_together_and_too_few_iterations(run_checkpoint):
 
 def test_every_recorded_flag_is_either_adjustable_or_refused():
     """The lists are consistent: what may change on resume is a real flag of both scripts."""
-    import train_srgan
     for build in (train_srresnet.build_parser, train_srgan.build_parser):
         dests = {a.dest for a in build()._actions}
         assert set(training.ADJUSTABLE_ON_RESUME) <= dests
@@ -62,7 +73,7 @@ def test_every_recorded_flag_is_either_adjustable_or_refused():
 
 
 @pytest.mark.parametrize("schedule, factors", [
-    ("constant", [1, 1, 1, 1]), ("step", [1, 1, 0.1, 0.1]), ("cosine", [1, None, None, 0]),
+    ("constant", [1, 1, 1, 1]), ("step", [1, 1, 0.1, 0.1]), ("cosine", [1, None, 0.5, 0]),
 ])
 def test_schedules(schedule, factors):
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
@@ -136,7 +147,6 @@ def test_a_cpu_trains_channels_last_by_default_in_any_precision(monkeypatch, fla
 def test_every_recipe_parses_and_names_the_shipped_model_it_makes():
     """recipes/<model>.txt are argparse @files of the training scripts (comments allowed): each one
     parses with its script's flags and says which shipped checkpoint it makes."""
-    import train_srgan
     recipes = sorted((ROOT / "recipes").glob("*_x4.txt"))
     assert {p.stem for p in recipes} >= {"srresnet_x4", "srgan_mse_x4"}
     for path in recipes:
@@ -146,29 +156,48 @@ def test_every_recipe_parses_and_names_the_shipped_model_it_makes():
         assert f"checkpoints/{path.stem}.pth" in path.read_text().splitlines()[0], path
 
 
-@pytest.mark.parametrize("script", ["srresnet", "srgan"])
+# ----------------------------------------------------------------------------------------------
+# both scripts, on the saved runs of tests/fixtures/resume (tiny models, 4 images of 64x64) or on
+# whole tiny runs on conftest's data_lists (validated on its 'Val' list)
+
+FIXTURE = ROOT / "tests" / "fixtures" / "resume"
+
+
+def main_of(script):
+    return {"srresnet": train_srresnet.main, "srgan": train_srgan.main}[script]
+
+
+def tiny_run(script, data_lists, folder, *extra):
+    """Flags of a tiny run of either script; the SRGAN starts from the fixture's SRResNet (MSE content)."""
+    argv = ["--data-folder", data_lists, "--checkpoint-dir", folder, "--val-data", "Val", "--crop-size", "24",
+            "--batch-size", "2", "--workers", "0", "--n-channels", "8", "--n-blocks", "1"]
+    if script == "srgan":
+        argv += ["--init", FIXTURE / "srresnet_iteration2.pth", "--content-loss", "mse", "--d-n-channels", "8",
+                 "--d-n-blocks", "2", "--fc-size", "16"]
+    return [str(a) for a in [*argv, *extra]]
+
+
+SCRIPTS = pytest.mark.parametrize("script", ["srresnet", "srgan"])
+
+
+@SCRIPTS
 def test_a_run_saved_by_an_earlier_version_resumes_as_that_version_went_on(script, tmp_path, monkeypatch):
     """tests/fixtures/resume holds iteration 2 of a tiny run of each script (with --ema, and the SRGAN
     with its optional losses), saved by the code before training.Run, and that code's log of
     iterations 1-4 (README.md there says how they were made). Today's code resumes it: in one go or
     stopped half-way, the same bits; and the losses of iterations 3-4 are the ones that code logged
     (to float noise: another CPU may round differently)."""
-    import shutil
-
-    from conftest import assert_identical, read_log
-
-    fixture = FIXTURE
     monkeypatch.chdir(ROOT)  # the run's data list names its images from the repo root
     main = main_of(script)
     saved = {}
     for name, stops in (("whole", [4]), ("split", [3, 4])):
         folder = tmp_path / name
         folder.mkdir()
-        shutil.copy(fixture / f"{script}_iteration2.pth", folder / f"{script}_latest.pth")
+        shutil.copy(FIXTURE / f"{script}_iteration2.pth", folder / f"{script}_latest.pth")
         for stop in stops:
             main(["--resume", str(folder / f"{script}_latest.pth"), "--iterations", str(stop)])
         saved[name] = checkpoint.load_checkpoint(folder / f"{script}_latest.pth")
-        rows, expected = read_log(folder / f"{script}_log.csv"), read_log(fixture / f"{script}_log.csv")[2:]
+        rows, expected = read_log(folder / f"{script}_log.csv"), read_log(FIXTURE / f"{script}_log.csv")[2:]
         assert [r["iteration"] for r in rows] == ["3", "4"]
         for row, old in zip(rows, expected):
             for key, value in old.items():
@@ -180,22 +209,6 @@ def test_a_run_saved_by_an_earlier_version_resumes_as_that_version_went_on(scrip
         assert_identical(whole[entry]["state_dict"], split[entry]["state_dict"], entry)
     for entry in ("optimizers", "schedulers", "rng"):
         assert_identical(whole["training"][entry], split["training"][entry], entry)
-
-
-# ----------------------------------------------------------------------------------------------
-# both scripts, on the saved runs of tests/fixtures/resume (tiny models, 4 images of 64x64)
-
-FIXTURE = ROOT / "tests" / "fixtures" / "resume"
-TINY_RUN = ["--data-folder", "tests/fixtures/resume", "--val-data", "", "--crop-size", "32", "--batch-size", "2",
-            "--workers", "0", "--device", "cpu", "--precision", "fp32", "--n-channels", "8", "--n-blocks", "1",
-            "--large-kernel-size", "3", "--small-kernel-size", "3"]
-TINY_GAN = ["--init", str(FIXTURE / "srresnet_iteration2.pth"), "--content-loss", "mse", "--d-n-channels", "8",
-            "--d-n-blocks", "1", "--fc-size", "16"]
-
-
-def main_of(script):
-    import train_srgan
-    return {"srresnet": train_srresnet.main, "srgan": train_srgan.main}[script]
 
 
 @pytest.mark.parametrize("script, flag", [
@@ -220,8 +233,8 @@ def test_a_flag_that_would_make_another_run_is_refused_on_resume(script, flag, t
     assert sorted(p.name for p in tmp_path.iterdir()) == [latest.name]
 
 
-@pytest.mark.parametrize("script", ["srresnet", "srgan"])
-def test_nan_stops_the_run_and_the_named_checkpoint_is_good(script, tmp_path, monkeypatch, capsys):
+@SCRIPTS
+def test_nan_stops_the_run_and_the_named_checkpoint_is_good(script, tmp_path, data_lists, capsys):
     """NaN injected through the trained model (a forward hook, training mode, from its 4th call): the
     run stops with one line naming the checkpoint of iteration 3, whose model gives finite outputs."""
     calls, trained = {"n": 0}, {"srresnet": models.SRResNet, "srgan": models.Generator}[script]
@@ -231,11 +244,10 @@ def test_nan_stops_the_run_and_the_named_checkpoint_is_good(script, tmp_path, mo
             calls["n"] += 1
             if calls["n"] >= 4:
                 return output * float("nan")
-    monkeypatch.chdir(ROOT)
-    argv = TINY_RUN + ["--checkpoint-dir", tmp_path / "ck", "--iterations", "10", "--save-every", "1"]
+    argv = tiny_run(script, data_lists, tmp_path / "ck", "--iterations", "10", "--save-every", "1", "--val-data", "")
     handle = torch.nn.modules.module.register_module_forward_hook(poison)
     try:
-        line = cli_error(main_of(script), argv + (TINY_GAN if script == "srgan" else []), capsys)
+        line = cli_error(main_of(script), argv, capsys)
     finally:
         handle.remove()
     latest = tmp_path / "ck" / f"{script}_latest.pth"
@@ -243,3 +255,173 @@ def test_nan_stops_the_run_and_the_named_checkpoint_is_good(script, tmp_path, mo
     assert checkpoint.load_checkpoint(latest)["training"]["iteration"] == 3
     with torch.no_grad():
         assert torch.isfinite(checkpoint.load_model(latest)(torch.randn(1, 3, 12, 12))).all()
+
+
+@pytest.mark.parametrize("script, extra", [
+    ("srresnet", []),
+    ("srresnet", ["--ema", "0.9"]),
+    ("srgan", ["--ema", "0.9", "--content-loss", "vgg22", "--vgg-weights", "random", "--pixel-weight", "0.1",
+               "--texture-weight", "1"]),
+])
+def test_the_readme_resume_command_continues_an_interrupted_run_exactly(script, extra, tmp_path, data_lists,
+                                                                         monkeypatch, capsys):
+    """A run with non-default settings, SIGINT at iteration 5, then `--resume PATH` alone (the README's
+    command): the weights (the discriminator's, the --ema average), optimizers, schedules, scaler, RNG
+    and log equal the uninterrupted run's, bit for bit. (The SRGAN's random VGG19 is rebuilt the same.)"""
+    run = ["--iterations", "9", "--lr-schedule", "cosine", "--lr", "3e-4", "--log-every", "1", "--save-every", "4",
+           "--val-every", "3", "--seed", "3", "--precision", "bf16", *extra]
+    main = main_of(script)
+    main(tiny_run(script, data_lists, tmp_path / "straight", *run))
+    with monkeypatch.context() as m:
+        sigint_at(m, 5)
+        with pytest.raises(KeyboardInterrupt):
+            main(tiny_run(script, data_lists, tmp_path / "split", *run))
+    latest = tmp_path / "split" / f"{script}_latest.pth"
+    assert checkpoint.load_checkpoint(latest)["training"]["iteration"] == 5
+    capsys.readouterr()
+    main(["--resume", str(latest)])
+    assert "iterations 5 -> 9" in capsys.readouterr().out
+    a = checkpoint.load_checkpoint(tmp_path / "straight" / f"{script}_latest.pth")
+    b = checkpoint.load_checkpoint(latest)
+    assert b["training"]["iteration"] == 9 and ("ema" in b) == ("--ema" in extra)
+    assert b["training"]["args"]["lr_schedule"] == "cosine" and b["training"]["args"]["crop_size"] == 24
+    for ckpt in (a, b):
+        assert ckpt["training"]["args"].pop("checkpoint_dir")  # the one setting that differs
+    assert_identical(a, b)
+    log = read_log(tmp_path / "split" / f"{script}_log.csv")
+    assert log == read_log(tmp_path / "straight" / f"{script}_log.csv") and len(log) == 9
+
+
+@SCRIPTS
+@pytest.mark.parametrize("where", ["before the row", "after the checkpoint"])
+def test_a_kill_around_a_save_loses_no_log_row(script, where, tmp_path, data_lists, monkeypatch):
+    """Iteration 6 validates, logs and saves; a run killed just before its log row, or just after its
+    checkpoint, still ends with one row per iteration once resumed. (The checkpoint used to be saved
+    before the row: a kill in between lost row 6 for good.)"""
+    ck = tmp_path / "ck"
+    real_log_row, real_save = training.Run.log_row, training.save_training_checkpoint
+
+    def log_row(run, row):
+        if where == "before the row" and row["iteration"] == 6:
+            raise Killed
+        real_log_row(run, row)
+
+    def save(path, kind, iteration, *args, **kwargs):
+        real_save(path, kind, iteration, *args, **kwargs)
+        if where == "after the checkpoint" and iteration == 6:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(training.Run, "log_row", log_row)
+        m.setattr(training, "save_training_checkpoint", save)
+        with pytest.raises(Killed):
+            main_of(script)(tiny_run(script, data_lists, ck, "--iterations", "8", "--val-every", "3",
+                                     "--save-every", "3", "--log-every", "1"))
+    saved = checkpoint.load_checkpoint(ck / f"{script}_latest.pth")["training"]["iteration"]
+    assert saved == (3 if where == "before the row" else 6)
+    main_of(script)(["--resume", str(ck / f"{script}_latest.pth")])
+    rows = read_log(ck / f"{script}_log.csv")
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 9))
+    assert [int(r["iteration"]) for r in rows if r["val_psnr"]] == [3, 6, 8]
+
+
+@SCRIPTS
+def test_ema_averages_the_trained_weights_and_is_the_model_validated_and_kept(script, tmp_path, data_lists):
+    """--ema 0.75 from the --init weights W0: after each step E = 0.75 E + 0.25 W (E starts at W0, and
+    goes on at a resume); the trained weights are those of a run without --ema; the snapshots and the
+    best file hold E. Validation is eval.py's path (fp32 by default, whatever the training precision):
+    the best file's record and the logged best are eval.py's PSNR of that file."""
+    def weights(path, entry="model"):
+        return checkpoint.load_checkpoint(path)[entry]["state_dict"]
+
+    start = FIXTURE / "srresnet_iteration2.pth"
+    run = ["--init", start, "--lr", "1e-3", "--lr-schedule", "constant", "--keep-every", "1", "--log-every", "1",
+           "--precision", "bf16"]
+    main, ck = main_of(script), tmp_path / "ck"
+    main(tiny_run(script, data_lists, tmp_path / "plain", "--iterations", "2", *run))
+    main(tiny_run(script, data_lists, ck, "--iterations", "1", *run, "--ema", "0.75"))
+    latest = ck / f"{script}_latest.pth"
+    prefix = "net." if script == "srgan" else ""  # the Generator holds an SRResNet
+    ema1, w1 = weights(latest, "ema"), weights(latest)
+    assert_ema_step(ema1, {prefix + k: v for k, v in weights(start).items()}, w1, 0.75)
+    assert any(not torch.equal(ema1[k], w1[k]) for k in w1)
+    assert checkpoint.load_checkpoint(latest)["ema"]["arch"] == checkpoint.load_checkpoint(latest)["model"]["arch"]
+    main(["--resume", str(latest), "--iterations", "2"])
+    ema2, w2 = weights(latest, "ema"), weights(latest)
+    assert_ema_step(ema2, ema1, w2, 0.75)
+    assert_identical(w2, weights(tmp_path / "plain" / f"{script}_latest.pth"))  # training is not changed
+    for iteration, ema in ((1, ema1), (2, ema2)):
+        snapshot = checkpoint.load_checkpoint(ck / f"{script}_{iteration}.pth")
+        assert snapshot["info"]["ema"] == 0.75
+        assert_identical(snapshot["model"]["state_dict"], ema)
+    best = checkpoint.load_checkpoint(ck / f"{script}_best.pth")  # validated at iterations 1 and 2
+    assert (best["info"]["ema"], best["info"]["precision"], best["info"]["val_precision"]) == (0.75, "bf16", "fp32")
+    logged = max(float(r["val_psnr"]) for r in read_log(ck / f"{script}_log.csv") if r["val_psnr"])
+    assert abs(best["info"]["val_psnr"] - logged) < 1e-6
+    assert_identical(best["model"]["state_dict"], {1: ema1, 2: ema2}[best["info"]["iteration"]])
+    results = load_script("eval").main(["--checkpoint", str(ck / f"{script}_best.pth"),
+                                        "--test-folders", str(data_lists / "Val_test_images.json")])
+    assert abs(results[f"{script}_best.pth"]["Val"]["psnr"] - best["info"]["val_psnr"]) < 1e-6  # E was judged
+
+
+@SCRIPTS
+def test_flags_given_with_resume_apply_and_are_announced(script, tmp_path, data_lists, capsys):
+    """--lr (to every optimizer, from the next iteration), --iterations, --save-every; the run's own
+    values of fixed settings pass."""
+    ck = tmp_path / "ck"
+    main_of(script)(tiny_run(script, data_lists, ck, "--iterations", "6", "--lr", "2e-4", "--lr-schedule", "constant",
+                             "--log-every", "1", "--val-data", ""))
+    before, latest = read_log(ck / f"{script}_log.csv"), ck / f"{script}_latest.pth"
+    capsys.readouterr()
+    main_of(script)(["--resume", str(latest), "--iterations", "9", "--lr", "5e-5", "--save-every", "2",
+                     "--n-blocks", "1", "--crop-size", "24"])
+    err = capsys.readouterr().err
+    assert "resume: --lr 5e-05: the base learning rate changes from 0.0002 to 5e-05" in err
+    assert "resume: --iterations 9: the run now ends at iteration 9 instead of 6" in err
+    assert "resume: --save-every 2" in err
+    rows = read_log(ck / f"{script}_log.csv")
+    assert rows[:6] == before
+    assert [float(r["lr"]) for r in rows] == [2e-4] * 6 + [5e-5] * 3  # really applied to the optimizers
+    ckpt = checkpoint.load_checkpoint(latest)
+    assert ckpt["training"]["iteration"] == 9 and ckpt["training"]["args"]["lr"] == 5e-5
+    optimizers = ckpt["training"]["optimizers"].values()
+    assert len(optimizers) == (2 if script == "srgan" else 1)
+    assert all(o["param_groups"][0]["lr"] == 5e-5 for o in optimizers)
+
+
+def _bad_resume_files(script, tmp_path):
+    """{name: path} of checkpoints that a --resume of ``script`` cannot take."""
+    good = FIXTURE / f"{script}_iteration2.pth"
+    other = FIXTURE / ("srgan_iteration2.pth" if script == "srresnet" else "srresnet_iteration2.pth")
+    inference = tmp_path / "inference.pth"
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), inference)
+    (tmp_path / "truncated.pth").write_bytes(good.read_bytes()[:5000])
+    paths = {"inference-only": inference, "truncated": tmp_path / "truncated.pth", "the other script's": other}
+    for name, change in {
+            "no optimizers": lambda c: c["training"].pop("optimizers"),
+            "format_version text": lambda c: c.update(format_version="one"),
+            "training not a dict": lambda c: c.update(training=[1, 2]),
+            "model not a dict": lambda c: c.update(model=3),
+            "args missing": lambda c: c["training"].pop("args"),
+            "optimizers of another model": lambda c: c["training"]["optimizers"].update(
+                {k: {"state": {}, "param_groups": []} for k in c["training"]["optimizers"]}),
+            "ema not a model": lambda c: c.update(ema={"arch": "SRResNet"}),
+            "ema of another size": lambda c: c.update(ema=checkpoint.model_spec(
+                models.SRResNet(**{**TINY, "n_blocks": 1, "n_channels": 4})))}.items():
+        ckpt = checkpoint.load_checkpoint(good)
+        change(ckpt)
+        paths[name] = tmp_path / f"{name.replace(' ', '_')}.pth"
+        torch.save(ckpt, paths[name])
+    return paths
+
+
+@SCRIPTS
+def test_bad_resume_checkpoints_are_named_in_one_line(script, tmp_path, capsys):
+    for name, path in _bad_resume_files(script, tmp_path).items():
+        line = cli_error(main_of(script), ["--resume", path, "--iterations", "5", "--checkpoint-dir", tmp_path / "out"],
+                         capsys)
+        assert str(path) in line, (name, line)
+        if name == "the other script's":
+            other = "srgan" if script == "srresnet" else "srresnet"
+            assert f"train_{other}.py" in line and f"cannot resume train_{script}.py" in line, line
+        assert not (tmp_path / "out").exists(), name
