@@ -21,7 +21,6 @@ import training
 import utils
 from conftest import (
     ROOT,
-    TINY,
     assert_identical,
     cli_error,
     need_shared,
@@ -137,22 +136,6 @@ def finished_run(tmp_path, data_lists):
     ck = tmp_path / "run"
     train_srresnet.main(flags(data_lists, ck, 6, "--lr", "2e-4", "--log-every", "1", "--val-data", ""))
     return ck / "srresnet_latest.pth"
-
-
-def test_init_starts_a_new_run_from_any_checkpoint(tmp_path, data_lists):
-    torch.manual_seed(5)
-    source = models.SRResNet(**{**TINY, "n_blocks": 2, "n_channels": 12})
-    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(source, {"note": "shipped-like"}), tmp_path / "m.pth")
-    ck = tmp_path / "ck"
-    train_srresnet.main(["--data-folder", str(data_lists), "--checkpoint-dir", str(ck), "--iterations", "2",
-                         "--crop-size", "24", "--batch-size", "2", "--workers", "0", "--val-data", "",
-                         "--init", str(tmp_path / "m.pth"), "--lr", "1e-12", "--precision", "fp32"])
-    ckpt = checkpoint.load_checkpoint(ck / "srresnet_latest.pth")
-    assert ckpt["model"]["args"] == source.args  # the size came from the file
-    assert ckpt["training"]["iteration"] == 2  # a new run: iteration and optimizer start afresh
-    assert int(ckpt["training"]["optimizers"]["optimizer"]["state"][0]["step"]) == 2
-    for k, v in source.named_parameters():  # (BatchNorm statistics move with any lr)
-        assert torch.allclose(ckpt["model"]["state_dict"][k], v, atol=1e-6), k
 
 
 def test_pixel_loss_choice(tmp_path, data_lists, monkeypatch):
@@ -281,22 +264,6 @@ def test_device_cuda_without_a_gpu(tmp_path, data_lists, capsys):
         pytest.skip("this machine has a GPU")
     argv = flags(data_lists, tmp_path / "ck", 2, "--device", "cuda")
     assert "no CUDA GPU" in cli_error(train_srresnet.main, argv, capsys)
-
-
-def test_bad_init_files(tmp_path, data_lists, capsys):
-    disc = tmp_path / "disc.pth"
-    checkpoint.save_checkpoint({"format_version": 1, "discriminator": checkpoint.model_spec(
-        models.Discriminator(n_channels=8, fc_size=16))}, disc)
-    x2 = tmp_path / "x2.pth"
-    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**{**TINY, "scaling_factor": 2})), x2)
-    base = ["--data-folder", data_lists, "--checkpoint-dir", tmp_path / "ck", "--iterations", "2", "--workers", "0",
-            "--crop-size", "24", "--batch-size", "2"]
-    assert "holds no super-resolution model" in cli_error(train_srresnet.main, [*base, "--init", disc], capsys)
-    line = cli_error(train_srresnet.main, [*base, "--init", x2, "--scaling-factor", "4"], capsys)
-    assert "--scaling-factor 4" in line and str(x2) in line
-    assert "no such file" in cli_error(train_srresnet.main, [*base, "--init", tmp_path / "none.pth"], capsys)
-    assert "give one of them" in cli_error(train_srresnet.main, [*base, "--init", x2, "--resume", x2], capsys)
-    assert not (tmp_path / "ck").exists()
 
 
 def test_a_new_run_never_overwrites_another(tmp_path, data_lists, capsys):

@@ -167,10 +167,11 @@ def main_of(script):
     return {"srresnet": train_srresnet.main, "srgan": train_srgan.main}[script]
 
 
-def tiny_run(script, data_lists, folder, *extra):
-    """Flags of a tiny run of either script; the SRGAN starts from the fixture's SRResNet (MSE content)."""
+def tiny_run(script, data_lists, folder, *extra, sized=True):
+    """Flags of a tiny run of either script; the SRGAN starts from the fixture's SRResNet (MSE content).
+    sized=False: no size flags (the size comes from the --init file)."""
     argv = ["--data-folder", data_lists, "--checkpoint-dir", folder, "--val-data", "Val", "--crop-size", "24",
-            "--batch-size", "2", "--workers", "0", "--n-channels", "8", "--n-blocks", "1"]
+            "--batch-size", "2", "--workers", "0", *(["--n-channels", "8", "--n-blocks", "1"] if sized else [])]
     if script == "srgan":
         argv += ["--init", FIXTURE / "srresnet_iteration2.pth", "--content-loss", "mse", "--d-n-channels", "8",
                  "--d-n-blocks", "2", "--fc-size", "16"]
@@ -425,3 +426,41 @@ def test_bad_resume_checkpoints_are_named_in_one_line(script, tmp_path, capsys):
             other = "srgan" if script == "srresnet" else "srresnet"
             assert f"train_{other}.py" in line and f"cannot resume train_{script}.py" in line, line
         assert not (tmp_path / "out").exists(), name
+
+
+@SCRIPTS
+def test_init_starts_a_new_run_from_the_files_weights_and_size(script, tmp_path, data_lists):
+    """No size flags: the model takes the --init file's size and weights (the SRGAN's discriminator the
+    flags' size); the iteration and the optimizers start afresh."""
+    torch.manual_seed(5)
+    source = models.SRResNet(**{**TINY, "n_blocks": 2, "n_channels": 12})
+    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(source, {"note": "shipped-like"}), tmp_path / "m.pth")
+    main_of(script)(tiny_run(script, data_lists, tmp_path / "ck", "--iterations", "2", "--val-data", "", "--init",
+                             tmp_path / "m.pth", "--lr", "1e-12", "--precision", "fp32",
+                             *(["--d-n-blocks", "4"] if script == "srgan" else []), sized=False))
+    ckpt = checkpoint.load_checkpoint(tmp_path / "ck" / f"{script}_latest.pth")
+    assert ckpt["model"]["args"] == source.args and ckpt["training"]["args"]["n_blocks"] == 2
+    assert ckpt["training"]["iteration"] == 2
+    assert all(int(o["state"][0]["step"]) == 2 for o in ckpt["training"]["optimizers"].values())
+    prefix = "net." if script == "srgan" else ""
+    for k, v in source.named_parameters():  # (BatchNorm statistics move with any lr)
+        assert torch.allclose(ckpt["model"]["state_dict"][prefix + k], v, atol=1e-6), k
+    if script == "srgan":
+        assert ckpt["discriminator"]["args"] == dict(kernel_size=3, n_channels=8, n_blocks=4, fc_size=16)
+
+
+@SCRIPTS
+@pytest.mark.parametrize("init, extra, message", [
+    ("discriminator.pth", [], "holds no super-resolution model"),
+    ("none.pth", [], "none.pth: no such file"),
+    ("srresnet_iteration2.pth", ["--n-blocks", "2"], "--n-blocks 2: the --init model"),
+    ("srresnet_iteration2.pth", ["--n-channels", "16"], "--n-channels 16: the --init model"),
+    ("srresnet_iteration2.pth", ["--scaling-factor", "2"], "--scaling-factor 2: the --init model"),
+])
+def test_a_bad_init_file_is_named_in_one_line(script, init, extra, message, tmp_path, data_lists, capsys):
+    checkpoint.save_checkpoint({"format_version": 1, "discriminator": checkpoint.model_spec(
+        models.Discriminator(n_channels=8, fc_size=16))}, tmp_path / "discriminator.pth")
+    path = (FIXTURE if init.startswith("srresnet") else tmp_path) / init
+    line = cli_error(main_of(script), tiny_run(script, data_lists, tmp_path / "ck", "--init", path, *extra), capsys)
+    assert message in line and str(path) in line, line
+    assert not (tmp_path / "ck").exists()
