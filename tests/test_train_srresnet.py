@@ -71,11 +71,7 @@ def test_outputs_and_best_checkpoint(tmp_path, data_lists):
 
 
 # ----------------------------------------------------------------------------------------------
-# resume
-
-
-RUN = [24, "--lr-schedule", "cosine", "--lr", "3e-4", "--log-every", "1", "--save-every", "5",
-       "--val-every", "8", "--seed", "3", "--precision", "bf16"]
+# resume (more cases over both scripts: test_training.py)
 
 
 def test_decoded_store_trains_and_resumes_exactly_as_decoding(tmp_path, data_lists, monkeypatch):
@@ -192,39 +188,33 @@ def _start(argv, log, rows):
 
 
 @pytest.mark.slow
-def test_sigint_saves_and_says_how_to_resume(tmp_path, data_lists):
+@pytest.mark.parametrize("sig, save_every", [(signal.SIGINT, 100000), (signal.SIGKILL, 3)])
+def test_a_signal_then_resume_leaves_no_stale_lock_no_temporary_and_no_repeated_row(tmp_path, data_lists, sig,
+                                                                                     save_every):
+    """Ctrl-C saves the iteration it stopped at and prints the resume command; after kill -9 the lock
+    file stays, but the OS dropped the lock with its owner. Either way the resume takes the folder, and
+    the log has each iteration once."""
     ck = tmp_path / "ck"
-    proc = _start(flags(data_lists, ck, 100000, "--val-data", "", "--save-every", "100000", "--log-every", "1"),
-                  ck / "srresnet_log.csv", 3)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert f"continue with: python train_srresnet.py --resume {ck / 'srresnet_latest.pth'}" in out + err
-    assert checkpoint.load_checkpoint(ck / "srresnet_latest.pth")["training"]["iteration"] >= 3
-    assert not [p for p in os.listdir(ck) if p.endswith(".tmp")]
-
-
-@pytest.mark.slow
-def test_kill_9_then_resume_leaves_no_stale_lock_no_temporary_and_no_repeated_row(tmp_path, data_lists):
-    ck = tmp_path / "ck"
-    proc = _start(flags(data_lists, ck, 100000, "--val-data", "", "--save-every", "3", "--log-every", "1"),
+    proc = _start(flags(data_lists, ck, 100000, "--val-data", "", "--save-every", save_every, "--log-every", "1"),
                   ck / "srresnet_log.csv", 7)
     try:
         with pytest.raises(training.UserError, match=f"PID {proc.pid}"):  # the folder is the running run's
             training.RunLock(str(ck), "srresnet")
     finally:
-        proc.kill()
-        proc.communicate()
-    # the lock file stays, but the OS dropped the lock with its owner: the resume below takes the folder
-    assert (ck / "srresnet.lock").exists()
-    (ck / ".srresnet_latest.pth.abc123.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
     saved = checkpoint.load_checkpoint(ck / "srresnet_latest.pth")["training"]["iteration"]
     logged = [int(r["iteration"]) for r in read_log(ck / "srresnet_log.csv")]
-    assert max(logged) >= saved  # rows past the checkpoint exist before the resume
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert f"continue with: python train_srresnet.py --resume {ck / 'srresnet_latest.pth'}" in out + err
+        assert saved == max(logged) >= 7
+    else:
+        assert (ck / "srresnet.lock").exists() and max(logged) >= saved  # rows past the checkpoint exist
+    (ck / ".srresnet_latest.pth.abc123.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves
     train_srresnet.main(["--resume", str(ck / "srresnet_latest.pth"), "--iterations", str(saved + 4)])
     assert not [p for p in os.listdir(ck) if p.endswith(".tmp")]
-    iterations = [int(r["iteration"]) for r in read_log(ck / "srresnet_log.csv")]
-    assert iterations == list(range(1, saved + 5))
+    assert [int(r["iteration"]) for r in read_log(ck / "srresnet_log.csv")] == list(range(1, saved + 5))
 
 
 @pytest.mark.parametrize("extra, message", [
