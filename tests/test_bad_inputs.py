@@ -1,7 +1,7 @@
-"""Bad inputs to test.py, eval.py, create_data_lists.py and convert_checkpoint.py, each run as the real
-command line (in this process; in a subprocess where another user is needed): exit code 2, one
-`error:` line naming the offending file, no traceback, and no new, partial or temporary file
-anywhere in the case's folder (except the outputs of the good images of a batch)."""
+"""Bad inputs to test.py, eval.py, create_data_lists.py, convert_checkpoint.py and export_onnx.py,
+each run as the real command line (in this process; in a subprocess where another user is needed):
+exit code 2, one `error:` line naming the offending file, no traceback, and no new, partial or
+temporary file anywhere in the case's folder (except the outputs of the good images of a batch)."""
 
 import json
 import os
@@ -15,6 +15,7 @@ import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from PIL import Image
 import checkpoint
 import inference
 import models
-from conftest import ROOT, TINY, null_device, random_image, run_script
+from conftest import ROOT, TINY, cli_error, load_script, null_device, random_image, run_script
 
 NOBODY = 65534
 
@@ -55,37 +56,23 @@ def bomb_png(path, side=30000):
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
-    return path
+    return write(path, b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                 + chunk(b"IEND", b""))
 
 
 def truncated_png(path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
-    path.write_bytes(path.read_bytes()[:600])
-    return path
+    return write(path, path.read_bytes()[:600])
 
 
-def image(path, size=(24, 18), seed=0):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    random_image(size, seed=seed).save(path)
-    return path
-
-
-def pickle_bytes(*body):
-    """A protocol-2 pickle of {'model': <body>}; body is raw opcodes (GLOBAL 'c', REDUCE 'R'...)."""
-    return b"\x80\x02}" + _text("model") + b"".join(body) + b"s."
-
-
-def _text(s):
-    data = s.encode()
-    return b"X" + struct.pack("<I", len(data)) + data
-
-
-def call(module, name, *args):
-    """Opcodes that call module.name(*args) (args: str or small int)."""
-    encoded = b"".join(_text(a) if isinstance(a, str) else (b"\x89" if a is False else b"K" + bytes([a])) for a in args)
-    return b"c" + f"{module}\n{name}\n".encode() + b"(" + encoded + b"tR"
+def pickle_calling(module, name, *args, protocol=2):
+    """Pickle bytes of {'model': module.name(*args)} (args: str, small int or False), written opcode
+    by opcode (GLOBAL 'c', REDUCE 'R')."""
+    def text(s):
+        return b"X" + struct.pack("<I", len(s.encode())) + s.encode()
+    encoded = b"".join(text(a) if isinstance(a, str) else (b"\x89" if a is False else b"K" + bytes([a])) for a in args)
+    return (bytes([0x80, protocol]) + b"}" + text("model") + f"c{module}\n{name}\n".encode() + b"(" + encoded
+            + b"tRs.")
 
 
 def zip_checkpoint(path, data_pkl):
@@ -101,197 +88,56 @@ def zip_checkpoint(path, data_pkl):
     return path
 
 
+# each returns its path, so that a case's set-up is one expression
+
+
+def image(path, size=(24, 18), seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    random_image(size, seed=seed).save(path)
+    return path
+
+
+def write(path, data):
+    """Bytes or text, in a file whose folders are made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.write_bytes if isinstance(data, bytes) else path.write_text)(data)
+    return path
+
+
+def folder(path):
+    path.mkdir(parents=True)
+    return path
+
+
+def chmod(path, mode):
+    os.chmod(path, mode)
+    return path
+
+
 # ----------------------------------------------------------------------------------------------
-# the cases: each builds its inputs in folder d and returns dict(argv, names, ...)
-#   argv: the command (first item the script); names: the file each `error:` line must name, in
-#   order (several for a batch, whose last line is the failure count); new: files the run may add
-#   (the good images' outputs); full_disk: 'fsync' or 'write'; has / has_not: words the error line
-#   must (not) contain. @as_nobody cases run as an unprivileged user, in a process of that user.
-
-CASES = {}
+# the commands: the script first, then its arguments; d is the case's folder, d.parent holds the
+# good checkpoint tiny.pth and nan.pth (NaN weights)
 
 
-NOBODY_CASES = set()
+def run_test(d, img=None, ckpt=None, out=None, extra=()):
+    """test.py on ``img`` (one or a list; by default a good image a.png)."""
+    images = img if isinstance(img, list) else [img or image(d / "a.png")]
+    return ["test.py", "--checkpoint", ckpt or d.parent / "tiny.pth", "--img", *images,
+            "--output-dir", out or d / "out", "--precision", "fp32", *extra]
 
 
-def case(fn):
-    CASES[fn.__name__] = fn
-    return fn
+def two_images(d, first="a.png"):
+    return [image(d / "in" / first), image(d / "in" / "b.png", seed=1)]
 
 
-def as_nobody(fn):
-    """A case run as a user without root's file privileges."""
-    NOBODY_CASES.add(fn.__name__)
-    return case(fn)
+def with_checkpoint(**changes):
+    """A test.py set-up: a good image, and save_ckpt(c.pth, **changes) as the checkpoint."""
+    return lambda d: run_test(d, ckpt=save_ckpt(d / "c.pth", **changes))
 
-
-def run_test_py(d, img, ckpt=None, out=None, extra=()):
-    images = img if isinstance(img, list) else [img]
-    return ["test.py", "--checkpoint", str(ckpt or d.parent / "tiny.pth"), "--img", *map(str, images),
-            "--output-dir", str(out or d / "out"), "--precision", "fp32", *extra]
-
-
-# test.py: images
-
-@case
-def missing_image(d):
-    return dict(argv=run_test_py(d, d / "nope.png"), names=["nope.png"], has=["no such file"])
-
-
-@case
-def empty_image(d):
-    (d / "zero.png").write_bytes(b"")
-    return dict(argv=run_test_py(d, d / "zero.png"), names=["zero.png"], has=["empty file"])
-
-
-@case
-def truncated_image(d):
-    return dict(argv=run_test_py(d, truncated_png(d / "cut.png")), names=["cut.png"], has=["cannot decode"])
-
-
-@case
-def decompression_bomb(d):
-    return dict(argv=run_test_py(d, bomb_png(d / "bomb.png")), names=["bomb.png"], has=["too large"])
-
-
-@as_nobody
-def unreadable_image(d):
-    os.chmod(image(d / "secret.png"), 0o600)
-    return dict(argv=run_test_py(d, d / "secret.png"), names=["secret.png"],
-                has=["permission denied"], has_not=["decode", "corrupt", "damaged"])
-
-
-@as_nobody
-def unlistable_folder(d):
-    image(d / "private" / "a.png")
-    os.chmod(d / "private", 0o700)
-    return dict(argv=run_test_py(d, d / "private"), names=["private"], has=["permission denied"])
-
-
-@case
-def too_small_for_hr(d):
-    return dict(argv=run_test_py(d, image(d / "dot.png", (1, 1)), extra=["--hr"]), names=["dot.png"], has=["1x1"])
-
-
-# test.py: checkpoints
-
-@case
-def random_bytes_checkpoint(d):
-    # 0x80 0x02 then opcode 222: torch's own message would be "Unsupported operand 222"
-    (d / "noise.pth").write_bytes(b"\x80\x02\xde" + np.random.default_rng(0).bytes(3000))
-    return dict(argv=run_test_py(d, image(d / "a.png"), ckpt=d / "noise.pth"), names=["noise.pth"],
-                has=["not a pytorch checkpoint"], has_not=["unsupported operand", "222"])
-
-
-@as_nobody
-def unreadable_checkpoint(d):
-    os.chmod(save_ckpt(d / "locked.pth"), 0o600)
-    return dict(argv=run_test_py(d, image(d / "a.png"), ckpt=d / "locked.pth"), names=["locked.pth"],
-                has=["permission denied"], has_not=["corrupt", "damaged", "not a pytorch"])
-
-
-@case
-def model_entry_not_a_dict(d):
-    save_ckpt(d / "c.pth", model=[1, 2, 3])
-    return dict(argv=run_test_py(d, image(d / "a.png"), ckpt=d / "c.pth"), names=["c.pth"],
-                has=["'model' entry is a list"])
-
-
-@case
-def model_without_args(d):
-    save_ckpt(d / "c.pth", no_args=None)
-    return dict(argv=run_test_py(d, image(d / "a.png"), ckpt=d / "c.pth"), names=["c.pth"], has=["no 'args'"])
-
-
-@case
-def unknown_constructor_argument(d):
-    save_ckpt(d / "c.pth", args=dict(TINY, wings=3))
-    return dict(argv=run_test_py(d, image(d / "a.png"), ckpt=d / "c.pth"), names=["c.pth"], has=["wings"])
-
-
-@case
-def format_version_not_a_number(d):
-    save_ckpt(d / "c.pth", format_version="one")
-    return dict(argv=run_test_py(d, image(d / "a.png"), ckpt=d / "c.pth"), names=["c.pth"],
-                has=["format_version is 'one'"])
-
-
-@case
-def state_dict_mismatch_names_the_key(d):
-    state = models.SRResNet(**TINY).state_dict()
-    state["conv_block3.conv_block.0.bias"] = torch.zeros(7)
-    save_ckpt(d / "c.pth", state_dict=state)
-    return dict(argv=run_test_py(d, image(d / "a.png"), ckpt=d / "c.pth"), names=["c.pth"],
-                has=["conv_block3.conv_block.0.bias"])
-
-
-# test.py: outputs
-
-@case
-def output_dir_is_a_file(d):
-    (d / "out").write_text("a file")
-    return dict(argv=run_test_py(d, image(d / "a.png")), names=[f"{d / 'out'}:"], has=["is a file"])
-
-
-@case
-def output_dir_inside_a_file(d):
-    (d / "file").write_text("a file")
-    return dict(argv=run_test_py(d, image(d / "a.png"), out=d / "file" / "out"), names=[f"{d / 'file' / 'out'}:"],
-                has=["is a file, not a folder"])
-
-
-@case
-def a_folder_where_an_output_goes(d):
-    (d / "out" / "a_bicubic.png").mkdir(parents=True)
-    img = [image(d / "in" / "a.png"), image(d / "in" / "b.png", seed=1)]
-    return dict(argv=run_test_py(d, img), names=["a_bicubic.png", "1 of 2 images failed"],
-                new=["out/b_sr.png", "out/b_bicubic.png"], has=["folder is in the way"])
-
-
-@as_nobody
-def output_dir_without_permission(d):
-    (d / "out").mkdir()
-    os.chmod(d / "out", 0o555)
-    return dict(argv=run_test_py(d, image(d / "a.png")), names=[f"{d / 'out'}:"],
-                has=["permission denied"])
-
-
-@case
-def output_name_too_long(d):
-    img = [image(d / "in" / ("n" * 250 + ".png")), image(d / "in" / "b.png", seed=1)]
-    return dict(argv=run_test_py(d, img), names=["n" * 250 + "_sr.png", "1 of 2 images failed"],
-                new=["out/b_sr.png", "out/b_bicubic.png"], has=["name too long"])
-
-
-@case
-def full_disk_at_fsync(d):
-    return dict(argv=run_test_py(d, image(d / "a.png")), names=["a_sr.png"], full_disk="fsync",
-                has=["no space left"])
-
-
-@case
-def full_disk_during_a_batch(d):
-    img = [image(d / "in" / "a.png"), image(d / "in" / "b.png", seed=1)]
-    return dict(argv=run_test_py(d, img), names=["out/a_", "out/b_", "2 of 2 images failed"], full_disk="write",
-                has=["no space left"])
-
-
-@case
-def batch_with_a_corrupt_image(d):
-    image(d / "in" / "a.png")
-    (d / "in" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    image(d / "in" / "c.bmp", seed=2)
-    (d / "in" / "readme.txt").write_text("not an image extension: not counted")
-    return dict(argv=run_test_py(d, d / "in"), names=["b.png", "1 of 3 images failed"],
-                new=["out/a_sr.png", "out/a_bicubic.png", "out/c_sr.png", "out/c_bicubic.png"], has=["cannot decode"])
-
-
-# eval.py
 
 def run_eval(d, *sets, ckpt=None, extra=()):
-    checkpoints = ckpt if isinstance(ckpt, list) else [ckpt or d.parent / "tiny.pth"]
-    return ["eval.py", "--checkpoint", *map(str, checkpoints),
-            "--test-folders", *map(str, sets), "--device", "cpu", *extra]
+    return ["eval.py", "--checkpoint", *(ckpt or [d.parent / "tiny.pth"]), "--test-folders", *sets,
+            "--device", "cpu", *extra]
 
 
 def make_test_set(d, name="Set", n=2):
@@ -300,168 +146,195 @@ def make_test_set(d, name="Set", n=2):
     return d / name
 
 
-@case
-def eval_list_names_a_missing_file(d):
-    folder = make_test_set(d)
-    (d / "Mini_test_images.json").write_text(f'["{folder / "0.png"}", "{folder / "gone.png"}"]')
-    return dict(argv=run_eval(d, d / "Mini_test_images.json"), names=["Mini_test_images.json"], has=["gone.png"])
+def run_lists(d, *args, out=None):
+    return ["create_data_lists.py", *args, "--output-folder", out or d / "lists", "--min-size", "16"]
 
-
-@case
-def eval_one_pixel_image(d):
-    image(d / "Tiny" / "dot.png", (1, 1))
-    return dict(argv=run_eval(d, d / "Tiny"), names=["dot.png"], has=["1x1"], has_not=["0x0"])
-
-
-@as_nobody
-def eval_unreadable_test_image(d):
-    folder = make_test_set(d)
-    os.chmod(image(folder / "secret.png", (48, 40)), 0o600)
-    return dict(argv=run_eval(d, folder), names=["secret.png"], has=["permission denied"])
-
-
-@case
-def eval_json_is_a_folder(d):
-    (d / "results.json").mkdir()
-    return dict(argv=run_eval(d, make_test_set(d), extra=["--json", str(d / "results.json")]), names=["results.json"],
-                has=["folder is in the way"], no_stdout=True)
-
-
-@as_nobody
-def eval_json_without_permission(d):
-    (d / "locked").mkdir()
-    os.chmod(d / "locked", 0o555)
-    return dict(argv=run_eval(d, make_test_set(d), extra=["--json", str(d / "locked" / "r.json")]), names=["r.json"],
-                has=["permission denied"], no_stdout=True)
-
-
-@case
-def eval_json_on_a_full_disk(d):
-    return dict(argv=run_eval(d, make_test_set(d), extra=["--json", str(d / "r.json")]), names=["r.json"],
-                full_disk="write", has=["no space left"])
-
-
-@case
-def eval_same_checkpoint_twice(d):
-    ckpt = d.parent / "tiny.pth"
-    return dict(argv=run_eval(d, make_test_set(d), ckpt=[ckpt, f"{d.parent}/./tiny.pth"]), names=["tiny.pth"],
-                has=["given twice"])
-
-
-# create_data_lists.py
-
-def run_lists(d, *args):
-    return ["create_data_lists.py", *map(str, args), "--output-folder", str(d / "lists"), "--min-size", "16"]
-
-
-@case
-def lists_only_undecodable_files(d):
-    (d / "Bad").mkdir()
-    (d / "Bad" / "a.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    bomb_png(d / "Bad" / "b.png")
-    return dict(argv=run_lists(d, "--test-folders", d / "Bad"), names=["Bad_test_images.json"],
-                has=["no image qualifies", "2 unreadable"])
-
-
-@case
-def lists_one_empty_list_writes_none(d):
-    image(d / "Small" / "dot.png", (4, 4))
-    return dict(argv=run_lists(d, "--train-folders", make_test_set(d), "--test-folders", d / "Small"),
-                names=["Small_test_images.json"], has=["no image qualifies"])
-
-
-@case
-def lists_output_folder_is_a_file(d):
-    (d / "lists").write_text("a file")
-    return dict(argv=run_lists(d, "--test-folders", make_test_set(d)), names=[f"{d / 'lists'}:"], has=["is a file"])
-
-
-@case
-def lists_a_folder_where_a_list_goes(d):
-    (d / "lists" / "Set_test_images.json").mkdir(parents=True)
-    return dict(argv=run_lists(d, "--train-folders", make_test_set(d), "--test-folders", d / "Set"),
-                names=["Set_test_images.json"], has=["folder is in the way"])
-
-
-@as_nobody
-def lists_output_without_permission(d):
-    (d / "lists").mkdir()
-    os.chmod(d / "lists", 0o555)
-    return dict(argv=run_lists(d, "--test-folders", make_test_set(d)), names=[f"{d / 'lists'}:"],
-                has=["permission denied"])
-
-
-@case
-def lists_full_disk(d):
-    return dict(argv=run_lists(d, "--train-folders", make_test_set(d), "--test-folders", d / "Set"),
-                names=["_images.json"], full_disk="write", has=["no space left"])
-
-
-@as_nobody
-def lists_unlistable_folder(d):
-    folder = make_test_set(d)
-    os.chmod(folder, 0o700)
-    return dict(argv=run_lists(d, "--test-folders", folder), names=[f"{folder}:"],
-                has=["permission denied"])
-
-
-# convert_checkpoint.py
 
 def run_convert(d, source, out=None):
-    return ["convert_checkpoint.py", str(source), str(out or d / "new.pth")]
+    return ["convert_checkpoint.py", source, out or d / "new.pth"]
 
 
-@case
-def convert_random_bytes(d):
-    (d / "noise.pth.tar").write_bytes(np.random.default_rng(1).bytes(2000))
-    return dict(argv=run_convert(d, d / "noise.pth.tar"), names=["noise.pth.tar"], has_not=["unsupported operand"])
+# set-ups of more than one expression
 
 
-@case
-def convert_pickle_calling_os_system(d):
-    (d / "evil.pth.tar").write_bytes(pickle_bytes(call("posix", "system", f"touch {d / 'pwned'}")))
-    return dict(argv=run_convert(d, d / "evil.pth.tar"), names=["evil.pth.tar"], has=["refused", "posix.system"])
+def batch_with_a_corrupt_image(d):
+    image(d / "in" / "a.png")
+    write(d / "in" / "b.png", b"\x89PNG\r\n\x1a\n garbage")
+    image(d / "in" / "c.bmp", seed=2)
+    write(d / "in" / "readme.txt", "not an image extension: not counted")
+    return run_test(d, d / "in")
 
 
-@case
-def convert_pickle_mapping_a_file(d):
+def discriminator_only_checkpoint(d):
+    spec = checkpoint.model_spec(models.Discriminator(n_channels=4, n_blocks=2, fc_size=8))
+    checkpoint.save_checkpoint({"format_version": checkpoint.FORMAT_VERSION, "discriminator": spec}, d / "d.pth")
+    return run_test(d, ckpt=d / "d.pth")
+
+
+def state_dict_mismatch(d):
+    state = models.SRResNet(**TINY).state_dict()
+    state["conv_block3.conv_block.0.bias"] = torch.zeros(7)
+    return with_checkpoint(state_dict=state)(d)
+
+
+def foreign_checkpoint(d):
+    torch.save({"weights": torch.zeros(3)}, d / "x.pth")
+    return run_test(d, ckpt=d / "x.pth")
+
+
+def eval_list_names_a_missing_file(d):
+    listed = [str(make_test_set(d) / "0.png"), str(d / "Set" / "gone.png")]
+    return run_eval(d, write(d / "Mini_test_images.json", json.dumps(listed)))
+
+
+def lists_only_undecodable_files(d):
+    write(d / "Bad" / "a.jpg", b"\xff\xd8\xff garbage")
+    return run_lists(d, "--test-folders", bomb_png(d / "Bad" / "b.png").parent)
+
+
+# ----------------------------------------------------------------------------------------------
+# the cases
+
+
+class Case(NamedTuple):
+    """A bad input: ``setup(d)`` builds it in the case's folder d and returns the command.
+    names: what each `error:` line must name, in order ("{d}": the case's folder; a batch has one
+    line per failed image, then the failure count); has / has_not: words the error lines must (not)
+    contain; new: files the run may add (the good images' outputs); disk: full_disk's mode ('fsync'
+    or 'write'); nobody: run as an unprivileged user, in a process of that user; no_stdout: refused
+    before any work (no table printed)."""
+    setup: Callable
+    names: list
+    has: tuple = ()
+    has_not: tuple = ()
+    new: tuple = ()
+    disk: str = None
+    nobody: bool = False
+    no_stdout: bool = False
+
+
+NOT_FINITE = "nan.pth: its 'model' weights are not finite (NaN or inf in conv_block1.conv_block.0.weight)"
+
+CASES = {
+    # test.py: images
+    "missing_image": Case(lambda d: run_test(d, d / "nope.png"), ["nope.png"], has=["no such file"]),
+    "empty_image": Case(lambda d: run_test(d, write(d / "zero.png", b"")), ["zero.png"], has=["empty file"]),
+    "truncated_image": Case(lambda d: run_test(d, truncated_png(d / "cut.png")), ["cut.png"], has=["cannot decode"]),
+    "decompression_bomb": Case(lambda d: run_test(d, bomb_png(d / "bomb.png")), ["bomb.png"], has=["too large"]),
+    "non_image_file": Case(lambda d: run_test(d, write(d / "notes.txt", "hello")), ["notes.txt"]),
+    "folder_without_images": Case(lambda d: run_test(d, write(d / "empty" / "notes.txt", "hello").parent),
+                                  ["empty"], has=["no image files"]),
+    "unreadable_image": Case(lambda d: run_test(d, chmod(image(d / "secret.png"), 0o600)), ["secret.png"],
+                             has=["permission denied"], has_not=["decode", "corrupt", "damaged"], nobody=True),
+    "unlistable_folder": Case(lambda d: run_test(d, chmod(image(d / "private" / "a.png").parent, 0o700)),
+                              ["private"], has=["permission denied"], nobody=True),
+    "too_small_for_hr": Case(lambda d: run_test(d, image(d / "dot.png", (1, 1)), extra=["--hr"]), ["dot.png"],
+                             has=["1x1"]),
+    # test.py: checkpoints
+    "missing_checkpoint": Case(lambda d: run_test(d, ckpt=d / "none.pth"), ["none.pth"]),
+    "truncated_checkpoint": Case(
+        lambda d: run_test(d, ckpt=write(d / "cut.pth", (d.parent / "tiny.pth").read_bytes()[:3000])), ["cut.pth"]),
+    # 0x80 0x02 then opcode 222: torch's own message would be "Unsupported operand 222"
+    "random_bytes_checkpoint": Case(
+        lambda d: run_test(d, ckpt=write(d / "noise.pth", b"\x80\x02\xde" + np.random.default_rng(0).bytes(3000))),
+        ["noise.pth"], has=["not a pytorch checkpoint"], has_not=["unsupported operand", "222"]),
+    "unreadable_checkpoint": Case(
+        lambda d: run_test(d, ckpt=chmod(save_ckpt(d / "locked.pth"), 0o600)), ["locked.pth"],
+        has=["permission denied"], has_not=["corrupt", "damaged", "not a pytorch"], nobody=True),
+    "discriminator_only_checkpoint": Case(discriminator_only_checkpoint, ["d.pth"]),
+    "not_a_checkpoint": Case(foreign_checkpoint, ["x.pth"]),
+    "model_entry_not_a_dict": Case(with_checkpoint(model=[1, 2, 3]), ["c.pth"], has=["'model' entry is a list"]),
+    "model_without_args": Case(with_checkpoint(no_args=None), ["c.pth"], has=["no 'args'"]),
+    "unknown_constructor_argument": Case(with_checkpoint(args=dict(TINY, wings=3)), ["c.pth"], has=["wings"]),
+    "format_version_not_a_number": Case(with_checkpoint(format_version="one"), ["c.pth"],
+                                        has=["format_version is 'one'"]),
+    "state_dict_mismatch_names_the_key": Case(state_dict_mismatch, ["c.pth"], has=["conv_block3.conv_block.0.bias"]),
+    "nan_weights": Case(lambda d: run_test(d, ckpt=d.parent / "nan.pth"), [NOT_FINITE]),
+    # test.py: outputs
+    "output_dir_is_a_file": Case(lambda d: run_test(d, out=write(d / "out", "a file")), ["{d}/out:"],
+                                 has=["is a file"]),
+    "output_dir_inside_a_file": Case(lambda d: run_test(d, out=write(d / "file", "a file") / "out"),
+                                     ["{d}/file/out:"], has=["is a file, not a folder"]),
+    "a_folder_where_an_output_goes": Case(
+        lambda d: run_test(d, two_images(d), out=folder(d / "out" / "a_bicubic.png").parent),
+        ["a_bicubic.png", "1 of 2 images failed"], new=["out/b_sr.png", "out/b_bicubic.png"],
+        has=["folder is in the way"]),
+    "output_dir_without_permission": Case(lambda d: run_test(d, out=chmod(folder(d / "out"), 0o555)), ["{d}/out:"],
+                                          has=["permission denied"], nobody=True),
+    "output_name_too_long": Case(lambda d: run_test(d, two_images(d, "n" * 250 + ".png")),
+                                 ["n" * 250 + "_sr.png", "1 of 2 images failed"],
+                                 new=["out/b_sr.png", "out/b_bicubic.png"], has=["name too long"]),
+    "full_disk_at_fsync": Case(lambda d: run_test(d), ["a_sr.png"], disk="fsync", has=["no space left"]),
+    "full_disk_during_a_batch": Case(lambda d: run_test(d, two_images(d)), ["out/a_", "out/b_", "2 of 2 images failed"],
+                                     disk="write", has=["no space left"]),
+    "batch_with_a_corrupt_image": Case(batch_with_a_corrupt_image, ["b.png", "1 of 3 images failed"],
+                                       new=["out/a_sr.png", "out/a_bicubic.png", "out/c_sr.png", "out/c_bicubic.png"],
+                                       has=["cannot decode"]),
+    # eval.py
+    "eval_list_names_a_missing_file": Case(eval_list_names_a_missing_file, ["Mini_test_images.json"], has=["gone.png"]),
+    "eval_one_pixel_image": Case(lambda d: run_eval(d, image(d / "Tiny" / "dot.png", (1, 1)).parent), ["dot.png"],
+                                 has=["1x1"], has_not=["0x0"]),
+    "eval_unreadable_test_image": Case(
+        lambda d: run_eval(d, chmod(image(make_test_set(d) / "secret.png", (48, 40)), 0o600).parent), ["secret.png"],
+        has=["permission denied"], nobody=True),
+    "eval_json_is_a_folder": Case(lambda d: run_eval(d, make_test_set(d), extra=["--json", folder(d / "results.json")]),
+                                  ["results.json"], has=["folder is in the way"], no_stdout=True),
+    "eval_json_without_permission": Case(
+        lambda d: run_eval(d, make_test_set(d), extra=["--json", chmod(folder(d / "locked"), 0o555) / "r.json"]),
+        ["r.json"], has=["permission denied"], no_stdout=True, nobody=True),
+    "eval_json_on_a_full_disk": Case(lambda d: run_eval(d, make_test_set(d), extra=["--json", d / "r.json"]),
+                                     ["r.json"], disk="write", has=["no space left"]),
+    "eval_same_checkpoint_twice": Case(
+        lambda d: run_eval(d, make_test_set(d), ckpt=[d.parent / "tiny.pth", f"{d.parent}/./tiny.pth"]),
+        ["tiny.pth"], has=["given twice"]),
+    "eval_nan_weights": Case(lambda d: run_eval(d, make_test_set(d), ckpt=[d.parent / "nan.pth"]), [NOT_FINITE]),
+    # create_data_lists.py
+    "lists_only_undecodable_files": Case(lists_only_undecodable_files, ["Bad_test_images.json"],
+                                         has=["no image qualifies", "2 unreadable"]),
+    "lists_one_empty_list_writes_none": Case(
+        lambda d: run_lists(d, "--train-folders", make_test_set(d),
+                            "--test-folders", image(d / "Small" / "dot.png", (4, 4)).parent),
+        ["Small_test_images.json"], has=["no image qualifies"]),
+    "lists_output_folder_is_a_file": Case(
+        lambda d: run_lists(d, "--test-folders", make_test_set(d), out=write(d / "lists", "a file")), ["{d}/lists:"],
+        has=["is a file"]),
+    "lists_a_folder_where_a_list_goes": Case(
+        lambda d: run_lists(d, "--train-folders", make_test_set(d), "--test-folders", d / "Set",
+                            out=folder(d / "lists" / "Set_test_images.json").parent),
+        ["Set_test_images.json"], has=["folder is in the way"]),
+    "lists_output_without_permission": Case(
+        lambda d: run_lists(d, "--test-folders", make_test_set(d), out=chmod(folder(d / "lists"), 0o555)),
+        ["{d}/lists:"], has=["permission denied"], nobody=True),
+    "lists_full_disk": Case(lambda d: run_lists(d, "--train-folders", make_test_set(d), "--test-folders", d / "Set"),
+                            ["_images.json"], disk="write", has=["no space left"]),
+    "lists_unlistable_folder": Case(lambda d: run_lists(d, "--test-folders", chmod(make_test_set(d), 0o700)),
+                                    ["{d}/Set:"], has=["permission denied"], nobody=True),
+    # convert_checkpoint.py
+    "convert_random_bytes": Case(
+        lambda d: run_convert(d, write(d / "noise.pth.tar", np.random.default_rng(1).bytes(2000))), ["noise.pth.tar"],
+        has_not=["unsupported operand"]),
+    "convert_pickle_calling_os_system": Case(
+        lambda d: run_convert(d, write(d / "evil.pth.tar", pickle_calling("posix", "system", f"touch {d}/pwned"))),
+        ["evil.pth.tar"], has=["refused", "posix.system"]),
     # protocol 4 resolves dotted names: unrestricted, this reads /etc/passwd into a storage
-    data = pickle_bytes(call("torch.storage", "UntypedStorage.from_file", "/etc/passwd", False, 100)).replace(
-        b"\x80\x02", b"\x80\x04", 1)
-    zip_checkpoint(d / "map.pth.tar", data)
-    return dict(argv=run_convert(d, d / "map.pth.tar"), names=["map.pth.tar"], has=["refused", "from_file"])
-
-
-@case
-def convert_output_is_a_folder(d):
-    (d / "new.pth").mkdir()
-    return dict(argv=run_convert(d, d.parent / "tiny.pth"), names=["new.pth"], has=["folder"])
-
-
-@case
-def convert_output_inside_a_file(d):
-    (d / "file").write_text("a file")
-    return dict(argv=run_convert(d, d.parent / "tiny.pth", d / "file" / "new.pth"),
-                names=[f"{d / 'file' / 'new.pth'}:"],
-                has=["is a file, not a folder"])
-
-
-@as_nobody
-def convert_output_without_permission(d):
-    (d / "locked").mkdir()
-    os.chmod(d / "locked", 0o555)
-    return dict(argv=run_convert(d, d.parent / "tiny.pth", d / "locked" / "new.pth"), names=["new.pth"],
-                has=["permission denied"])
-
-
-@case
-def convert_full_disk(d):
-    return dict(argv=run_convert(d, d.parent / "tiny.pth"), names=["new.pth"], full_disk="write", has=["no space left"])
-
-
-@case
-def convert_nan_weights(d):
-    return dict(argv=run_convert(d, d.parent / "nan.pth"), names=["nan.pth"], has=["not finite"])
+    "convert_pickle_mapping_a_file": Case(
+        lambda d: run_convert(d, zip_checkpoint(d / "map.pth.tar", pickle_calling(
+            "torch.storage", "UntypedStorage.from_file", "/etc/passwd", False, 100, protocol=4))),
+        ["map.pth.tar"], has=["refused", "from_file"]),
+    "convert_output_is_a_folder": Case(lambda d: run_convert(d, d.parent / "tiny.pth", folder(d / "new.pth")),
+                                       ["new.pth"], has=["folder"]),
+    "convert_output_inside_a_file": Case(
+        lambda d: run_convert(d, d.parent / "tiny.pth", write(d / "file", "a file") / "new.pth"),
+        ["{d}/file/new.pth:"], has=["is a file, not a folder"]),
+    "convert_output_without_permission": Case(
+        lambda d: run_convert(d, d.parent / "tiny.pth", chmod(folder(d / "locked"), 0o555) / "new.pth"), ["new.pth"],
+        has=["permission denied"], nobody=True),
+    "convert_full_disk": Case(lambda d: run_convert(d, d.parent / "tiny.pth"), ["new.pth"], disk="write",
+                              has=["no space left"]),
+    "convert_nan_weights": Case(lambda d: run_convert(d, d.parent / "nan.pth"), [NOT_FINITE]),
+    # export_onnx.py said 'differs from PyTorch by nan'
+    "export_nan_weights": Case(lambda d: ["export_onnx.py", d.parent / "nan.pth", d / "x.onnx"], [NOT_FINITE]),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,9 +352,9 @@ def base():
         broken.conv_block1.conv_block[0].weight.fill_(float("nan"))
     save_ckpt(folder / "nan.pth", net=broken)
     yield folder
-    for root, dirs, _ in os.walk(folder):  # folders the cases locked
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o755)
+    for path in folder.rglob("*"):  # folders the cases locked
+        if path.is_dir():
+            os.chmod(path, 0o755)
     shutil.rmtree(folder)
 
 
@@ -508,11 +381,7 @@ def _ways_to_drop_privileges():
 
 def snapshot(folder):
     """Every file and folder under ``folder`` (relative paths)."""
-    found = set()
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            found.add(os.path.relpath(os.path.join(root, name), folder))
-    return found
+    return {str(path.relative_to(folder)) for path in folder.rglob("*")}
 
 
 # The cases that need another user, run one after another in one process of that user. It first
@@ -533,8 +402,8 @@ print(json.dumps([run_script(argv).__dict__ for argv in argvs]))
 """
 
 
-def run_as_nobody(specs, folders, base):
-    """CompletedProcess-likes of the cases ``specs`` (built in ``folders``) run as a user without
+def run_as_nobody(argvs, folders, base):
+    """CompletedProcess-likes of the commands ``argvs`` (built in ``folders``) run as a user without
     root's file privileges; or, where there is no way to be such a user here, the reason (a string)
     for each."""
     if os.geteuid() != 0:  # permissions already apply
@@ -546,14 +415,13 @@ def run_as_nobody(specs, folders, base):
         os.chmod(locked, 0o600)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     env.pop("SR_DEBUG", None)
-    command = [sys.executable, "-c", NOBODY_RUNNER, str(locked), json.dumps([s["argv"] for s in specs])]
+    command = [sys.executable, "-c", NOBODY_RUNNER, str(locked), json.dumps(argvs)]
     reasons = []
     for description, prefix, preexec, chown in ways:
         if chown:  # root without capabilities is 'other' to files of NOBODY, as NOBODY is to root's
             for d in folders:
-                for root, dirs, files in os.walk(d):
-                    for name in [root] + [os.path.join(root, n) for n in dirs + files]:
-                        os.lchown(name, NOBODY, NOBODY)
+                for path in [d, *d.rglob("*")]:
+                    os.lchown(path, NOBODY, NOBODY)
         try:
             done = subprocess.run([*prefix, *command], cwd=ROOT, env=env, capture_output=True, text=True,
                                   timeout=600, preexec_fn=preexec)
@@ -565,24 +433,23 @@ def run_as_nobody(specs, folders, base):
             return [subprocess.CompletedProcess(**r) for r in json.loads(done.stdout.splitlines()[1])]
         reasons.append(f"{description}: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
     reason = "cannot run the scripts without root's file privileges here (" + "; ".join(reasons) + ")"
-    return [reason] * len(specs)
+    return [reason] * len(argvs)
 
 
 @pytest.fixture(scope="module")
 def launched(request, base):
     """The selected cases built, those that need another user started in the background:
-    {name: (spec, case folder, its listing before the run)}, and a future of {name: result} of the latter."""
+    {name: (command, case folder, its listing before the run)}, and a future of {name: result} of the latter."""
     selected = [item.callspec.params["name"] for item in request.session.items
                 if item.path == request.path and item.originalname == "test_bad_input"]
     cases = {}
     for name in selected:
-        build = CASES[name]
         d = base / name
         d.mkdir()
-        spec = build(d)
+        argv = [str(a) for a in CASES[name].setup(d)]
         os.chmod(d, 0o777)  # the unprivileged user may write in d (inputs are world-readable, umask 022)
-        cases[name] = (spec, d, snapshot(d))
-    nobody = [name for name in selected if name in NOBODY_CASES]  # (the quick lane leaves them out)
+        cases[name] = (argv, d, snapshot(d))
+    nobody = [name for name in selected if CASES[name].nobody]  # (the quick lane leaves them out)
 
     def run_nobody():
         if not nobody:
@@ -593,16 +460,13 @@ def launched(request, base):
     pool.shutdown(wait=True)
 
 
-def _param(name):
-    """A case; those run as another user need a process of their own: slow."""
-    return pytest.param(name, marks=pytest.mark.slow) if name in NOBODY_CASES else name
-
-
-@pytest.mark.parametrize("name", [_param(name) for name in CASES])
+# (the cases run as another user need a process of their own: slow)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow if CASES[name].nobody else ())
+                                  for name in CASES])
 def test_bad_input(name, launched):
-    cases, nobody = launched
-    spec, d, before = cases[name]
-    done = nobody.result()[name] if name in NOBODY_CASES else run_script(spec["argv"], disk=spec.get("full_disk"))
+    case, (cases, nobody) = CASES[name], launched
+    argv, d, before = cases[name]
+    done = nobody.result()[name] if case.nobody else run_script(argv, disk=case.disk)
     if isinstance(done, str):
         pytest.skip(done)
 
@@ -611,18 +475,19 @@ def test_bad_input(name, launched):
     # progress bars redraw with carriage returns: split on them as a terminal shows the text
     lines = [line for line in re.split(r"[\r\n]+", done.stderr) if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == len(spec["names"]), done.stderr
-    for line, wanted in zip(errors, spec["names"]):
-        assert wanted in line, (wanted, line)
+    assert len(errors) == len(case.names), done.stderr
+    assert [line for line in lines if "%|" not in line] == errors, done.stderr  # else only progress bars
+    for line, wanted in zip(errors, case.names):
+        assert wanted.format(d=d) in line, (wanted, line)
     text = " ".join(errors).lower()
-    for words in spec.get("has", []):
+    for words in case.has:
         assert words.lower() in text, (words, errors)
-    for words in spec.get("has_not", []):
+    for words in case.has_not:
         assert words.lower() not in text, (words, errors)
-    if spec.get("no_stdout"):  # refused before any work
+    if case.no_stdout:  # refused before any work
         assert "PSNR" not in done.stdout
     # nothing new in the case folder (no temporary, no half output), except the good images' outputs
-    allowed = set(spec.get("new", []))
+    allowed = set(case.new)
     allowed |= {os.path.dirname(p) for p in allowed if os.path.dirname(p)}
     assert snapshot(d) - before == allowed - before
     assert not (d / "pwned").exists()
@@ -675,11 +540,8 @@ def test_data_lists_skip_undecodable_files_and_bombs(base):
 
 
 def test_script_outputs_never_replace_a_device_node(tmp_path, tiny_checkpoint, capsys):
-    from conftest import load_script
     eval_script, convert, plot_log = load_script("eval"), load_script("convert_checkpoint"), load_script("plot_log")
-    images_dir = tmp_path / "imgs"
-    images_dir.mkdir()
-    random_image((40, 36)).save(images_dir / "a.png")
+    images_dir = image(tmp_path / "imgs" / "a.png", (40, 36)).parent
     log = tmp_path / "srgan_log.csv"
     log.write_text("iteration,loss,lr,val_psnr,val_ssim,seconds\n1,0.05,1e-4,,,1\n2,0.04,1e-4,25.1,0.7,2\n")
     node, png_node = null_device(tmp_path), null_device(tmp_path, "null.png")
@@ -697,28 +559,9 @@ def test_script_outputs_never_replace_a_device_node(tmp_path, tiny_checkpoint, c
     assert out.rstrip().endswith("}")  # no 'wrote -' after the JSON
 
 
-def test_every_reader_names_non_finite_weights_at_load(tmp_path, capsys):
-    """export_onnx.py, test.py and eval.py refuse a file with NaN weights in one line naming the file
-    and the entry (export_onnx.py said 'differs from PyTorch by nan')."""
-    from conftest import cli_error, load_script
-    net = models.SRResNet(**TINY)
-    with torch.no_grad():
-        net.conv_block1.conv_block[0].weight[0, 0, 0, 0] = float("nan")
-    bad = tmp_path / "nan.pth"
-    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(net), bad)
-    random_image((32, 32)).save(tmp_path / "a.png")
-    for script, argv in (("export_onnx", [bad, tmp_path / "x.onnx"]),
-                         ("test", ["--checkpoint", bad, "--img", tmp_path / "a.png", "--output-dir", tmp_path / "o"]),
-                         ("eval", ["--checkpoint", bad, "--test-folders", tmp_path])):
-        line = cli_error(load_script(script).main, argv, capsys)
-        assert "nan.pth: its 'model' weights are not finite (NaN or inf in conv_block1.conv_block.0.weight)" in line
-    assert sorted(os.listdir(tmp_path)) == ["a.png", "nan.pth"]
-
-
 @pytest.mark.parametrize("script, argv", [("eval", ["--tile", "x"]), ("test", ["--nope"]),
                                           ("plot_log", []), ("convert_checkpoint", ["a.pth"]),
                                           ("create_data_lists", ["--min-size", "0"]), ("export_onnx", ["--opset"])])
 def test_every_scripts_argparse_error_is_one_line(script, argv, capsys):
-    from conftest import cli_error, load_script
     line = cli_error(load_script(script).main, argv, capsys)
     assert "(see --help)" in line or "must be at least 1" in line

@@ -32,6 +32,12 @@ def tiny_model(seed=0, **overrides):
     return randomize_batchnorm(models.SRResNet(**dict(TINY, **overrides)), seed)
 
 
+@pytest.fixture(scope="module")
+def model():
+    """tiny_model() ready for inference in fp32 (BatchNorm folded)."""
+    return inference.prepare_model(tiny_model(), "cpu", "fp32")
+
+
 def test_fold_batchnorm_is_exact_and_leaves_the_original_alone():
     for model in (tiny_model(), randomize_batchnorm(models.Generator(**TINY))):
         before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -79,8 +85,7 @@ def real_lr_image():
     return images.bicubic_resize(hr, (hr.width // 4, hr.height // 4))
 
 
-def test_tiled_output_equals_untiled_on_a_real_image():
-    model = inference.prepare_model(tiny_model(), "cpu", "fp32")
+def test_tiled_output_equals_untiled_on_a_real_image(model):
     lr = real_lr_image()
     whole, _ = inference.upscale_image(model, lr, 4, "fp32", "cpu", tile=None)
     whole = np.asarray(whole).astype(int)
@@ -95,8 +100,7 @@ def test_tiled_output_equals_untiled_on_a_real_image():
     assert np.abs(np.asarray(seamed).astype(int) - whole).max() > 5
 
 
-def test_upscale_tensor_shapes_batch_and_range():
-    model = inference.prepare_model(tiny_model(), "cpu", "fp32")
+def test_upscale_tensor_shapes_batch_and_range(model):
     x = torch.randn(2, 3, 19, 26)
     y = inference.upscale_tensor(model, x, 4, "fp32", "cpu", tile=10)
     assert y.shape == (2, 3, 76, 104) and y.dtype == torch.float32
@@ -107,10 +111,8 @@ def test_upscale_tensor_shapes_batch_and_range():
 
 
 class NearestUpscaler(nn.Module):
-    """A stand-in model: nearest-neighbour x4 up-scaling of the de-normalised input, in [-1, 1].
-
-    Raises CUDA-style out-of-memory errors for inputs larger than ``max_side`` (if given).
-    """
+    """A stand-in model: nearest-neighbour x4 up-scaling of the de-normalised input, in [-1, 1];
+    out of memory (as CUDA says it, or with ``cpu`` as the CPU allocator) on inputs over ``max_side``."""
 
     def __init__(self, max_side=None, cpu=False):
         super().__init__()
@@ -141,7 +143,7 @@ def test_out_of_memory_retries_with_halved_tiles(cpu):
         inference.upscale_tensor(NearestUpscaler(max_side=8), x, 4, "fp32", "cpu", tile_pad=2)
 
 
-def test_self_ensemble():
+def test_self_ensemble(model):
     x = images.convert_image(torch.rand(3, 12, 9), "[0, 1]", "imagenet-norm")
     # an up-scaler that commutes with flips and rotations gives its plain output
     plain = inference.upscale_tensor(NearestUpscaler(), x, 4, "fp32", "cpu", tile_pad=0)
@@ -149,7 +151,6 @@ def test_self_ensemble():
     assert ensemble.shape == (3, 48, 36)
     assert torch.allclose(ensemble, plain, atol=1e-6)
     # a real network does not: the average differs from a single pass, but stays close
-    model = inference.prepare_model(tiny_model(), "cpu", "fp32")
     plain = inference.upscale_tensor(model, x, 4, "fp32", "cpu")
     ensemble = inference.upscale_tensor_x8(model, x, 4, "fp32", "cpu", tile=5)
     assert ensemble.shape == plain.shape
@@ -197,43 +198,17 @@ def test_prepare_model_copies_and_formats():
 # image kinds
 
 
-@pytest.fixture(scope="module")
-def model():
-    return inference.prepare_model(tiny_model(), "cpu", "fp32")
+def with_alpha(img):
+    """The image with its left half fully transparent, its right half opaque."""
+    a = np.zeros((img.height, img.width), np.uint8)
+    a[:, img.width // 2:] = 255
+    img.putalpha(Image.fromarray(a))
+    return img
 
 
-def make_image(kind):
-    """(image, expected output mode) for each kind of input."""
-    rgb = random_image((20, 14), seed=7)
-    if kind == "RGB":
-        return rgb, "RGB"
-    if kind == "L":
-        return rgb.convert("L"), "L"
-    if kind == "1":
-        return rgb.convert("1"), "L"
-    if kind in ("RGBA", "LA"):
-        img = rgb.convert(kind)
-        img.putalpha(alpha_pattern(img.size))
-        return img, kind
-    if kind == "P":
-        return rgb.convert("P"), "RGB"
-    if kind == "P+transparency":
-        img = rgb.convert("P")
-        img.info["transparency"] = 0
-        return img, "RGBA"
-    if kind == "CMYK":
-        return rgb.convert("CMYK"), "RGB"
-    if kind == "I;16":
-        return Image.fromarray(gradient16((20, 14))), "I;16"
-    raise ValueError(kind)
-
-
-def alpha_pattern(size):
-    """Left half fully transparent, right half opaque."""
-    w, h = size
-    a = np.zeros((h, w), np.uint8)
-    a[:, w // 2:] = 255
-    return Image.fromarray(a)
+def with_transparency(img):
+    img.info["transparency"] = 0  # palette index 0 is transparent
+    return img
 
 
 def gradient16(size):
@@ -243,28 +218,37 @@ def gradient16(size):
     return (1000 + xx * 2011 + yy * 997).astype(np.uint16)
 
 
-@pytest.mark.parametrize("kind", ["RGB", "L", "1", "RGBA", "LA", "P", "P+transparency", "CMYK", "I;16"])
+RGB = random_image((20, 14), seed=7)
+KINDS = {  # kind of input: (an input of that kind, the mode of its outputs)
+    "RGB": (RGB, "RGB"),
+    "L": (RGB.convert("L"), "L"),
+    "1": (RGB.convert("1"), "L"),
+    "RGBA": (with_alpha(RGB.convert("RGBA")), "RGBA"),
+    "LA": (with_alpha(RGB.convert("LA")), "LA"),
+    "P": (RGB.convert("P"), "RGB"),
+    "P+transparency": (with_transparency(RGB.convert("P")), "RGBA"),
+    "CMYK": (RGB.convert("CMYK"), "RGB"),
+    "I;16": (Image.fromarray(gradient16(RGB.size)), "I;16"),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_image_kind_gives_the_right_mode_and_size(model, kind, tmp_path):
-    img, mode = make_image(kind)
+    img, mode = KINDS[kind]
     sr, seconds = inference.upscale_image(model, img, 4, "fp32", "cpu", tile=8)
     bicubic = inference.bicubic_upscale(img, 4)
     assert sr.mode == mode and bicubic.mode == mode
     assert sr.size == bicubic.size == (80, 56)
     assert seconds >= 0
+    if kind in ("RGBA", "LA"):  # the alpha survives
+        alpha = np.asarray(sr.getchannel("A"))  # (56, 80)
+        assert alpha[:, :30].max() == 0 and alpha[:, 50:].min() == 255
+        assert np.array_equal(alpha, np.asarray(bicubic.getchannel("A")))
     # what is saved reads back the same
     sr.save(tmp_path / "out.png")
     with Image.open(tmp_path / "out.png") as back:
         assert back.mode == mode and back.size == (80, 56)
         assert np.array_equal(np.asarray(back), np.asarray(sr))
-
-
-@pytest.mark.parametrize("kind", ["RGBA", "LA"])
-def test_alpha_survives(model, kind):
-    img, _ = make_image(kind)
-    sr, _ = inference.upscale_image(model, img, 4, "fp32", "cpu")
-    alpha = np.asarray(sr.getchannel("A"))  # (56, 80)
-    assert alpha[:, :30].max() == 0 and alpha[:, 50:].min() == 255
-    assert np.array_equal(alpha, np.asarray(inference.bicubic_upscale(img, 4).getchannel("A")))
 
 
 def test_sixteen_bit_input_is_not_truncated(model, tmp_path):
@@ -331,32 +315,27 @@ def test_strips_of_the_upsampling_layers_give_the_whole_output(monkeypatch, prec
 
 def test_upscale_image_quantises_tiles_as_the_whole_float_output():
     model = inference.prepare_model(tiny_model(), "cpu", "bf16")
-    img = real_lr_image().crop((0, 0, 40, 33))
-    sr, _ = inference.upscale_image(model, img, 4, "bf16", "cpu", tile=16)
-    x = images.convert_image(img, "pil", "imagenet-norm")
-    expected = images.convert_image(inference.upscale_tensor(model, x, 4, "bf16", "cpu"), "[-1, 1]", "pil")
-    assert sr.mode == "RGB" and np.array_equal(np.asarray(sr), np.asarray(expected))
-    gray, _ = inference.upscale_image(model, img.convert("L"), 4, "bf16", "cpu", tile=16)
-    x = images.convert_image(img.convert("L"), "pil", "imagenet-norm")
-    expected = images.convert_image(inference.upscale_tensor(model, x, 4, "bf16", "cpu"), "[-1, 1]", "pil")
-    assert gray.mode == "L" and np.array_equal(np.asarray(gray), np.asarray(expected.convert("L")))
+    rgb = real_lr_image().crop((0, 0, 40, 33))
+    for img in (rgb, rgb.convert("L")):
+        sr, _ = inference.upscale_image(model, img, 4, "bf16", "cpu", tile=16)
+        x = images.convert_image(img, "pil", "imagenet-norm")
+        expected = images.convert_image(inference.upscale_tensor(model, x, 4, "bf16", "cpu"), "[-1, 1]", "pil")
+        assert sr.mode == img.mode and np.array_equal(np.asarray(sr), np.asarray(expected.convert(img.mode)))
 
 
-def test_mirror_pad_is_matlab_symmetric_and_holds_tiny_images():
+def test_mirror_pad_is_matlab_symmetric_and_holds_tiny_images(model):
     x = torch.arange(2 * 5 * 7, dtype=torch.float32).view(1, 2, 5, 7)
     padded = inference.mirror_pad(x, 3, 4)
     expected = np.pad(x.numpy(), ((0, 0), (0, 0), (3, 3), (4, 4)), mode="symmetric")
     assert np.array_equal(padded.numpy(), expected)
     assert inference.mirror_pad(x, 0, 0).shape == x.shape
     one = torch.rand(1, 3, 1, 1)
-    out = inference.upscale_tensor(inference.prepare_model(tiny_model(), "cpu", "fp32"), one, 4, "fp32", "cpu")
-    assert out.shape == (1, 3, 4, 4)
+    assert inference.upscale_tensor(model, one, 4, "fp32", "cpu").shape == (1, 3, 4, 4)
 
 
-def test_pre_pad_changes_only_the_edges_and_keeps_tiles_exact():
+def test_pre_pad_changes_only_the_edges_and_keeps_tiles_exact(model):
     """The mirrored margin changes what the model sees near the edges only: beyond the receptive
     field the output is the one without it; and tiles still give the untiled output."""
-    model = inference.prepare_model(tiny_model(), "cpu", "fp32")
     x = images.convert_image(real_lr_image(), "pil", "imagenet-norm")[None, :, :60, :70]
     with_pad = inference.upscale_tensor(model, x, 4, "fp32", "cpu")
     without = inference.upscale_tensor(model, x, 4, "fp32", "cpu", pre_pad=0)
