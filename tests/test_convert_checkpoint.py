@@ -74,7 +74,6 @@ def test_import_refuses_malicious_pickle(tmp_path):
     assert not marker.exists()
 
 
-
 def test_allow_list_holds_only_what_the_tutorial_pickles():
     allowed = {name for _, name in convert_checkpoint._allowed_globals()}
     assert "TruncatedVGG19" not in allowed and "ReLU" not in allowed and "MaxPool2d" not in allowed

@@ -6,7 +6,6 @@ import os
 import pytest
 
 import create_data_lists
-import utils
 from conftest import cli_error, random_image
 
 
@@ -27,7 +26,7 @@ def mixed_folder(tmp_path):
     return folder
 
 
-def test_lists_keep_only_good_images(tmp_path, mixed_folder):
+def test_lists_keep_only_good_images_and_recursive_adds_sub_folders(tmp_path, mixed_folder):
     out = tmp_path / "lists"
     messages = []
     counts = create_data_lists.create_data_lists([str(mixed_folder)], [str(mixed_folder)], 100, str(out),
@@ -40,28 +39,19 @@ def test_lists_keep_only_good_images(tmp_path, mixed_folder):
     text = "\n".join(messages)
     assert "2 unreadable" in text and "corrupt.jpg" in text and "empty.png" in text
     assert "1 smaller than 100" in text
-
-
-def test_recursive(tmp_path, mixed_folder):
-    out = tmp_path / "lists"
+    # with recursive, sub/nested.tiff too
     create_data_lists.create_data_lists([str(mixed_folder)], [], 100, str(out), recursive=True, log=lambda m: None)
     train = json.loads((out / "train_images.json").read_text())
     assert any(p.endswith("sub/nested.tiff") for p in train) and len(train) == 5
 
 
-def test_missing_folder_is_an_error_and_writes_nothing(tmp_path, mixed_folder):
-    out = tmp_path / "lists"
-    with pytest.raises(utils.UserError, match="no-such-folder: no such folder"):
-        create_data_lists.create_data_lists([str(mixed_folder)], [str(tmp_path / "no-such-folder")], 100, str(out))
-    assert not out.exists()
-
-
-def test_cli(tmp_path, mixed_folder, capsys):
+def test_cli_and_a_missing_folder_that_writes_nothing(tmp_path, mixed_folder, capsys):
     out = tmp_path / "cli"
+    argv = ["--train-folders", mixed_folder, "--test-folders", tmp_path / "nope", "--output-folder", out]
+    assert "nope: no such folder" in cli_error(create_data_lists.main, argv, capsys)
+    assert not out.exists()  # not even the train list of the good folder
     create_data_lists.main(["--train-folders", str(mixed_folder), "--min-size", "40", "--output-folder", str(out)])
     assert len(json.loads((out / "train_images.json").read_text())) == 5  # tiny.png now kept
-    line = cli_error(create_data_lists.main, ["--train-folders", tmp_path / "nope", "--output-folder", out], capsys)
-    assert "nope: no such folder" in line
 
 
 def test_many_files_are_fast(tmp_path):
@@ -82,20 +72,9 @@ def test_many_files_are_fast(tmp_path):
     assert len(json.loads((tmp_path / "l" / "train_images.json").read_text())) == 2000
 
 
-def test_store_flag_writes_the_decoded_store_next_to_the_list(tmp_path, mixed_folder):
+def test_store_flag_writes_the_decoded_store_and_removes_a_killed_runs_temporaries(tmp_path, mixed_folder):
     import datasets
 
-    out = tmp_path / "lists"
-    create_data_lists.main(["--train-folders", str(mixed_folder), "--min-size", "100", "--output-folder", str(out),
-                            "--store"])
-    data_file, index_file = datasets.store_paths(str(out / "train_images.json"))
-    index = json.loads(open(index_file).read())
-    assert [e["path"] for e in index["images"]] == json.loads((out / "train_images.json").read_text())
-    assert index["bytes"] == sum(3 * e["shape"][0] * e["shape"][1] for e in index["images"])
-    assert datasets.SRDataset(str(out), "train", 96, 4, "[0, 1]", "[0, 1]").store is not None
-
-
-def test_temporaries_of_a_killed_run_are_removed(tmp_path, mixed_folder):
     out = tmp_path / "lists"
     out.mkdir()
     for name in (".train_images.json.x1.tmp", ".train_images_store.bin.x2.tmp", ".train_images_store.json.x3.tmp"):
@@ -103,6 +82,11 @@ def test_temporaries_of_a_killed_run_are_removed(tmp_path, mixed_folder):
     create_data_lists.main(["--train-folders", str(mixed_folder), "--output-folder", str(out), "--store"])
     assert sorted(p.name for p in out.iterdir()) == ["train_images.json", "train_images_store.bin",
                                                      "train_images_store.json"]
+    data_file, index_file = datasets.store_paths(str(out / "train_images.json"))
+    index = json.loads(open(index_file).read())
+    assert [e["path"] for e in index["images"]] == json.loads((out / "train_images.json").read_text())
+    assert index["bytes"] == sum(3 * e["shape"][0] * e["shape"][1] for e in index["images"])
+    assert datasets.SRDataset(str(out), "train", 96, 4, "[0, 1]", "[0, 1]").store is not None
 
 
 def test_test_py_outputs_and_duplicates_are_not_listed_twice_or_as_ground_truth(tmp_path, tiny_checkpoint):

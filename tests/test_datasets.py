@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,13 +22,15 @@ def make_list(folder, paths, name="train_images.json"):
     return folder
 
 
-def test_train_lr_is_exact_bicubic_of_hr_crop(data_lists):
-    ds = datasets.SRDataset(data_lists, "train", 48, 4, "[0, 1]", "[0, 1]")
-    lr, hr = ds[3]
-    assert hr.shape == (3, 48, 48) and lr.shape == (3, 12, 12)
-    hr_img = images.convert_image(hr, "[0, 1]", "pil")
-    expected = images.convert_image(hr_img.resize((12, 12), Image.BICUBIC), "pil", "[0, 1]")
-    assert torch.equal(lr, expected)
+@pytest.mark.parametrize("augment", [False, True])
+def test_train_lr_is_exact_bicubic_of_hr_crop(data_lists, augment):
+    """With flips and rotations too: the LR image is made from the augmented HR crop."""
+    ds = datasets.SRDataset(data_lists, "train", 48, 4, "[0, 1]", "[0, 1]", augment=augment)
+    for k in range(6):
+        lr, hr = ds[k]
+        assert hr.shape == (3, 48, 48) and lr.shape == (3, 12, 12)
+        hr_img = images.convert_image(hr, "[0, 1]", "pil")
+        assert torch.equal(lr, images.convert_image(hr_img.resize((12, 12), Image.BICUBIC), "pil", "[0, 1]"))
 
 
 def test_train_crop_comes_from_the_image_and_is_deterministic(data_lists, image_folder):
@@ -82,14 +85,6 @@ def test_image_modes_become_rgb(tmp_path, mode):
         assert torch.equal(hr[0], hr[1]) and torch.equal(hr[1], hr[2])
 
 
-def test_augment_keeps_alignment(data_lists):
-    ds = datasets.SRDataset(data_lists, "train", 40, 4, "[0, 1]", "[0, 1]", augment=True)
-    for k in range(6):
-        lr, hr = ds[k]
-        hr_img = images.convert_image(hr, "[0, 1]", "pil")
-        assert torch.equal(lr, images.convert_image(hr_img.resize((10, 10), Image.BICUBIC), "pil", "[0, 1]"))
-
-
 def test_cache_gives_identical_samples(data_lists):
     a = datasets.SRDataset(data_lists, "train", 40, 4, "[0, 1]", "[0, 1]")
     b = datasets.SRDataset(data_lists, "train", 40, 4, "[0, 1]", "[0, 1]", cache=True)
@@ -123,20 +118,15 @@ def test_small_images_are_dropped_and_all_small_is_an_error(tmp_path):
 
 
 def test_bad_lists_and_crop(tmp_path):
-    with pytest.raises(utils.UserError, match="no such data list"):
-        datasets.SRDataset(tmp_path, "train", 96, 4, "[0, 1]", "[0, 1]")
     make_list(tmp_path / "e", [])
-    with pytest.raises(utils.UserError, match="empty"):
-        datasets.SRDataset(tmp_path / "e", "train", 96, 4, "[0, 1]", "[0, 1]")
     make_list(tmp_path / "g", [tmp_path / "gone.png"])
-    with pytest.raises(utils.UserError, match="listed files are gone"):
-        datasets.SRDataset(tmp_path / "g", "train", 96, 4, "[0, 1]", "[0, 1]")
     (tmp_path / "j").mkdir()
     (tmp_path / "j" / "train_images.json").write_text("{not json")
-    with pytest.raises(utils.UserError, match="not a JSON list"):
-        datasets.SRDataset(tmp_path / "j", "train", 96, 4, "[0, 1]", "[0, 1]")
-    with pytest.raises(utils.UserError, match="not a multiple"):
-        datasets.SRDataset(tmp_path, "train", 90, 4, "[0, 1]", "[0, 1]")
+    for folder, crop, message in [(tmp_path, 96, "no such data list"), (tmp_path / "e", 96, "empty"),
+                                  (tmp_path / "g", 96, "listed files are gone"),
+                                  (tmp_path / "j", 96, "not a JSON list"), (tmp_path, 90, "not a multiple")]:
+        with pytest.raises(utils.UserError, match=message):
+            datasets.SRDataset(folder, "train", crop, 4, "[0, 1]", "[0, 1]")
 
 
 @pytest.fixture
@@ -177,95 +167,82 @@ def test_store_gives_exactly_the_samples_of_decoding(mixed_list, augment):
     assert len(pickle.dumps(stored)) < 10_000 and pickle.loads(pickle.dumps(stored))[1][1].shape == (3, 48, 48)
 
 
-def test_stale_store_is_refused_with_one_line(mixed_list, tmp_path):
+def test_a_changed_source_list_or_store_is_refused_with_one_line(mixed_list, tmp_path):
+    """Refused in one line: a listed image touched (same size, new time) or replaced by a copy with
+    its old time (new inode and change time), a list naming an image the store lacks, a data file of
+    the wrong size, bytes of the store zeroed in place (checksum)."""
     list_file = str(mixed_list / "train_images.json")
-    datasets.write_store(list_file, log=lambda *a: None)
     paths = json.loads((mixed_list / "train_images.json").read_text())
+    data_file, _ = datasets.store_paths(list_file)
+
+    def refused(match):
+        with pytest.raises(utils.UserError, match=match) as e:
+            datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
+        assert "\n" not in str(e.value)
+
+    datasets.write_store(list_file, log=lambda *a: None)
     st = os.stat(paths[0])
     os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same size, new time
-    with pytest.raises(utils.UserError, match=r"changed after the decoded store was written; rebuild it") as e:
-        datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
-    assert "\n" not in str(e.value)
+    refused(r"changed after the decoded store was written; rebuild it")
     datasets.write_store(list_file, log=lambda *a: None)  # rebuilt: accepted again
     assert datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]").store is not None
+    st = os.stat(paths[0])
+    other = tmp_path / "same_size"
+    other.write_bytes(Path(paths[0]).read_bytes())
+    os.replace(other, paths[0])  # same bytes, same size: only the identity changed
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(paths[0]).st_size == st.st_size and os.stat(paths[0]).st_mtime_ns == st.st_mtime_ns
+    refused("changed after the decoded store was written; rebuild it")
+    datasets.write_store(list_file, log=lambda *a: None)
     extra = tmp_path / "extra.png"
     random_image((64, 64)).save(extra)
     make_list(mixed_list, paths + [str(extra)])  # the list changed, the store did not
-    with pytest.raises(utils.UserError, match="not in the decoded store"):
-        datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
+    refused("not in the decoded store")
     make_list(mixed_list, paths)
-    data_file, _ = datasets.store_paths(list_file)
     with open(data_file, "r+b") as f:
         f.truncate(100)
-    with pytest.raises(utils.UserError, match="bytes, the index says"):
-        datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
+    refused("bytes, the index says")
+    datasets.write_store(list_file, log=lambda *a: None)
+    with open(data_file, "r+b") as f:
+        f.seek(os.path.getsize(data_file) // 2)
+        f.write(bytes(64))
+    refused(r"the bytes of .* changed after the store was written; rebuild it")
     # the test split never uses it
     make_list(mixed_list, paths, name="Val_test_images.json")
     assert datasets.SRDataset(mixed_list, "test", 0, 4, "[0, 1]", "[0, 1]", test_data_name="Val")[0][1].dim() == 3
 
 
-def _edit_index(list_file, edit):
+@pytest.mark.parametrize("key, value, message", [
+    ("offset", 10**9, "not inside the"),
+    ("offset", -1, "not inside the"),
+    ("offset", "0", "not inside the"),
+    ("shape", [10, 10, 4], "is not (height, width, 3)"),
+    ("shape", [10, 10], "is not (height, width, 3)"),
+    ("shape", None, "is not (height, width, 3)"),
+    ("path", None, "an entry without a path"),
+    ("stamp", "yesterday", "no valid stamp"),
+    ("crc32", None, "no checksum"),
+    ("bytes", str, "the index says '"),  # the right number of bytes, as text
+    ("format", 1, "not a decoded store of this version"),
+    ("images", None, "not a decoded store of this version"),
+])
+def test_every_store_entry_is_checked_at_start(mixed_list, key, value, message):
+    """A malformed index (None: the key removed; bytes, format and images are the index's own keys,
+    the others the first image's) stops the data set before training, in one 'rebuild it' line
+    naming the store."""
+    list_file = str(mixed_list / "train_images.json")
+    datasets.write_store(list_file, log=lambda *a: None)
     _, index_file = datasets.store_paths(list_file)
     with open(index_file) as f:
         index = json.load(f)
-    edit(index)
+    where = index if key in ("bytes", "format", "images") else index["images"][0]
+    if value is None:
+        del where[key]
+    else:
+        where[key] = value(where[key]) if callable(value) else value
     with open(index_file, "w") as f:
         json.dump(index, f)
-
-
-def _set(key, value, entry=0):
-    def edit(index):
-        if value is KeyError:
-            del index["images"][entry][key]
-        else:
-            index["images"][entry][key] = value
-    return edit
-
-
-@pytest.mark.parametrize("edit, message", [
-    (_set("offset", 10**9), "not inside the"),
-    (_set("offset", -1), "not inside the"),
-    (_set("offset", "0"), "not inside the"),
-    (_set("shape", [10, 10, 4]), "is not (height, width, 3)"),
-    (_set("shape", [10, 10]), "is not (height, width, 3)"),
-    (_set("shape", KeyError), "is not (height, width, 3)"),
-    (_set("path", KeyError), "an entry without a path"),
-    (_set("stamp", "yesterday"), "no valid stamp"),
-    (_set("crc32", KeyError), "no checksum"),
-    (lambda index: index.update(bytes=str(index["bytes"])), "the index says '"),
-    (lambda index: index.update(format=1), "not a decoded store of this version"),
-    (lambda index: index.pop("images"), "not a decoded store of this version"),
-])
-def test_every_store_entry_is_checked_at_start(mixed_list, edit, message):
-    """A malformed index stops the data set before training, in one 'rebuild it' line naming the store."""
-    list_file = str(mixed_list / "train_images.json")
-    datasets.write_store(list_file, log=lambda *a: None)
-    _edit_index(list_file, edit)
     with pytest.raises(utils.UserError) as e:
         datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
     assert message in str(e.value) and "rebuild it" in str(e.value) and "\n" not in str(e.value)
     assert "_store." in str(e.value)
-
-
-def test_a_replaced_source_or_damaged_store_is_detected(mixed_list, tmp_path):
-    """A listed image replaced by another of the same size with its old modification time (new inode
-    and change time), and bytes of the store zeroed in place (checksum), are both refused."""
-    list_file = str(mixed_list / "train_images.json")
-    datasets.write_store(list_file, log=lambda *a: None)
-    paths = json.loads((mixed_list / "train_images.json").read_text())
-    st = os.stat(paths[0])
-    other = tmp_path / "same_size"
-    data = bytearray(open(paths[0], "rb").read())
-    other.write_bytes(bytes(data))
-    os.replace(other, paths[0])  # same bytes, same size: only the identity changed
-    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert os.stat(paths[0]).st_size == st.st_size and os.stat(paths[0]).st_mtime_ns == st.st_mtime_ns
-    with pytest.raises(utils.UserError, match="changed after the decoded store was written"):
-        datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
-    datasets.write_store(list_file, log=lambda *a: None)
-    data_file, _ = datasets.store_paths(list_file)
-    with open(data_file, "r+b") as f:
-        f.seek(os.path.getsize(data_file) // 2)
-        f.write(bytes(64))
-    with pytest.raises(utils.UserError, match=r"the bytes of .* changed after the store was written; rebuild it"):
-        datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")

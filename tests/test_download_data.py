@@ -21,37 +21,37 @@ def make_file(i, size=3000):
 
 
 class Server:
-    """An HTTP server on 127.0.0.1 serving ``files`` ({url path: bytes}); paths in ``truncate`` get
-    their full Content-Length but only half their bytes before the connection closes."""
+    """An HTTP server on 127.0.0.1 serving ``files`` ({url path: bytes}). ``mode`` ({url path: how})
+    spoils a file: 'truncate' sends its full Content-Length but only half its bytes, then closes;
+    'endless' sends zeros without end; 'trickle' sends one byte every 0.2 s."""
 
     def __init__(self):
-        self.files, self.truncate, self.requests = {}, set(), []
-        self.endless, self.trickle = set(), set()  # paths sent without end / one byte per 0.2 s
+        self.files, self.mode, self.requests = {}, {}, []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 server.requests.append(self.path)
-                body = server.files.get(self.path)
+                body, mode = server.files.get(self.path), server.mode.get(self.path)
                 if body is None:
                     self.send_error(404)
                     return
                 self.send_response(200)
-                if self.path not in server.endless:
+                if mode != "endless":
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if self.path in server.endless:
+                if mode == "endless":
                     with contextlib.suppress(OSError):
                         for _ in range(10_000):  # 640 MB if nobody stops reading
                             self.wfile.write(bytes(1 << 16))
                     self.close_connection = True
-                elif self.path in server.trickle:
+                elif mode == "trickle":
                     with contextlib.suppress(OSError):
                         for byte in body:
                             self.wfile.write(bytes([byte]))
                             self.wfile.flush()
                             time.sleep(0.2)
-                elif self.path in server.truncate:
+                elif mode == "truncate":
                     self.wfile.write(body[:len(body) // 2])
                     self.close_connection = True
                 else:
@@ -105,13 +105,16 @@ def leftovers(folder):
     return sorted(p.name for p in folder.rglob("*") if p.is_file() and not p.name.endswith("_HR.png"))
 
 
+def assert_fetched(server, out, name):
+    """out/name holds exactly the set's files of the server, byte for byte."""
+    wanted = {path.rsplit("/", 1)[1]: body for path, body in server.files.items() if f"/{name}/" in path}
+    assert {p.name: p.read_bytes() for p in (out / name).iterdir()} == wanted
+
+
 def test_downloads_checked_files_and_prints_the_next_command(server, tmp_path, capsys):
     out = tmp_path / "datasets"
     assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 0
-    assert sorted(p.name for p in (out / "Set5").iterdir()) == [f"img_00{i}_SRF_4_HR.png" for i in (1, 2, 3)]
-    for i in range(3):
-        path = f"/mirror/data/Set5/image_SRF_4/img_00{i + 1}_SRF_4_HR.png"
-        assert (out / "Set5" / path.rsplit("/", 1)[1]).read_bytes() == server.files[path]
+    assert_fetched(server, out, "Set5")
     assert not (out / "Set14").exists()
     stdout = capsys.readouterr().out
     assert f"python eval.py --checkpoint checkpoints/srresnet_x4.pth --bicubic --test-folders {out / 'Set5'}" in stdout
@@ -120,12 +123,6 @@ def test_downloads_checked_files_and_prints_the_next_command(server, tmp_path, c
     assert run(["set5", "--output-dir", out, "--base-url", server.url]) == 0
     assert server.requests == []
     assert "3 file(s) already present and correct" in capsys.readouterr().out
-
-
-def test_all_downloads_every_set(server, tmp_path):
-    out = tmp_path / "datasets"
-    assert run(["all", "--output-dir", out, "--base-url", server.url]) == 0
-    assert len(list((out / "Set5").iterdir())) == 3 and len(list((out / "Set14").iterdir())) == 2
 
 
 @pytest.mark.parametrize("failure, message", [("corrupted", "SHA-256"), ("missing", "404"),
@@ -139,7 +136,7 @@ def test_a_bad_file_is_an_error_and_not_kept(server, tmp_path, capsys, failure, 
     elif failure == "missing":
         del server.files[path]
     else:
-        server.endless.add(path)
+        server.mode[path] = "endless"
     out = tmp_path / "datasets"
     assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 2
     line = error_line(capsys)
@@ -150,41 +147,34 @@ def test_a_bad_file_is_an_error_and_not_kept(server, tmp_path, capsys, failure, 
 
 def test_an_interrupted_download_is_finished_by_running_again(server, tmp_path, capsys):
     broken = "/mirror/data/Set5/image_SRF_4/img_002_SRF_4_HR.png"
-    server.truncate.add(broken)
+    server.mode[broken] = "truncate"
     out = tmp_path / "datasets"
     assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 2
     assert "img_002" in error_line(capsys)
     assert sorted(p.name for p in (out / "Set5").iterdir()) == ["img_001_SRF_4_HR.png"]  # no partial file
     # a partial file left by a run that was killed is cleaned up too
     (out / "Set5" / "img_002_SRF_4_HR.png.0123abcd.partial").write_bytes(b"half")
-    server.truncate.clear()
+    server.mode.clear()
     server.requests.clear()
     assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 0
     assert sorted(server.requests) == [broken, broken.replace("002", "003")]  # the first file is not fetched again
     assert leftovers(out) == []
-    for name in ("img_001", "img_002", "img_003"):
-        path = f"/mirror/data/Set5/image_SRF_4/{name}_SRF_4_HR.png"
-        assert (out / "Set5" / f"{name}_SRF_4_HR.png").read_bytes() == server.files[path]
+    assert_fetched(server, out, "Set5")
 
 
-def test_a_wrong_file_already_present_is_replaced(server, tmp_path):
-    out = tmp_path / "datasets"
-    (out / "Set14").mkdir(parents=True)
-    (out / "Set14" / "img_001_SRF_4_HR.png").write_bytes(b"not the image")
-    assert run(["Set14", "--output-dir", out, "--base-url", server.url]) == 0
-    assert (out / "Set14" / "img_001_SRF_4_HR.png").read_bytes() == \
-        server.files["/mirror/data/Set14/image_SRF_4/img_001_SRF_4_HR.png"]
-
-
-def test_a_local_copy_of_the_repository_works_as_base_url(server, tmp_path):
+def test_all_sets_from_a_local_copy_of_the_repository_replace_a_wrong_file(server, tmp_path):
+    """'all' fetches every set; a folder works as --base-url; a wrong file already present is replaced."""
     mirror = tmp_path / "SelfExSR"
     for path, body in server.files.items():
         target = mirror / path[len("/mirror/"):]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(body)
     out = tmp_path / "datasets"
-    assert run(["Set14", "--output-dir", out, "--base-url", mirror]) == 0
-    assert len(list((out / "Set14").iterdir())) == 2
+    (out / "Set14").mkdir(parents=True)
+    (out / "Set14" / "img_001_SRF_4_HR.png").write_bytes(b"not the image")
+    assert run(["all", "--output-dir", out, "--base-url", mirror]) == 0
+    assert_fetched(server, out, "Set5")
+    assert_fetched(server, out, "Set14")
 
 
 @pytest.mark.parametrize("problem, message", [
@@ -221,7 +211,7 @@ def test_a_trickling_server_meets_the_deadline(server, tmp_path, capsys, monkeyp
     """One byte every 0.2 s never trips the socket timeout; the per-file deadline (grace + size / speed)
     ends it in one line, and nothing is kept."""
     monkeypatch.setattr(download_data, "START_SECONDS", 1)
-    server.trickle.add("/mirror/data/Set5/image_SRF_4/img_001_SRF_4_HR.png")
+    server.mode["/mirror/data/Set5/image_SRF_4/img_001_SRF_4_HR.png"] = "trickle"
     out = tmp_path / "datasets"
     started = time.monotonic()
     assert run(["Set5", "--output-dir", out, "--base-url", server.url, "--min-speed", "10"]) == 2

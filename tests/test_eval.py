@@ -3,10 +3,13 @@
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import checkpoint
+import evaluation
 import images
 import inference
 import metrics
@@ -155,7 +158,6 @@ def test_artifacts_columns_hr_row_probe_and_strict_json(tiny_checkpoint, tmp_pat
     flat-field probe table, per-image values in --json (null where an image has too few flat pixels)."""
     folder = tmp_path / "Art"
     folder.mkdir()
-    from PIL import Image
     Image.new("RGB", (120, 100), (40, 60, 80)).save(folder / "flat.png")  # all flat
     random_image((64, 64), seed=6).save(folder / "busy.png")  # no flat pixels
     out = tmp_path / "a.json"
@@ -177,7 +179,6 @@ def test_artifacts_columns_hr_row_probe_and_strict_json(tiny_checkpoint, tmp_pat
     assert saved["results"]["Bicubic"]["Art"]["images"]["flat.png"]["psnr"] is None
     probe = saved["flat_field_probe"]["tiny.pth"]
     model = inference.prepare_model(checkpoint.load_model(tiny_checkpoint), "cpu", "fp32")
-    import evaluation
     assert {int(k): v for k, v in probe.items()} == evaluation.flat_field_probe(model, 4)
     assert "Infinity" not in out.read_text() and "NaN" not in out.read_text()
 
@@ -189,8 +190,6 @@ def test_artifacts_on_too_small_images_and_sets_without_flat_pixels(test_set, tm
     line = cli_error(eval_script.main, ["--bicubic", "--scale", "4", "--artifacts", "--test-folders", folder], capsys)
     assert "s.png: 24x40 is too small for the artifact measures" in line, line
     busy, _ = test_set  # one of them grayscale; add a 16-bit one
-    import numpy as np
-    from PIL import Image
     Image.fromarray(np.asarray(random_image((48, 44), seed=9).convert("L"), np.uint16) * 257).save(busy / "d.png")
     results = eval_script.main(["--bicubic", "--scale", "4", "--artifacts", "--test-folders", str(busy)])
     assert results["Bicubic"]["Mini"]["grid_flat"] is None
@@ -202,8 +201,6 @@ def test_artifacts_on_too_small_images_and_sets_without_flat_pixels(test_set, tm
 def test_niqe_of_flat_images_is_a_note_and_the_mean_is_over_the_others(tmp_path, capsys):
     """A constant and a smoothly graded image have no NIQE: one note each, no warning, a set mean
     over the images that have a score (and how many), strict JSON (null)."""
-    import numpy as np
-    from PIL import Image
     folder = tmp_path / "Flat"
     folder.mkdir()
     Image.new("RGB", (120, 112), (90, 90, 90)).save(folder / "const.png")

@@ -35,12 +35,10 @@ def test_fresh_models_have_the_papers_defaults():
     # a fresh model is not the shipped one
     shipped = checkpoint.load_model(ROOT / "checkpoints" / "srresnet_x4.pth")
     assert not torch.equal(srresnet.conv_block1.conv_block[0].weight, shipped.conv_block1.conv_block[0].weight)
-    generator = hub_load("generator")
-    assert isinstance(generator, models.Generator)
-    assert sum(p.numel() for p in generator.parameters()) == 1_549_462
-    discriminator = hub_load("discriminator")
-    assert isinstance(discriminator, models.Discriminator)
-    assert sum(p.numel() for p in discriminator.parameters()) == 23_565_505
+    for entry, cls, count in (("generator", models.Generator, 1_549_462),
+                              ("discriminator", models.Discriminator, 23_565_505)):
+        model = hub_load(entry)
+        assert isinstance(model, cls) and sum(p.numel() for p in model.parameters()) == count
     assert hub_load("srresnet", scaling_factor=2, n_blocks=1).args["scaling_factor"] == 2
 
 

@@ -1,4 +1,5 @@
-"""Architecture, parameter counts, state-dict layout, VGG truncation and load_model."""
+"""Architecture, state-dict layout, VGG truncation and load_model (the default models' parameter
+counts: test_hubconf.py's test_fresh_models_have_the_papers_defaults)."""
 
 import os
 import subprocess
@@ -12,16 +13,6 @@ import models
 from conftest import ROOT, TINY
 
 
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def test_default_parameter_counts():
-    assert n_params(models.SRResNet()) == 1_549_462
-    assert n_params(models.Generator()) == 1_549_462
-    assert n_params(models.Discriminator()) == 23_565_505
-
-
 @pytest.mark.parametrize("scale", [2, 4, 8])
 @pytest.mark.parametrize("size", [(7, 7), (13, 10), (24, 31)])
 def test_srresnet_shapes_and_range(scale, size):
@@ -31,12 +22,6 @@ def test_srresnet_shapes_and_range(scale, size):
         out = model(torch.randn(2, 3, h, w))
     assert out.shape == (2, 3, h * scale, w * scale)
     assert out.min() >= -1 and out.max() <= 1  # tanh output
-
-
-@pytest.mark.parametrize("scale", [1, 3, 16])
-def test_invalid_scale_rejected(scale):
-    with pytest.raises(ValueError, match="scaling_factor"):
-        models.SRResNet(scaling_factor=scale)
 
 
 def test_state_dict_layout_matches_classic_names():
@@ -71,12 +56,6 @@ def test_truncated_vgg19_end(i, j, end):
     assert not any(p.requires_grad for p in vgg.parameters())
     vgg.train()
     assert not vgg.training
-
-
-@pytest.mark.parametrize("i,j", [(1, 3), (6, 1), (2, 3), (0, 1)])
-def test_truncated_vgg19_invalid(i, j):
-    with pytest.raises(ValueError, match="VGG19 has no convolution"):
-        models.TruncatedVGG19(i, j, weights=None)
 
 
 def test_truncated_vgg19_local_weights_file(tmp_path):
@@ -144,6 +123,9 @@ def test_models_imports_only_torch():
 
 
 @pytest.mark.parametrize("build, message", [
+    (lambda: models.SRResNet(scaling_factor=1), "scaling_factor"),
+    (lambda: models.SRResNet(scaling_factor=3), "scaling_factor"),
+    (lambda: models.SRResNet(scaling_factor=16), "scaling_factor"),
     (lambda: models.SRResNet(n_blocks=10**9), "out of range"),
     (lambda: models.SRResNet(n_blocks=0), "out of range"),
     (lambda: models.SRResNet(small_kernel_size=4), "must be odd"),
@@ -151,7 +133,11 @@ def test_models_imports_only_torch():
     (lambda: models.Discriminator(n_blocks=0), "out of range"),
     (lambda: models.Discriminator(n_channels=0), "out of range"),
     (lambda: models.Discriminator(kernel_size=4), "must be odd"),
-    (lambda: models.Discriminator(n_blocks=40), "exceeds")])
+    (lambda: models.Discriminator(n_blocks=40), "exceeds"),
+    (lambda: models.TruncatedVGG19(1, 3, weights=None), "VGG19 has no convolution"),
+    (lambda: models.TruncatedVGG19(6, 1, weights=None), "VGG19 has no convolution"),
+    (lambda: models.TruncatedVGG19(2, 3, weights=None), "VGG19 has no convolution"),
+    (lambda: models.TruncatedVGG19(0, 1, weights=None), "VGG19 has no convolution")])
 def test_sizes_are_checked_before_any_layer_is_built(build, message):
     with pytest.raises(ValueError, match=message):
         build()

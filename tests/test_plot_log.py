@@ -19,6 +19,12 @@ def test_read_log_and_moving_average(tmp_path):
     assert list(zip(*series["val_psnr"])) == [(5, 26.5), (10, 26.5), (15, 26.5), (20, 26.5)]  # empty cells skipped
     assert list(zip(*series["d_fake"]))[0] == (1, pytest.approx(0.49)) and len(series["adversarial"][0]) == 20
     assert plot_log.moving_average([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
+    # a byte-order mark and float iterations are read; columns without one finite number are named
+    path.write_bytes(b"\xef\xbb\xbfiteration,loss,lr,val_psnr,val_ssim,seconds\n1e3,0.05,1e-4,,,1\n2e3,0.04,1e-4,25.1,0.7,2\n")
+    assert list(zip(*plot_log.read_log(path)["loss"])) == [(1000, 0.05), (2000, 0.04)]
+    path.write_text("iteration,loss,lr,val_psnr,val_ssim,seconds\n1,nan,1e-4,,,1\n2,inf,1e-4,nan,,2\n")
+    with pytest.raises(utils.UserError, match=r"its columns \(loss, val_psnr\) hold no finite number"):
+        plot_log.read_log(path)
 
 
 def test_both_logs_become_pictures_with_their_panels(tmp_path):
@@ -29,6 +35,14 @@ def test_both_logs_become_pictures_with_their_panels(tmp_path):
     assert len(plot_log.plot(plot_log.read_log(srresnet), "srresnet").axes) == 2  # loss and validation
     plot_log.main([str(gan), str(tmp_path / "gan.png")])
     assert Image.open(tmp_path / "gan.png").size[1] > Image.open(tmp_path / "gan.png").size[0]  # stacked panels
+    # validation NIQE and grid columns get panels of their own
+    gan.write_text("iteration,perceptual,content,adversarial,discriminator,d_real,d_fake,lr,val_psnr,val_ssim,"
+                   "val_niqe,val_grid,seconds\n1,0.02,0.02,1,1.3,0.5,0.5,1e-4,,,,,1\n2,0.02,0.02,1,1.3,0.5,0.5,1e-4,"
+                   "26.1,0.7,6.1,0.21,2\n")
+    series = plot_log.read_log(gan)
+    assert list(zip(*series["val_niqe"])) == [(2, 6.1)] and list(zip(*series["val_grid"])) == [(2, 0.21)]
+    titles = [ax.get_title() for ax in plot_log.plot(series, "gan").axes]
+    assert any("NIQE" in t for t in titles) and any("grid" in t for t in titles) and len(titles) == 7
 
 
 @pytest.mark.parametrize("case, message", [
@@ -47,27 +61,6 @@ def test_errors_are_one_line(tmp_path, capsys, case, message):
         argv[1] = str(tmp_path / "out.jpg")
     assert message in cli_error(plot_log.main, argv, capsys)
     assert not (tmp_path / "out.png").exists()
-
-
-def test_val_artifacts_columns_get_their_panels(tmp_path):
-    log = tmp_path / "srgan_log.csv"
-    log.write_text("iteration,perceptual,content,adversarial,discriminator,d_real,d_fake,lr,val_psnr,val_ssim,"
-                   "val_niqe,val_grid,seconds\n1,0.02,0.02,1,1.3,0.5,0.5,1e-4,,,,,1\n2,0.02,0.02,1,1.3,0.5,0.5,1e-4,"
-                   "26.1,0.7,6.1,0.21,2\n")
-    series = plot_log.read_log(log)
-    assert list(zip(*series["val_niqe"])) == [(2, 6.1)] and list(zip(*series["val_grid"])) == [(2, 0.21)]
-    titles = [ax.get_title() for ax in plot_log.plot(series, "gan").axes]
-    assert any("NIQE" in t for t in titles) and any("grid" in t for t in titles) and len(titles) == 7
-
-
-def test_a_bom_float_iterations_and_all_nan_columns(tmp_path):
-    log = tmp_path / "log.csv"
-    log.write_bytes(b"\xef\xbb\xbfiteration,loss,lr,val_psnr,val_ssim,seconds\n1e3,0.05,1e-4,,,1\n2e3,0.04,1e-4,25.1,0.7,2\n")
-    series = plot_log.read_log(log)
-    assert list(zip(*series["loss"])) == [(1000, 0.05), (2000, 0.04)]
-    log.write_text("iteration,loss,lr,val_psnr,val_ssim,seconds\n1,nan,1e-4,,,1\n2,inf,1e-4,nan,,2\n")
-    with pytest.raises(utils.UserError, match=r"its columns \(loss, val_psnr\) hold no finite number"):
-        plot_log.read_log(log)
 
 
 def test_a_long_log_is_read_in_bounded_memory(tmp_path):

@@ -23,8 +23,7 @@ def test_autocast_and_device_errors():
     assert utils.resolve_device("cpu").type == "cpu"
 
 
-
-def test_check_writable_leaves_nothing_and_names_the_problem(tmp_path):
+def test_check_writable_leaves_nothing_names_the_problem_and_takes_a_long_legal_name(tmp_path):
     utils.check_writable(tmp_path / "a" / "b" / "out.json")  # folders that can be made count
     assert os.listdir(tmp_path) == []  # ...but are not left behind
     (tmp_path / "file").write_text("x")
@@ -35,14 +34,11 @@ def test_check_writable_leaves_nothing_and_names_the_problem(tmp_path):
     with pytest.raises(utils.UserError, match="name too long"):
         utils.check_writable(tmp_path / ("d" * 256) / "out.json")
     assert sorted(os.listdir(tmp_path)) == ["file"]
-
-
-def test_a_long_but_legal_name_can_be_written(tmp_path):
-    path = tmp_path / ("\u00e9" * 125 + ".png")  # 254 bytes: the temporary file must not be longer
+    path = tmp_path / ("\u00e9" * 125 + ".png")  # 254 bytes, legal: the temporary file must not be longer
     utils.check_writable(path)
     with utils.atomic_write(path) as f:
         f.write(b"x")
-    assert os.listdir(tmp_path) == [path.name]
+    assert sorted(os.listdir(tmp_path)) == ["file", path.name]
 
 
 def test_a_failed_write_removes_the_folders_it_made(tmp_path):
@@ -136,6 +132,12 @@ def test_atomic_write_goes_through_a_device_a_pipe_and_stdout(tmp_path, capfd):
     assert capfd.readouterr().out == "to stdout\n" and not os.path.exists("-")
     utils.check_writable(node)  # nothing made in its folder
     assert sorted(os.listdir(tmp_path)) == ["null", "pipe"]
+    # a write that fails leaves the device untouched and writes nothing
+    with pytest.raises(RuntimeError):
+        with utils.atomic_write_all([node, tmp_path / "a.png"]) as (f, g):
+            f.write(b"x")
+            raise RuntimeError("failed half-way")
+    assert stat.S_ISCHR(os.stat(node).st_mode) and sorted(os.listdir(tmp_path)) == ["null", "pipe"]
 
 
 def test_atomic_write_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path):
@@ -144,12 +146,3 @@ def test_atomic_write_through_a_link_replaces_its_target_and_keeps_the_link(tmp_
     with utils.atomic_write(tmp_path / "link.json") as f:
         f.write(b"new")
     assert (tmp_path / "link.json").is_symlink() and (tmp_path / "real.json").read_text() == "new"
-
-
-def test_a_failed_write_leaves_a_device_untouched_and_nothing_written(tmp_path, capfd):
-    node = null_device(tmp_path)
-    with pytest.raises(RuntimeError):
-        with utils.atomic_write_all([node, tmp_path / "a.png"]) as (f, g):
-            f.write(b"x")
-            raise RuntimeError("failed half-way")
-    assert stat.S_ISCHR(os.stat(node).st_mode) and sorted(os.listdir(tmp_path)) == ["null"]
