@@ -171,7 +171,8 @@ def tiny_run(script, data_lists, folder, *extra, sized=True):
     """Flags of a tiny run of either script; the SRGAN starts from the fixture's SRResNet (MSE content).
     sized=False: no size flags (the size comes from the --init file)."""
     argv = ["--data-folder", data_lists, "--checkpoint-dir", folder, "--val-data", "Val", "--crop-size", "24",
-            "--batch-size", "2", "--workers", "0", *(["--n-channels", "8", "--n-blocks", "1"] if sized else [])]
+            "--batch-size", "2", "--workers", "0",
+            *(["--n-channels", "8", "--n-blocks", "1", "--large-kernel-size", "3"] if sized else [])]
     if script == "srgan":
         argv += ["--init", FIXTURE / "srresnet_iteration2.pth", "--content-loss", "mse", "--d-n-channels", "8",
                  "--d-n-blocks", "2", "--fc-size", "16"]
