@@ -118,12 +118,8 @@ def trained(data):
     return {"dir": ck, "result": result, "stdout": out, "stderr": err}
 
 
-def test_random_vgg_prints_a_loud_warning(trained):
-    assert "WARNING: --vgg-weights random" in trained["stderr"]
-    assert "NOT an SRGAN" in trained["stderr"]
-
-
-def test_losses_finite_and_discriminator_learns(trained, data):
+def test_random_vgg_warns_the_losses_are_finite_and_the_discriminator_learns(trained, data):
+    assert "WARNING: --vgg-weights random" in trained["stderr"] and "NOT an SRGAN" in trained["stderr"]
     rows = list(csv.DictReader(open(trained["dir"] / "srgan_log.csv")))
     assert [int(r["iteration"]) for r in rows] == list(range(1, 41))
     keys = ["perceptual", "content", "adversarial", "discriminator", "d_real", "d_fake"]

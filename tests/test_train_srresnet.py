@@ -256,14 +256,6 @@ def test_device_cuda_without_a_gpu(tmp_path, data_lists, capsys):
     assert "no CUDA GPU" in cli_error(train_srresnet.main, argv, capsys)
 
 
-def test_a_new_run_never_overwrites_another(tmp_path, data_lists, capsys):
-    ck = tmp_path / "ck"
-    train_srresnet.main(flags(data_lists, ck, 2, "--val-data", ""))
-    before = (ck / "srresnet_latest.pth").read_bytes()
-    assert "another run is already there" in cli_error(train_srresnet.main, flags(data_lists, ck, 2), capsys)
-    assert (ck / "srresnet_latest.pth").read_bytes() == before
-
-
 @pytest.mark.slow
 def test_errors_in_a_real_process_have_no_traceback(tmp_path, data_lists):
     argv = flags(data_lists, tmp_path / "ck", 2, "--workers", "-1")
@@ -365,13 +357,22 @@ def test_nan_right_after_a_resume_names_the_resumed_checkpoint(finished_run, cap
 # a run owns its folder
 
 
-def test_a_second_run_in_a_busy_folder_is_refused(tmp_path, data_lists, capsys):
+def test_a_run_owns_its_folder(tmp_path, data_lists, capsys):
     """While a run holds its folder (a RunLock, as the running process holds it), a new run and a
-    --resume into that folder are both refused in one line that names the owner's PID; nothing changes."""
+    --resume into it are refused in one line that names the owner's PID, also before its first
+    checkpoint (which the 'another run is there' check cannot see; the refused run leaves no folder).
+    A finished run's folder refuses a new run too. Nothing changes."""
     ck = tmp_path / "ck"
+    lock = training.RunLock(str(ck), "srresnet")
+    try:
+        assert "run is in progress there" in cli_error(train_srresnet.main, flags(data_lists, ck, 2), capsys)
+    finally:
+        lock.release()
+    assert not ck.exists()
     train_srresnet.main(flags(data_lists, ck, 2))
     latest = ck / "srresnet_latest.pth"
     before = {p.name: p.read_bytes() for p in ck.iterdir()}
+    assert "another run is already there" in cli_error(train_srresnet.main, flags(data_lists, ck, 2), capsys)
     lock = training.RunLock(str(ck), "srresnet")
     try:
         line = cli_error(train_srresnet.main, ["--resume", str(latest), "--iterations", "4"], capsys)
@@ -383,18 +384,6 @@ def test_a_second_run_in_a_busy_folder_is_refused(tmp_path, data_lists, capsys):
     assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
     train_srresnet.main(["--resume", str(latest), "--iterations", "3"])  # free again
     assert "srresnet.lock" not in os.listdir(ck)
-
-
-def test_a_new_run_is_refused_before_it_has_saved_anything(tmp_path, data_lists, capsys):
-    """The lock covers the window before the first checkpoint, which the 'another run is there' check
-    cannot see; a run that fails after taking the lock leaves no folder behind."""
-    ck = tmp_path / "fresh"
-    lock = training.RunLock(str(ck), "srresnet")
-    try:
-        assert "run is in progress there" in cli_error(train_srresnet.main, flags(data_lists, ck, 2), capsys)
-    finally:
-        lock.release()
-    assert not ck.exists()
 
 
 def test_resume_refuses_a_log_whose_columns_were_edited(tmp_path, data_lists, capsys):
