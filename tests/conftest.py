@@ -157,7 +157,6 @@ class Killed(BaseException):
 
 def sigint_at(monkeypatch, iteration):
     """Make training send itself a real SIGINT while it loads the batch of ``iteration`` (1-based)."""
-    import os
     import signal
 
     import datasets

@@ -1,14 +1,9 @@
-"""train_srgan.py: losses, exact resume, checkpoint checks, VGG weights, learning, load_model.
-
-Everything runs on tiny models (1-block generator with 8 channels, 8-channel discriminator with a
-16-wide hidden layer, VGG19 cut at "VGG22" with random weights) and 32x32 crops of synthetic images,
-so the file needs no shared data and takes seconds.
-"""
+"""train_srgan.py: losses, remedies, flags, VGG weights, learning, load_model. Tiny models (VGG19 cut
+at "VGG22" with random weights) on 32x32 crops of synthetic images: no shared data, seconds."""
 
 import argparse
 import contextlib
 import copy
-import csv
 import io
 import math
 
@@ -46,31 +41,21 @@ def data(tmp_path_factory):
     lists = root / "lists"
     create_data_lists.create_data_lists([str(root / "train")], [str(root / "Val")], 32, str(lists),
                                         log=lambda *a: None)
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        train_srresnet.main(["--data-folder", str(lists), "--crop-size", "32", "--batch-size", "2",
-                             "--workers", "0", "--val-data", "Val", "--iterations", "3",
-                             "--n-channels", "8", "--n-blocks", "1", "--checkpoint-dir", str(root / "srresnet")])
-    return {"root": root, "lists": lists, "srresnet": root / "srresnet" / "srresnet_best.pth",
-            "srresnet_latest": root / "srresnet" / "srresnet_latest.pth"}
+    run_quietly(train_srresnet.main, ["--data-folder", str(lists), "--crop-size", "32", "--batch-size", "2",
+                                      "--workers", "0", "--val-data", "Val", "--iterations", "3", "--n-channels", "8",
+                                      "--n-blocks", "1", "--checkpoint-dir", str(root / "srresnet")])
+    return {"root": root, "lists": lists, "srresnet": root / "srresnet" / "srresnet_best.pth"}
 
 
-def gan_argv(data, checkpoint_dir, *extra, init=True):
-    """Flags of a tiny, fast SRGAN run."""
+def gan_argv(data, checkpoint_dir, *extra, init=True, vgg=True):
+    """Flags of a tiny, fast SRGAN run; vgg=False: without the VGG19 flags (which --content-loss mse refuses)."""
     argv = ["--data-folder", str(data["lists"]), "--crop-size", "32", "--batch-size", "2", "--workers", "0",
-            "--val-data", "Val", "--vgg-weights", "random", "--vgg-i", "2", "--vgg-j", "2",
-            "--d-n-channels", "8", "--fc-size", "16", "--checkpoint-dir", str(checkpoint_dir)]
+            "--val-data", "Val", "--d-n-channels", "8", "--fc-size", "16", "--checkpoint-dir", str(checkpoint_dir)]
+    if vgg:
+        argv += ["--vgg-weights", "random", "--vgg-i", "2", "--vgg-j", "2"]
     if init:
         argv += ["--srresnet-checkpoint", str(data["srresnet"])]
     return argv + [str(x) for x in extra]
-
-
-def mse_argv(data, checkpoint_dir, init=True):
-    """gan_argv without the VGG flags (what --content-loss mse refuses)."""
-    argv = gan_argv(data, checkpoint_dir, init=init)
-    for flag in ("--vgg-weights", "--vgg-i", "--vgg-j"):
-        i = argv.index(flag)
-        del argv[i:i + 2]
-    return argv
 
 
 def run_quietly(main, argv):
@@ -112,16 +97,18 @@ def test_vgg_weights_errors_are_one_line(data, tmp_path, capsys, monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(data):
-    """A 40-iteration SRGAN run (log every iteration); returns its folder and what it printed."""
+    """A 40-iteration SRGAN run (log every iteration, keep every 16th generator): its folder and stderr."""
     ck = data["root"] / "gan40"
-    result, out, err = run_quietly(train_srgan.main, gan_argv(data, ck, "--iterations", "40", "--log-every", "1"))
-    return {"dir": ck, "result": result, "stdout": out, "stderr": err}
+    _, _, err = run_quietly(train_srgan.main, gan_argv(data, ck, "--iterations", "40", "--log-every", "1",
+                                                       "--keep-every", "16"))
+    return {"dir": ck, "stderr": err}
 
 
 def test_random_vgg_warns_the_losses_are_finite_and_the_discriminator_learns(trained, data):
     assert "WARNING: --vgg-weights random" in trained["stderr"] and "NOT an SRGAN" in trained["stderr"]
-    rows = list(csv.DictReader(open(trained["dir"] / "srgan_log.csv")))
+    rows = read_log(trained["dir"] / "srgan_log.csv")
     assert [int(r["iteration"]) for r in rows] == list(range(1, 41))
+    assert "pixel" not in rows[0] and "texture" not in rows[0]  # terms whose weight is 0 are not computed or logged
     keys = ["perceptual", "content", "adversarial", "discriminator", "d_real", "d_fake"]
     assert all(math.isfinite(float(r[k])) for r in rows for k in keys)
     # the discriminator starts at chance (BCE real + fake ~ 2 ln 2) and learns to tell HR from SR
@@ -150,16 +137,18 @@ def test_random_vgg_warns_the_losses_are_finite_and_the_discriminator_learns(tra
         assert d_loss(trained_d) < d_loss(fresh_d) - 0.1
 
 
-def test_load_model_on_srgan_checkpoints(trained):
-    for name in ("srgan_best.pth", "srgan_latest.pth"):
+def test_load_model_on_srgan_checkpoints_and_the_kept_generators(trained):
+    assert sorted(p.name for p in trained["dir"].glob("srgan_[0-9]*.pth")) == ["srgan_16.pth", "srgan_32.pth"]
+    for name in ("srgan_best.pth", "srgan_latest.pth", "srgan_32.pth"):
         model = checkpoint.load_model(trained["dir"] / name)
         assert isinstance(model, models.Generator) and model.args == TINY_G and not model.training
         with torch.no_grad():
             out = model(torch.randn(1, 3, 10, 7))
         assert out.shape == (1, 3, 40, 28)
-    best = checkpoint.load_checkpoint(trained["dir"] / "srgan_best.pth")
-    assert best["info"]["script"] == "train_srgan.py" and best["info"]["iteration"] == 40
-    assert "training" not in best and "discriminator" not in best
+    for name, iteration in (("srgan_best.pth", 40), ("srgan_32.pth", 32)):
+        ckpt = checkpoint.load_checkpoint(trained["dir"] / name)
+        assert ckpt["info"]["script"] == "train_srgan.py" and ckpt["info"]["iteration"] == iteration
+        assert "training" not in ckpt and "discriminator" not in ckpt
     latest = checkpoint.load_checkpoint(trained["dir"] / "srgan_latest.pth")
     assert latest["discriminator"]["arch"] == "Discriminator"
     assert set(latest["training"]["optimizers"]) == {"optimizer_g", "optimizer_d"}
@@ -181,10 +170,6 @@ def test_the_generator_loss_is_the_weighted_sum_of_its_terms(data, tmp_path):
         expected = (float(r["content"]) + 1e-3 * float(r["adversarial"]) + 0.5 * float(r["pixel"])
                     + 2 * float(r["texture"]))
         assert float(r["perceptual"]) == pytest.approx(expected, rel=1e-5)
-    # terms whose weight is 0 are not computed or logged
-    run_quietly(train_srgan.main, gan_argv(data, tmp_path / "b", "--iterations", "1", "--log-every", "1",
-                                           "--val-data", ""))
-    assert "pixel" not in read_log(tmp_path / "b" / "srgan_log.csv")[0]
 
 
 def test_content_scale_scales_the_content_loss_by_its_square(data, tmp_path):
@@ -225,9 +210,9 @@ def test_mse_content_loss_is_the_pixel_mse_and_builds_no_vgg(data, tmp_path, mon
     def no_vgg(*args, **kwargs):
         raise AssertionError("a VGG19 was built")
     monkeypatch.setattr(models, "TruncatedVGG19", no_vgg)
-    argv = mse_argv(data, tmp_path / "ck")
-    _, out, err = run_quietly(train_srgan.main, argv + ["--content-loss", "mse", "--pixel-weight", "1",
-                                                        "--iterations", "3", "--log-every", "1"])
+    argv = gan_argv(data, tmp_path / "ck", "--content-loss", "mse", "--pixel-weight", "1", "--iterations", "3",
+                    "--log-every", "1", vgg=False)
+    _, out, err = run_quietly(train_srgan.main, argv)
     assert "content loss pixel MSE" in out and "WARNING" not in err
     rows = read_log(tmp_path / "ck" / "srgan_log.csv")
     assert len(rows) == 3
@@ -242,6 +227,16 @@ def test_mse_content_loss_is_the_pixel_mse_and_builds_no_vgg(data, tmp_path, mon
 
 
 @pytest.mark.parametrize("extra, message", [
+    (["--vgg-i", "0"], "--vgg-i: must be a number >= 1"),
+    (["--vgg-i", "6"], "error: --vgg-i 6 --vgg-j 2: VGG19 has no convolution"),  # the layer flags blamed
+    (["--beta", "-1"], "--beta: must be a number >= 0.0"),
+    (["--pixel-weight", "nan"], "--pixel-weight: must be a number >= 0.0"),
+    (["--content-scale", "0"], "--content-scale: must be positive"),
+    (["--content-scale", "1/0"], "--content-scale: not a number or fraction"),
+    (["--fc-size", "0"], "--fc-size: must be a number >= 1"),
+    (["--d-n-blocks", "0"], "--d-n-blocks: must be a number >= 1"),
+    (["--lr=-1e-4"], "--lr: must be a positive number"),
+    (["--workers", "-2"], "--workers: must be a number >= 0"),
     (["--content-loss", "vgg19"], "--content-loss: invalid choice: 'vgg19'"),
     (["--content-loss", "mse", "--vgg-weights", "random"], "--vgg-weights random: --content-loss mse builds no VGG19"),
     (["--content-loss", "mse", "--vgg-j", "2"], "--vgg-j 2: --content-loss mse builds no VGG19"),
@@ -256,38 +251,11 @@ def test_mse_content_loss_is_the_pixel_mse_and_builds_no_vgg(data, tmp_path, mon
     (["--content-loss", "mse", "--grid-region", "flat"], "--grid-region flat: the grid loss is off (--grid-weight 0)"),
     (["--content-loss", "mse", "--grid-region", "dark"], "--grid-region: invalid choice: 'dark'"),
 ])
-def test_bad_flags_of_an_mse_run(data, tmp_path, capsys, extra, message):
-    """Bad content-loss combinations, remedy values and sizes that cannot build: one line, nothing written."""
-    init = "--small-kernel-size" not in extra and "--n-blocks" not in extra  # else the --init model's size is wrong
-    line = cli_error(train_srgan.main, mse_argv(data, tmp_path / "ck", init) + ["--iterations", "2", *extra], capsys)
-    assert message in line, line
-    assert not (tmp_path / "ck").exists()
-
-
-def test_keep_every_keeps_the_generator_of_every_nth_iteration(data, tmp_path):
-    run_quietly(train_srgan.main, gan_argv(data, tmp_path / "ck", "--iterations", "5", "--keep-every", "2",
-                                           "--val-data", ""))
-    kept = sorted(p.name for p in (tmp_path / "ck").glob("srgan_[0-9]*.pth"))
-    assert kept == ["srgan_2.pth", "srgan_4.pth"]
-    ckpt = checkpoint.load_checkpoint(tmp_path / "ck" / "srgan_4.pth")
-    assert "training" not in ckpt and ckpt["info"]["iteration"] == 4
-    assert isinstance(checkpoint.load_model(tmp_path / "ck" / "srgan_4.pth"), models.Generator)
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--vgg-i", "0"], "--vgg-i: must be a number >= 1"),
-    (["--vgg-i", "6"], "error: --vgg-i 6 --vgg-j 2: VGG19 has no convolution"),  # the layer flags blamed
-    (["--beta", "-1"], "--beta: must be a number >= 0.0"),
-    (["--pixel-weight", "nan"], "--pixel-weight: must be a number >= 0.0"),
-    (["--content-scale", "0"], "--content-scale: must be positive"),
-    (["--content-scale", "1/0"], "--content-scale: not a number or fraction"),
-    (["--fc-size", "0"], "--fc-size: must be a number >= 1"),
-    (["--d-n-blocks", "0"], "--d-n-blocks: must be a number >= 1"),
-    (["--lr=-1e-4"], "--lr: must be a positive number"),
-    (["--workers", "-2"], "--workers: must be a number >= 0"),
-])
 def test_bad_flags(data, tmp_path, capsys, extra, message):
-    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "ck", "--iterations", "2", *extra), capsys)
+    """Bad values, content-loss combinations, remedy values and sizes that cannot build: one line, nothing written."""
+    init = "--small-kernel-size" not in extra and "--n-blocks" not in extra  # else the --init model's size is wrong
+    argv = gan_argv(data, tmp_path / "ck", "--iterations", "2", *extra, init=init, vgg="mse" not in extra)
+    line = cli_error(train_srgan.main, argv, capsys)
     assert message in line, line
     assert not (tmp_path / "ck").exists()
 
@@ -353,10 +321,10 @@ def test_artifact_map_loss_weighs_noisy_residuals_and_spares_what_the_average_al
 
 
 def test_freeze_bn_keeps_the_generators_statistics_and_remedies_are_recorded(data, tmp_path):
-    run_quietly(train_srgan.main, mse_argv(data, tmp_path / "r") + [
-        "--content-loss", "mse", "--iterations", "3", "--freeze-bn", "--gan-loss", "relativistic",
-        "--artifact-weight", "1", "--grid-weight", "100",
-        "--ema", "0.9", "--val-data", "", "--log-every", "1"])
+    run_quietly(train_srgan.main, gan_argv(data, tmp_path / "r", "--content-loss", "mse", "--iterations", "3",
+                                           "--freeze-bn", "--gan-loss", "relativistic", "--artifact-weight", "1",
+                                           "--grid-weight", "100", "--ema", "0.9", "--val-data", "", "--log-every", "1",
+                                           vgg=False))
     start = checkpoint.load_checkpoint(data["srresnet"])["model"]["state_dict"]
     ckpt = checkpoint.load_checkpoint(tmp_path / "r" / "srgan_latest.pth")
     after = {k.removeprefix("net."): v for k, v in ckpt["model"]["state_dict"].items()}
@@ -371,18 +339,17 @@ def test_freeze_bn_keeps_the_generators_statistics_and_remedies_are_recorded(dat
 
 def test_val_artifacts_logs_niqe_and_grid_as_eval_computes_them(data, tmp_path, capsys):
     # NIQE needs 96x96 after the border crop: the fixture's validation images are too small, in one line
-    line = cli_error(train_srgan.main, mse_argv(data, tmp_path / "x") + ["--content-loss", "mse", "--val-artifacts",
-                                                                          "--iterations", "2"], capsys)
+    line = cli_error(train_srgan.main, gan_argv(data, tmp_path / "x", "--content-loss", "mse", "--val-artifacts",
+                                                "--iterations", "2", vgg=False), capsys)
     assert "too small for NIQE" in line and "remove it from" in line
     big = tmp_path / "Big"
     big.mkdir()
     random_image((112, 120), seed=7).save(big / "b.png")
     lists = tmp_path / "lists"
     create_data_lists.create_data_lists([str(data["root"] / "train")], [str(big)], 32, str(lists), log=lambda *a: None)
-    argv = mse_argv(data, tmp_path / "r")
-    argv[argv.index("--data-folder") + 1], argv[argv.index("--val-data") + 1] = str(lists), "Big"
-    run_quietly(train_srgan.main, argv + ["--content-loss", "mse", "--val-artifacts", "--iterations", "2",
-                                          "--precision", "fp32", "--keep-every", "2"])
+    run_quietly(train_srgan.main, gan_argv(data, tmp_path / "r", "--data-folder", lists, "--val-data", "Big",
+                                           "--content-loss", "mse", "--val-artifacts", "--iterations", "2",
+                                           "--precision", "fp32", "--keep-every", "2", vgg=False))
     row = read_log(tmp_path / "r" / "srgan_log.csv")[-1]
     model = inference.prepare_model(checkpoint.load_model(tmp_path / "r" / "srgan_2.pth"), "cpu", "fp32")
     hr, lr = evaluation.lr_pair(images.open_image(big / "b.png"), 4)

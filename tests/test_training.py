@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import checkpoint
+import datasets
 import models
 import train_srgan
 import train_srresnet
@@ -64,12 +65,13 @@ def test_resume_and_init_together_and_too_few_iterations(run_checkpoint):
         parse(["--resume", run_checkpoint, "--iterations", "7"])
 
 
-def test_every_recorded_flag_is_either_adjustable_or_refused():
-    """The lists are consistent: what may change on resume is a real flag of both scripts."""
+def test_both_parsers_agree_with_the_resume_lists_and_the_models_scales():
+    """What may change on resume is a real flag of both scripts; --scaling-factor offers models.SCALES."""
     for build in (train_srresnet.build_parser, train_srgan.build_parser):
-        dests = {a.dest for a in build()._actions}
-        assert set(training.ADJUSTABLE_ON_RESUME) <= dests
-        assert set(training.NOT_RECORDED) - {"resume_notes"} <= dests
+        actions = {a.dest: a for a in build()._actions}
+        assert set(training.ADJUSTABLE_ON_RESUME) <= set(actions)
+        assert set(training.NOT_RECORDED) - {"resume_notes"} <= set(actions)
+        assert tuple(actions["scaling_factor"].choices) == models.SCALES
 
 
 @pytest.mark.parametrize("schedule, factors", [
@@ -238,7 +240,8 @@ def test_a_flag_that_would_make_another_run_is_refused_on_resume(script, flag, t
 @SCRIPTS
 def test_nan_stops_the_run_and_the_named_checkpoint_is_good(script, tmp_path, data_lists, capsys):
     """NaN injected through the trained model (a forward hook, training mode, from its 4th call): the
-    run stops with one line naming the checkpoint of iteration 3, whose model gives finite outputs."""
+    run stops with one line naming the checkpoint of iteration 3, whose model gives finite outputs; so
+    does a resume of it, which has written no checkpoint yet."""
     calls, trained = {"n": 0}, {"srresnet": models.SRResNet, "srgan": models.Generator}[script]
 
     def poison(module, inputs, output):
@@ -247,33 +250,41 @@ def test_nan_stops_the_run_and_the_named_checkpoint_is_good(script, tmp_path, da
             if calls["n"] >= 4:
                 return output * float("nan")
     argv = tiny_run(script, data_lists, tmp_path / "ck", "--iterations", "10", "--save-every", "1", "--val-data", "")
+    latest = tmp_path / "ck" / f"{script}_latest.pth"
     handle = torch.nn.modules.module.register_module_forward_hook(poison)
     try:
         line = cli_error(main_of(script), argv, capsys)
+        resumed = cli_error(main_of(script), ["--resume", latest], capsys)
     finally:
         handle.remove()
-    latest = tmp_path / "ck" / f"{script}_latest.pth"
-    assert f"NaN or infinite by iteration 4; stopped. The last good checkpoint is {latest} (iteration 3)" in line
+    for text in (line, resumed):
+        assert f"NaN or infinite by iteration 4; stopped. The last good checkpoint is {latest} (iteration 3)" in text
     assert checkpoint.load_checkpoint(latest)["training"]["iteration"] == 3
     with torch.no_grad():
         assert torch.isfinite(checkpoint.load_model(latest)(torch.randn(1, 3, 12, 12))).all()
 
 
-@pytest.mark.parametrize("script, extra", [
-    ("srresnet", []),
-    ("srresnet", ["--ema", "0.9"]),
+@pytest.mark.parametrize("script, extra, store", [
+    ("srresnet", [], False),
+    ("srresnet", ["--ema", "0.9"], False),
+    ("srresnet", ["--augment"], True),
+    ("srresnet", ["--workers", "2"], True),
     ("srgan", ["--ema", "0.9", "--content-loss", "vgg22", "--vgg-weights", "random", "--pixel-weight", "0.1",
-               "--texture-weight", "1"]),
+               "--texture-weight", "1"], False),
 ])
-def test_the_readme_resume_command_continues_an_interrupted_run_exactly(script, extra, tmp_path, data_lists,
+def test_the_readme_resume_command_continues_an_interrupted_run_exactly(script, extra, store, tmp_path, data_lists,
                                                                          monkeypatch, capsys):
     """A run with non-default settings, SIGINT at iteration 5, then `--resume PATH` alone (the README's
     command): the weights (the discriminator's, the --ema average), optimizers, schedules, scaler, RNG
-    and log equal the uninterrupted run's, bit for bit. (The SRGAN's random VGG19 is rebuilt the same.)"""
+    and log equal the uninterrupted run's, bit for bit. (The SRGAN's random VGG19 is rebuilt the same.)
+    store: the interrupted run reads the decoded store (create_data_lists.py --store), in this process
+    or in loader workers; the uninterrupted run decoded each image: the same batches."""
     run = ["--iterations", "9", "--lr-schedule", "cosine", "--lr", "3e-4", "--log-every", "1", "--save-every", "4",
            "--val-every", "3", "--seed", "3", "--precision", "bf16", *extra]
     main = main_of(script)
     main(tiny_run(script, data_lists, tmp_path / "straight", *run))
+    if store:
+        datasets.write_store(datasets.list_path(str(data_lists), "train"), log=lambda *a: None)
     with monkeypatch.context() as m:
         sigint_at(m, 5)
         with pytest.raises(KeyboardInterrupt):
@@ -391,8 +402,8 @@ def test_flags_given_with_resume_apply_and_are_announced(script, tmp_path, data_
     assert all(o["param_groups"][0]["lr"] == 5e-5 for o in optimizers)
 
 
-def _bad_resume_files(script, tmp_path):
-    """{name: path} of checkpoints that a --resume of ``script`` cannot take."""
+@SCRIPTS
+def test_bad_resume_checkpoints_are_named_in_one_line(script, tmp_path, capsys):
     good = FIXTURE / f"{script}_iteration2.pth"
     other = FIXTURE / ("srgan_iteration2.pth" if script == "srresnet" else "srresnet_iteration2.pth")
     inference = tmp_path / "inference.pth"
@@ -414,12 +425,7 @@ def _bad_resume_files(script, tmp_path):
         change(ckpt)
         paths[name] = tmp_path / f"{name.replace(' ', '_')}.pth"
         torch.save(ckpt, paths[name])
-    return paths
-
-
-@SCRIPTS
-def test_bad_resume_checkpoints_are_named_in_one_line(script, tmp_path, capsys):
-    for name, path in _bad_resume_files(script, tmp_path).items():
+    for name, path in paths.items():
         line = cli_error(main_of(script), ["--resume", path, "--iterations", "5", "--checkpoint-dir", tmp_path / "out"],
                          capsys)
         assert str(path) in line, (name, line)
