@@ -7,6 +7,7 @@ import errno
 import importlib.util
 import io
 import os
+import runpy
 import subprocess
 import sys
 import traceback
@@ -242,30 +243,32 @@ def full_disk(mode):
 
 
 def run_script(argv, disk=None):
-    """``python SCRIPT ARGS`` from the repo root, run in this process by cli() on the script's main
-    (each script's ``__main__`` is ``utils.run_cli(main)``): the exit code, stdout and stderr as a
-    CompletedProcess. As a process would, an uncaught exception gives its traceback on stderr and exit
-    code 1. For cases that need no process of their own (not another user, a signal, a memory
-    measurement). ``disk``: None, or full_disk's mode. utils.keep_freed_memory is left out (it would
-    change malloc for the rest of the test session; it changes no output)."""
+    """``python SCRIPT ARGS`` from the repo root, run in this process (no interpreter start-up; the
+    script's own ``__main__`` block runs): the exit code, stdout and stderr as a CompletedProcess. As a
+    process would, an uncaught exception gives its traceback on stderr and exit code 1. For cases that
+    need no process of their own (not another user, a signal, a memory measurement). ``disk``: None,
+    or full_disk's mode. utils.keep_freed_memory is left out (it would change malloc for the rest of
+    the test session; it changes no output)."""
     import utils
 
     argv = [str(a) for a in argv]
     out, err = io.StringIO(), io.StringIO()
-    saved = os.getcwd(), os.environ.pop("SR_DEBUG", None), utils.keep_freed_memory
+    saved = sys.argv, os.getcwd(), os.environ.pop("SR_DEBUG", None), utils.keep_freed_memory
+    sys.argv, code = argv, 0
     os.chdir(ROOT)
     utils.keep_freed_memory = lambda: False
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), full_disk(disk):
-            code = cli(load_script(argv[0].removesuffix(".py")).main, argv[1:])
-        if isinstance(code, str):  # sys.exit("message"), as Python prints it
-            err.write(code + "\n")
-        code = 1 if isinstance(code, str) else (code or 0)
+            runpy.run_path(str(ROOT / argv[0]), run_name="__main__")
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            err.write(e.code + "\n")
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except Exception:
         err.write(traceback.format_exc())
         code = 1
     finally:
-        cwd, debug, utils.keep_freed_memory = saved
+        sys.argv, cwd, debug, utils.keep_freed_memory = saved
         os.chdir(cwd)
         if debug is not None:
             os.environ["SR_DEBUG"] = debug

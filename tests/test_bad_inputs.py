@@ -136,8 +136,13 @@ def with_checkpoint(**changes):
 
 
 def run_eval(d, *sets, ckpt=None, extra=()):
-    return ["eval.py", "--checkpoint", *(ckpt or [d.parent / "tiny.pth"]), "--test-folders", *sets,
-            "--device", "cpu", *extra]
+    """eval.py on ``sets`` with the checkpoints ``ckpt`` (by default tiny.pth; [] for none)."""
+    ckpt = [d.parent / "tiny.pth"] if ckpt is None else ckpt
+    return ["eval.py", *(["--checkpoint", *ckpt] if ckpt else []), "--test-folders", *sets, "--device", "cpu", *extra]
+
+
+def run_bicubic(d, *sets, extra=()):
+    return run_eval(d, *sets, ckpt=[], extra=["--bicubic", "--scale", "4", *extra])
 
 
 def make_test_set(d, name="Set", n=2):
@@ -214,10 +219,17 @@ class Case(NamedTuple):
 
 
 NOT_FINITE = "nan.pth: its 'model' weights are not finite (NaN or inf in conv_block1.conv_block.0.weight)"
+TILE = "use 0 (whole images) or at least 32 LR pixels (smaller tiles are very slow)"
 
 CASES = {
-    # test.py: images
-    "missing_image": Case(lambda d: run_test(d, d / "nope.png"), ["nope.png"], has=["no such file"]),
+    # test.py: flags
+    "fp16_on_a_cpu": Case(lambda d: run_test(d, extra=["--device", "cpu", "--precision", "fp16"]),
+                          ["--precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32"]),
+    "tile_1": Case(lambda d: run_test(d, extra=["--tile", "1"]), [f"--tile 1: {TILE}"]),
+    "tile_31": Case(lambda d: run_test(d, extra=["--tile", "31"]), [f"--tile 31: {TILE}"]),
+    "tile_negative": Case(lambda d: run_test(d, extra=["--tile", "-2"]), [f"--tile -2: {TILE}"]),
+    # test.py: images (a name with a newline stays one error line, the newline escaped)
+    "missing_image": Case(lambda d: run_test(d, d / "new\nline.png"), ["{d}/new\\nline.png: no such file or folder"]),
     "empty_image": Case(lambda d: run_test(d, write(d / "zero.png", b"")), ["zero.png"], has=["empty file"]),
     "truncated_image": Case(lambda d: run_test(d, truncated_png(d / "cut.png")), ["cut.png"], has=["cannot decode"]),
     "decompression_bomb": Case(lambda d: run_test(d, bomb_png(d / "bomb.png")), ["bomb.png"], has=["too large"]),
@@ -271,6 +283,22 @@ CASES = {
                                        new=["out/a_sr.png", "out/a_bicubic.png", "out/c_sr.png", "out/c_bicubic.png"],
                                        has=["cannot decode"]),
     # eval.py
+    "eval_nothing_to_evaluate": Case(lambda d: run_eval(d, make_test_set(d), ckpt=[]), ["nothing to evaluate"]),
+    "eval_bicubic_without_scale": Case(lambda d: run_eval(d, make_test_set(d), ckpt=[], extra=["--bicubic"]),
+                                       ["--bicubic without a checkpoint needs --scale"]),
+    "eval_scale_of_another_model": Case(lambda d: run_eval(d, make_test_set(d), extra=["--scale", "2"]),
+                                        ["tiny.pth: its model up-scales x4, but the evaluation is x2"]),
+    "eval_missing_folder": Case(lambda d: run_bicubic(d, d / "gone"), ["gone"], has=["no such folder"]),
+    "eval_two_sets_of_one_name": Case(lambda d: run_bicubic(d, make_test_set(d), d / "Set"), ["distinct names"]),
+    "eval_missing_checkpoint": Case(lambda d: run_eval(d, make_test_set(d), ckpt=[d / "none.pth"]), ["none.pth"],
+                                    has=["no such file"]),
+    "eval_tile_31": Case(lambda d: run_eval(d, make_test_set(d), extra=["--tile", "31"]), [f"--tile 31: {TILE}"]),
+    "eval_tile_negative": Case(lambda d: run_eval(d, make_test_set(d), extra=["--tile", "-1"]), [f"--tile -1: {TILE}"]),
+    "eval_corrupt_image": Case(lambda d: run_bicubic(d, write(d / "Broken" / "d.png", b"broken").parent), ["d.png"]),
+    # 24x40: enough for SSIM, not for two 8-pixel bands
+    "eval_artifacts_of_a_too_small_image": Case(
+        lambda d: run_bicubic(d, image(d / "Small" / "s.png", (24, 40), seed=1).parent, extra=["--artifacts"]),
+        ["s.png: 24x40 is too small for the artifact measures"]),
     "eval_list_names_a_missing_file": Case(eval_list_names_a_missing_file, ["Mini_test_images.json"], has=["gone.png"]),
     "eval_one_pixel_image": Case(lambda d: run_eval(d, image(d / "Tiny" / "dot.png", (1, 1)).parent), ["dot.png"],
                                  has=["1x1"], has_not=["0x0"]),
@@ -364,21 +392,6 @@ def _drop_root():
     os.setuid(NOBODY)
 
 
-def _ways_to_drop_privileges():
-    """[(description, command prefix, preexec_fn, chown the case's files to NOBODY)] to try as root.
-
-    As user NOBODY (setpriv also runs an interpreter that lives under root's home folder); else as
-    root without capabilities, which is an 'other' user to files owned by NOBODY."""
-    ways = []
-    if shutil.which("setpriv"):
-        ways.append((f"user {NOBODY}", ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"],
-                     None, False))
-    ways.append((f"user {NOBODY}", [], _drop_root, False))
-    if shutil.which("setpriv"):
-        ways.append(("root without capabilities", ["setpriv", "--inh-caps=-all", "--bounding-set=-all"], None, True))
-    return ways
-
-
 def snapshot(folder):
     """Every file and folder under ``folder`` (relative paths)."""
     return {str(path.relative_to(folder)) for path in folder.rglob("*")}
@@ -408,8 +421,14 @@ def run_as_nobody(argvs, folders, base):
     for each."""
     if os.geteuid() != 0:  # permissions already apply
         ways, locked = [("this user", [], None, False)], ""
-    else:
-        ways, locked = _ways_to_drop_privileges(), base / "locked.txt"
+    else:  # (description, command prefix, preexec_fn, chown the case's files to NOBODY): as user NOBODY
+        # (setpriv also runs an interpreter that lives under root's home folder); else as root without
+        # capabilities, which is an 'other' user to files owned by NOBODY
+        to_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        ways = [(f"user {NOBODY}", to_nobody, None, False), (f"user {NOBODY}", [], _drop_root, False),
+                ("root without capabilities", ["setpriv", "--inh-caps=-all", "--bounding-set=-all"], None, True)]
+        ways = [way for way in ways if not way[1] or shutil.which("setpriv")]  # (setpriv's ways need setpriv)
+        locked = base / "locked.txt"
         locked.write_text("secret")
         os.chown(locked, NOBODY, NOBODY)
         os.chmod(locked, 0o600)

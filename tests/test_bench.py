@@ -24,7 +24,7 @@ def _positive_finite(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
-def test_conv_flops_of_a_tiny_srresnet_equal_a_hand_count():
+def test_conv_flops_equal_a_hand_count():
     h, w = 10, 12
     c, k_large, k_small = TINY["n_channels"], TINY["large_kernel_size"], TINY["small_kernel_size"]
     n_blocks = TINY["n_blocks"]
@@ -39,10 +39,7 @@ def test_conv_flops_of_a_tiny_srresnet_equal_a_hand_count():
     # a Generator wraps the same network: same count; the model itself is left on the CPU
     assert bench.conv_flops(models.Generator(**TINY), h, w) == expected
     assert next(model.parameters()).device.type == "cpu"
-
-
-def test_conv_flops_follow_strided_convolutions():
-    # Discriminator blocks: 3->4 (stride 1), 4->4 (stride 2), 4->8 (1), 8->8 (2), 3x3 kernels
+    # strided convolutions: Discriminator blocks: 3->4 (stride 1), 4->4 (stride 2), 4->8 (1), 8->8 (2), 3x3 kernels
     disc = models.Discriminator(kernel_size=3, n_channels=4, n_blocks=4, fc_size=8)
     expected = 2 * 9 * (3 * 4 * 96 * 96 + 4 * 4 * 48 * 48 + 4 * 8 * 48 * 48 + 8 * 8 * 24 * 24)
     assert bench.conv_flops(disc, 96, 96) == expected
@@ -52,7 +49,6 @@ def test_default_x4_model_costs_about_4_4_mflop_per_lr_pixel():
     per_pixel = bench.conv_flops(models.SRResNet(), 16, 16) / 256
     # 2 * (3*64*81 + 33*64*64*9 + (1 + 4)*64*256*9 + 16*64*3*81) = 4,436,352
     assert per_pixel == 4_436_352
-    assert per_pixel == pytest.approx(4.4e6, rel=0.03)
     # independent of the input size ('same' padding)
     assert bench.conv_flops(models.SRResNet(), 20, 30) == 600 * per_pixel
 

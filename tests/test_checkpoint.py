@@ -1,6 +1,7 @@
 """Checkpoint files: atomic saving, weights-only loading, load_model."""
 
 import os
+import random
 
 import pytest
 import torch
@@ -11,7 +12,9 @@ import utils
 from conftest import TINY, full_disk
 
 
-def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+def test_save_checkpoint_is_atomic_and_a_full_disk_is_a_user_error(tmp_path, monkeypatch):
+    """A save that fails half-way leaves the old file whole and no temporary file. torch.save reports a
+    failed write as a RuntimeError; the user sees the disk problem."""
     path = tmp_path / "ck.pth"
     checkpoint.save_checkpoint({"format_version": 1, "x": torch.arange(3)}, path)
     before = path.read_bytes()
@@ -22,13 +25,16 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(RuntimeError, match="disk full"):
         checkpoint.save_checkpoint({"format_version": 1, "x": torch.arange(5)}, path)
-    assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == ["ck.pth"]  # no temporary file left behind
     monkeypatch.undo()
+    with full_disk("write"), pytest.raises(utils.UserError, match=r"ck.pth: cannot write \(No space left on device\)"):
+        checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["ck.pth"]
     assert torch.equal(checkpoint.load_checkpoint(path)["x"], torch.arange(3))
 
 
 def test_load_checkpoint_errors(tmp_path):
+    """Whatever a bad file holds (these, then 40 of random bytes), loading it is a UserError naming it."""
     (tmp_path / "junk.pth").write_bytes(b"\x00garbage" * 10)
     torch.save({"a": torch.zeros(1)}, tmp_path / "foreign.pth")
     checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), tmp_path / "good.pth")
@@ -38,12 +44,6 @@ def test_load_checkpoint_errors(tmp_path):
                           ("foreign.pth", "not a checkpoint of this project"), ("cut.pth", "cut.pth")]:
         with pytest.raises(utils.UserError, match=message):
             checkpoint.load_checkpoint(tmp_path / name)
-
-
-def test_random_bytes_always_give_a_user_error(tmp_path):
-    """Whatever a corrupt file holds, loading it is a one-line UserError, never another exception."""
-    import random
-
     for seed in range(40):
         path = tmp_path / f"r{seed}.pth"
         rng = random.Random(seed)
@@ -55,8 +55,10 @@ def test_random_bytes_always_give_a_user_error(tmp_path):
             checkpoint.load_checkpoint(path)
 
 
-@pytest.mark.parametrize("cls", [models.SRResNet, models.Generator])
-def test_load_model_round_trip(tmp_path, cls):
+@pytest.mark.parametrize("cls, cuda_tagged", [(models.SRResNet, False), (models.Generator, False),
+                                              (models.SRResNet, True)])
+def test_load_model_round_trip(tmp_path, monkeypatch, cls, cuda_tagged):
+    """cuda_tagged: a file whose tensors are tagged 'cuda:0' (as when saved on a GPU) loads on a CPU."""
     torch.manual_seed(0)
     model = cls(**TINY)
     with torch.no_grad():  # non-trivial BN statistics so that eval mode matters
@@ -66,40 +68,23 @@ def test_load_model_round_trip(tmp_path, cls):
                 m.running_var.uniform_(0.5, 2)
     model.eval()
     path = tmp_path / "m.pth"
-    checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model), path)
-    loaded = checkpoint.load_model(path)
+    if cuda_tagged and torch.cuda.is_available():
+        checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model.cuda()), path)
+        model.cpu()
+    elif cuda_tagged:
+        # without a GPU, write the same file by tagging every storage with the CUDA location
+        monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(checkpoint.inference_checkpoint(model), path)
+        monkeypatch.undo()
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)  # what a plain load does on this machine
+    else:
+        checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model), path)
+    loaded = checkpoint.load_model(path, device="cpu")
     assert type(loaded) is cls and not loaded.training
     x = torch.randn(1, 3, 11, 9)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-
-
-def test_load_model_from_a_cuda_saved_file_on_cpu(tmp_path, monkeypatch):
-    """A file whose tensors are tagged 'cuda:0' (as when saved on a GPU) loads on a CPU-only machine."""
-    model = models.SRResNet(**TINY).eval()
-    path = tmp_path / "cuda.pth"
-    if torch.cuda.is_available():
-        checkpoint.save_checkpoint(checkpoint.inference_checkpoint(model.cuda()), path)
-        model.cpu()
-    else:
-        # without a GPU, write the same file by tagging every storage with the CUDA location
-        monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
-        ckpt = checkpoint.inference_checkpoint(model)
-        torch.save(ckpt, path)
-        monkeypatch.undo()
-        with pytest.raises(RuntimeError, match="CUDA"):
-            torch.load(path, weights_only=True)  # what a plain load does on this machine
-    loaded = checkpoint.load_model(path, device="cpu")
-    x = torch.randn(1, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
-
-
-def test_a_full_disk_while_saving_is_a_user_error(tmp_path):
-    """torch.save reports a failed write as a RuntimeError; the user sees the disk problem."""
-    with full_disk("write"), pytest.raises(utils.UserError, match=r"ck.pth: cannot write \(No space left on device\)"):
-        checkpoint.save_checkpoint(checkpoint.inference_checkpoint(models.SRResNet(**TINY)), tmp_path / "ck.pth")
-    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("version, ok", [(1, True), (1.0, True), (1.5, False), ("1", False), (None, False),
@@ -116,33 +101,29 @@ def test_format_version_must_be_a_whole_number(tmp_path, version, ok):
             checkpoint.load_model(path)
 
 
-def test_malformed_model_entries_are_named(tmp_path):
-    good = checkpoint.inference_checkpoint(models.SRResNet(**TINY))
-    cases = [({"args": dict(TINY, n_channels="8")}, "n_channels='8' is not a whole number"),
-             ({"args": dict(TINY, wings=2)}, "unexpected keyword argument 'wings'"),
-             ({"args": dict(TINY, n_blocks=-1)}, "n_blocks=-1 is out of range")]
-    for change, message in cases:
-        checkpoint.save_checkpoint(dict(good, model=dict(good["model"], **change)), tmp_path / "c.pth")
-        with pytest.raises(utils.UserError, match=f"c.pth: malformed checkpoint: cannot build SRResNet.*{message}"):
-            checkpoint.load_model(tmp_path / "c.pth")
-    state = {k: v for k, v in good["model"]["state_dict"].items() if not k.startswith("residual_blocks.1.")}
-    checkpoint.save_checkpoint(dict(good, model=dict(good["model"], state_dict=state)), tmp_path / "c.pth")
-    with pytest.raises(utils.UserError, match=r"c.pth: the weights do not fit SRResNet.*: missing "
-                                              r"residual_blocks\.1\.conv_block1.* \.\.\.$"):
-        checkpoint.load_model(tmp_path / "c.pth")
+BUILD, FIT = "malformed checkpoint: cannot build", "the weights do not fit"
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(n_blocks=10**9), "n_blocks=1000000000 is out of range"),  # a size bomb: refused before building
-    (dict(n_blocks=900), "missing residual_blocks.2."),  # within the bound, but not what the file holds
-    (dict(n_channels=4096), "has shape (8, 3, 9, 9), the arguments make (4096, 3, 9, 9)"),
-    (dict(small_kernel_size=4), "small_kernel_size=4 must be odd")])
-def test_sizes_that_the_weights_do_not_have_are_refused_before_anything_is_built(tmp_path, change, message):
+@pytest.mark.parametrize("change, kind, message", [
+    (dict(n_channels="8"), BUILD, "n_channels='8' is not a whole number"),
+    (dict(wings=2), BUILD, "unexpected keyword argument 'wings'"),
+    (dict(n_blocks=-1), BUILD, "n_blocks=-1 is out of range"),
+    (dict(n_blocks=10**9), BUILD, "n_blocks=1000000000 is out of range"),  # a size bomb: refused before building
+    (dict(small_kernel_size=4), BUILD, "small_kernel_size=4 must be odd"),
+    (dict(n_blocks=900), FIT, r": missing residual_blocks\.2\."),  # within the bounds, but not what the file holds
+    (dict(n_channels=4096), FIT, r"has shape \(8, 3, 9, 9\), the arguments make \(4096, 3, 9, 9\)"),
+    (None, FIT, r": missing residual_blocks\.1\.conv_block1.* \.\.\.$")])  # None: a block's weights removed
+def test_malformed_or_misfitting_model_entries_are_one_line_naming_the_problem(tmp_path, change, kind, message):
     good = checkpoint.inference_checkpoint(models.SRResNet(**TINY))
-    checkpoint.save_checkpoint(dict(good, model=dict(good["model"], args=dict(TINY, **change))), tmp_path / "c.pth")
-    with pytest.raises(utils.UserError, match="c.pth: ") as e:
+    if change is None:
+        state = {k: v for k, v in good["model"]["state_dict"].items() if not k.startswith("residual_blocks.1.")}
+        model = dict(good["model"], state_dict=state)
+    else:
+        model = dict(good["model"], args=dict(TINY, **change))
+    checkpoint.save_checkpoint(dict(good, model=model), tmp_path / "c.pth")
+    with pytest.raises(utils.UserError, match=f"c.pth: {kind} SRResNet.*{message}") as e:
         checkpoint.load_model(tmp_path / "c.pth")
-    assert message in str(e.value) and "\n" not in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

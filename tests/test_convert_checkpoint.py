@@ -80,15 +80,6 @@ def test_allow_list_holds_only_what_the_tutorial_pickles():
     assert {"SRResNet", "Generator", "Discriminator", "Adam"} <= allowed
 
 
-def test_a_project_checkpoint_becomes_an_inference_file_with_info(tmp_path):
-    model = models.SRResNet(**TINY)
-    src = tmp_path / "train.pth"
-    checkpoint.save_checkpoint({**checkpoint.inference_checkpoint(model, {"a": 1}), "training": {"x": 1}}, src)
-    convert_checkpoint.main([str(src), str(tmp_path / "out.pth"), "--info", "b=2.5", "c=text"])
-    out = checkpoint.load_checkpoint(tmp_path / "out.pth")
-    assert "training" not in out and out["info"] == {"a": 1, "b": 2.5, "c": "text"}
-
-
 def test_ema_takes_the_moving_average_of_a_training_checkpoint(tmp_path, capsys):
     torch.manual_seed(0)
     trained, averaged = models.SRResNet(**TINY), models.SRResNet(**TINY)
@@ -168,7 +159,8 @@ def test_the_output_is_never_the_source(tmp_path, capsys, tiny_checkpoint):
     assert own.read_bytes() == tiny_checkpoint.read_bytes()
 
 
-def test_a_training_checkpoint_gets_an_info_record_and_a_bare_state_dict_is_imported(tmp_path, capsys):
+def test_a_training_checkpoint_becomes_an_inference_file_with_info_and_a_state_dict_is_imported(tmp_path, capsys):
+    """The info record: made from the training entry, or the file's own plus --info KEY=VALUE."""
     torch.manual_seed(0)
     net = models.SRResNet(**TINY)
     ckpt = {"format_version": 1, "model": checkpoint.model_spec(net),
@@ -178,6 +170,11 @@ def test_a_training_checkpoint_gets_an_info_record_and_a_bare_state_dict_is_impo
     info = checkpoint.load_checkpoint(tmp_path / "out.pth")["info"]
     assert (info["script"], info["iteration"], info["lr"], info["converted_from"]) == (
         "train_srresnet.py", 7, 1e-4, "latest.pth")
+    src = tmp_path / "with_info.pth"
+    checkpoint.save_checkpoint({**checkpoint.inference_checkpoint(net, {"a": 1}), "training": {"x": 1}}, src)
+    convert_checkpoint.main([str(src), str(tmp_path / "inference.pth"), "--info", "b=2.5", "c=text"])
+    out = checkpoint.load_checkpoint(tmp_path / "inference.pth")
+    assert "training" not in out and out["info"] == {"a": 1, "b": 2.5, "c": "text"}
     gen = models.Generator(**TINY)
     for model, name in ((net, "bare.pth"), (gen, "bare_gen.pth")):
         torch.save(model.state_dict(), tmp_path / name)

@@ -6,7 +6,7 @@ import os
 import pytest
 
 import create_data_lists
-from conftest import cli_error, random_image
+from conftest import cli_error, load_script, random_image
 
 
 @pytest.fixture
@@ -93,7 +93,6 @@ def test_test_py_outputs_and_duplicates_are_not_listed_twice_or_as_ground_truth(
     """test.py's own outputs (marked PNGs, whatever their names) are skipped with a note; the same image
     under a second name or through a link is listed once, with a note; a test image that is also a
     training image is warned about."""
-    from conftest import load_script
     folder = tmp_path / "train"
     folder.mkdir()
     random_image((120, 110), seed=1).save(folder / "a.png")

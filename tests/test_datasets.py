@@ -95,9 +95,8 @@ def test_cache_gives_identical_samples(data_lists):
 
 
 def test_corrupt_file_mid_training_is_replaced_with_a_warning(tmp_path):
-    good = tmp_path / "good.png"
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     random_image((64, 64)).save(good)
-    bad = tmp_path / "bad.png"
     random_image((64, 64)).save(bad)
     ds = datasets.SRDataset(make_list(tmp_path / "l", [good, bad]), "train", 32, 4, "[0, 1]", "[0, 1]")
     bad.write_bytes(bad.read_bytes()[:100])  # corrupted after the list was checked
@@ -106,25 +105,20 @@ def test_corrupt_file_mid_training_is_replaced_with_a_warning(tmp_path):
     assert hr.shape == (3, 32, 32) and ds.failures >= 1
 
 
-def test_small_images_are_dropped_and_all_small_is_an_error(tmp_path):
-    small = tmp_path / "small.png"
+def test_small_images_are_dropped_and_bad_lists_are_refused(tmp_path):
+    small, big = tmp_path / "small.png", tmp_path / "big.png"
     random_image((30, 30)).save(small)
-    big = tmp_path / "big.png"
     random_image((60, 60)).save(big)
     ds = datasets.SRDataset(make_list(tmp_path / "l", [small, big]), "train", 48, 4, "[0, 1]", "[0, 1]")
     assert ds.images == [str(big)]
-    with pytest.raises(utils.UserError, match="no image is at least 96"):
-        datasets.SRDataset(tmp_path / "l", "train", 96, 4, "[0, 1]", "[0, 1]")
-
-
-def test_bad_lists_and_crop(tmp_path):
     make_list(tmp_path / "e", [])
     make_list(tmp_path / "g", [tmp_path / "gone.png"])
     (tmp_path / "j").mkdir()
     (tmp_path / "j" / "train_images.json").write_text("{not json")
     for folder, crop, message in [(tmp_path, 96, "no such data list"), (tmp_path / "e", 96, "empty"),
                                   (tmp_path / "g", 96, "listed files are gone"),
-                                  (tmp_path / "j", 96, "not a JSON list"), (tmp_path, 90, "not a multiple")]:
+                                  (tmp_path / "j", 96, "not a JSON list"), (tmp_path, 90, "not a multiple"),
+                                  (tmp_path / "l", 96, "no image is at least 96")]:  # small and big are too small
         with pytest.raises(utils.UserError, match=message):
             datasets.SRDataset(folder, "train", crop, 4, "[0, 1]", "[0, 1]")
 
@@ -233,15 +227,13 @@ def test_every_store_entry_is_checked_at_start(mixed_list, key, value, message):
     list_file = str(mixed_list / "train_images.json")
     datasets.write_store(list_file, log=lambda *a: None)
     _, index_file = datasets.store_paths(list_file)
-    with open(index_file) as f:
-        index = json.load(f)
+    index = json.loads(Path(index_file).read_text())
     where = index if key in ("bytes", "format", "images") else index["images"][0]
     if value is None:
         del where[key]
     else:
         where[key] = value(where[key]) if callable(value) else value
-    with open(index_file, "w") as f:
-        json.dump(index, f)
+    Path(index_file).write_text(json.dumps(index))
     with pytest.raises(utils.UserError) as e:
         datasets.SRDataset(mixed_list, "train", 48, 4, "[0, 1]", "[0, 1]")
     assert message in str(e.value) and "rebuild it" in str(e.value) and "\n" not in str(e.value)

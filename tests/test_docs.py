@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+import checkpoint
 from conftest import ROOT, load_script
 
 PAGES = sorted((ROOT / "docs").glob("*.md"))
@@ -12,22 +13,19 @@ TEXTS = {str(p.relative_to(ROOT)): p.read_text() for p in [ROOT / "README.md", R
                                                              ROOT / "assets" / "README.md", *PAGES, *NOTES]}
 
 
-def test_the_front_page_is_short_and_links_every_page():
-    readme = TEXTS["README.md"]
-    assert len(readme.splitlines()) <= 200
-    for page in PAGES:
-        assert f"(docs/{page.name})" in readme, page.name
-
-
-def test_the_model_card_is_short_and_links_every_run_diary():
-    card = TEXTS["checkpoints/README.md"]
-    assert len(card.splitlines()) <= 60
-    for note in NOTES:
-        assert f"(../docs/notes/{note.name})" in card, note.name
+@pytest.mark.parametrize("page, most_lines, linked, prefix", [("README.md", 200, PAGES, "docs/"),
+                                                              ("checkpoints/README.md", 60, NOTES, "../docs/notes/")])
+def test_the_front_page_and_the_model_card_are_short_and_link_every_page(page, most_lines, linked, prefix):
+    assert len(TEXTS[page].splitlines()) <= most_lines
+    for linked_page in linked:
+        assert f"({prefix}{linked_page.name})" in TEXTS[page], linked_page.name
 
 
 def test_the_product_stands_on_its_own():
-    for name, text in TEXTS.items():
+    """Neither the pages nor the shipped checkpoints' info records name internal paths."""
+    infos = {path.name: "\n".join(str(v) for v in checkpoint.load_checkpoint(path).get("info", {}).values())
+             for path in (ROOT / "checkpoints").glob("*.pth")}
+    for name, text in {**TEXTS, **infos}.items():
         assert "../shared" not in text and "DESIGN.md" not in text, name
 
 
@@ -50,13 +48,6 @@ def test_every_flag_in_the_docs_exists(page, script, flags, capsys):
     help_text = capsys.readouterr().out
     for flag in flags:
         assert re.search(rf"{flag}(?![\w-])", help_text), f"{page}: {script}.py has no {flag}"
-
-
-def test_shipped_checkpoints_name_no_internal_paths():
-    import checkpoint
-    for path in (ROOT / "checkpoints").glob("*.pth"):
-        info = checkpoint.load_checkpoint(path).get("info", {})
-        assert not any("../shared" in str(v) or "DESIGN.md" in str(v) for v in info.values()), path.name
 
 
 def test_the_readme_gives_ci_s_test_command_and_the_quick_lane():

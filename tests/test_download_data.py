@@ -16,69 +16,59 @@ from conftest import ROOT, cli
 COMMIT = "8f6dd8c1d20cb7e8792a7177b4f6fd677633f598"
 
 
-def make_file(i, size=3000):
-    return bytes((i * 7 + k * 13) % 256 for k in range(size))
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Serves the server's ``files`` ({url path: bytes}); its ``mode`` ({url path: how}) spoils a file:
+    'truncate' sends its full Content-Length but only half its bytes, then closes; 'endless' sends
+    zeros without end; 'trickle' sends one byte every 0.2 s. Every request goes into ``requests``."""
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        body, mode = self.server.files.get(self.path), self.server.mode.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        if mode != "endless":
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if mode == "endless":
+            with contextlib.suppress(OSError):
+                for _ in range(10_000):  # 640 MB if nobody stops reading
+                    self.wfile.write(bytes(1 << 16))
+            self.close_connection = True
+        elif mode == "trickle":
+            with contextlib.suppress(OSError):
+                for byte in body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+        elif mode == "truncate":
+            self.wfile.write(body[:len(body) // 2])
+            self.close_connection = True
+        else:
+            self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
 
 
-class Server:
-    """An HTTP server on 127.0.0.1 serving ``files`` ({url path: bytes}). ``mode`` ({url path: how})
-    spoils a file: 'truncate' sends its full Content-Length but only half its bytes, then closes;
-    'endless' sends zeros without end; 'trickle' sends one byte every 0.2 s."""
-
-    def __init__(self):
-        self.files, self.mode, self.requests = {}, {}, []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                body, mode = server.files.get(self.path), server.mode.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                if mode != "endless":
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if mode == "endless":
-                    with contextlib.suppress(OSError):
-                        for _ in range(10_000):  # 640 MB if nobody stops reading
-                            self.wfile.write(bytes(1 << 16))
-                    self.close_connection = True
-                elif mode == "trickle":
-                    with contextlib.suppress(OSError):
-                        for byte in body:
-                            self.wfile.write(bytes([byte]))
-                            self.wfile.flush()
-                            time.sleep(0.2)
-                elif mode == "truncate":
-                    self.wfile.write(body[:len(body) // 2])
-                    self.close_connection = True
-                else:
-                    self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/mirror/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def stop(server):
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
-    """A server with two sets (Set5: 3 files, Set14: 2 files) and a manifest of their checksums."""
-    srv = Server()
+    """A server on 127.0.0.1 with Set5 (3 files), Set14 (2 files) and a manifest of their checksums."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.files, srv.mode, srv.requests = {}, {}, []
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/mirror/"
+    threading.Thread(target=srv.serve_forever, args=(0.01,), daemon=True).start()
     rows = ["set\tpath\tbytes\tsha256"]
     for name, count in (("Set5", 3), ("Set14", 2)):
         for i in range(count):
             path = f"data/{name}/image_SRF_4/img_{i + 1:03d}_SRF_4_HR.png"
-            body = make_file(i + 10 * len(name))
+            body = bytes((7 * i + 70 * len(name) + 13 * k) % 256 for k in range(3000))
             srv.files["/mirror/" + path] = body
             rows.append(f"{name}\t{path}\t{len(body)}\t{hashlib.sha256(body).hexdigest()}")
     manifest = tmp_path / "manifest.tsv"
@@ -86,14 +76,15 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setattr(download_data, "MANIFEST", str(manifest))
     monkeypatch.setattr(download_data, "SETS", ("Set5", "Set14"))
     yield srv
-    srv.close()
+    stop(srv)
 
 
 run = functools.partial(cli, download_data.main)  # the exit code of the command line with these flags
 
 
-def error_line(capsys):
-    """The one line of a user error (what comes before it on stderr is the progress bar)."""
+def error_line(argv, capsys):
+    """Run the command line: exit code 2 and one error line, returned (the progress bar comes before it)."""
+    assert run(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
@@ -126,20 +117,29 @@ def test_downloads_checked_files_and_prints_the_next_command(server, tmp_path, c
 
 
 @pytest.mark.parametrize("failure, message", [("corrupted", "SHA-256"), ("missing", "404"),
-                                              ("endless", "sent more than the 3000 bytes the manifest gives")])
-def test_a_bad_file_is_an_error_and_not_kept(server, tmp_path, capsys, failure, message):
-    """A file with the manifest's size but other bytes, one the server lacks, and one whose body never
-    ends (stopped at the manifest size): one line naming it; the files before it are kept."""
+                                              ("endless", "sent more than the 3000 bytes the manifest gives"),
+                                              ("trickle", "too slow")])
+def test_a_bad_file_is_an_error_and_not_kept(server, tmp_path, capsys, monkeypatch, failure, message):
+    """A file with the manifest's size but other bytes, one the server lacks, one whose body never
+    ends (stopped at the manifest size), and one sent a byte every 0.2 s (which never trips the socket
+    timeout; the per-file deadline, grace + size / speed, ends it): one line naming it; the files
+    before it are kept."""
     path = "/mirror/data/Set5/image_SRF_4/img_002_SRF_4_HR.png"
+    out = tmp_path / "datasets"
+    argv = ["Set5", "--output-dir", out, "--base-url", server.url]
     if failure == "corrupted":
         server.files[path] = b"X" + server.files[path][1:]
     elif failure == "missing":
         del server.files[path]
+    elif failure == "trickle":
+        monkeypatch.setattr(download_data, "START_SECONDS", 1)
+        argv += ["--min-speed", "10"]
+        server.mode[path] = "trickle"
     else:
         server.mode[path] = "endless"
-    out = tmp_path / "datasets"
-    assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 2
-    line = error_line(capsys)
+    started = time.monotonic()
+    line = error_line(argv, capsys)
+    assert time.monotonic() - started < 10  # the trickle: 1 s + 3000 B / 10 KB/s = 1.3 s, plus one last byte
     assert message in line and "img_002" in line, line
     assert not (out / "Set5" / "img_002_SRF_4_HR.png").exists()
     assert (out / "Set5" / "img_001_SRF_4_HR.png").exists() and leftovers(out) == []
@@ -149,8 +149,7 @@ def test_an_interrupted_download_is_finished_by_running_again(server, tmp_path, 
     broken = "/mirror/data/Set5/image_SRF_4/img_002_SRF_4_HR.png"
     server.mode[broken] = "truncate"
     out = tmp_path / "datasets"
-    assert run(["Set5", "--output-dir", out, "--base-url", server.url]) == 2
-    assert "img_002" in error_line(capsys)
+    assert "img_002" in error_line(["Set5", "--output-dir", out, "--base-url", server.url], capsys)
     assert sorted(p.name for p in (out / "Set5").iterdir()) == ["img_001_SRF_4_HR.png"]  # no partial file
     # a partial file left by a run that was killed is cleaned up too
     (out / "Set5" / "img_002_SRF_4_HR.png.0123abcd.partial").write_bytes(b"half")
@@ -188,7 +187,7 @@ def test_user_errors_are_one_line(server, tmp_path, capsys, problem, message):
     if problem == "unknown set":
         argv[0] = "Set6"
     elif problem == "unreachable":
-        server.close()  # nothing listens on that port any more
+        stop(server)  # nothing listens on that port any more
     elif problem == "bad url":
         argv[-1] = "nowhere://example/"
     elif problem == "no such folder":
@@ -198,26 +197,12 @@ def test_user_errors_are_one_line(server, tmp_path, capsys, problem, message):
     else:
         out.mkdir()
         (out / "Set5").write_text("a file")
-    assert run(argv) == 2
-    line = error_line(capsys)
+    line = error_line(argv, capsys)
     assert message in line, line
     if problem == "file in the way":
         assert sorted(p.name for p in out.iterdir()) == ["Set5"]
     else:
         assert not out.exists()  # no empty folders left behind either
-
-
-def test_a_trickling_server_meets_the_deadline(server, tmp_path, capsys, monkeypatch):
-    """One byte every 0.2 s never trips the socket timeout; the per-file deadline (grace + size / speed)
-    ends it in one line, and nothing is kept."""
-    monkeypatch.setattr(download_data, "START_SECONDS", 1)
-    server.mode["/mirror/data/Set5/image_SRF_4/img_001_SRF_4_HR.png"] = "trickle"
-    out = tmp_path / "datasets"
-    started = time.monotonic()
-    assert run(["Set5", "--output-dir", out, "--base-url", server.url, "--min-speed", "10"]) == 2
-    assert time.monotonic() - started < 10  # 1 s + 3000 B / 10 KB/s = 1.3 s, plus one last byte
-    assert "too slow" in error_line(capsys)
-    assert not out.exists()
 
 
 def test_default_source_is_the_pinned_repository():

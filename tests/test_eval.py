@@ -1,11 +1,10 @@
-"""eval.py: the published bicubic baseline, model rows computed like utils' metrics, JSON, errors."""
+"""eval.py: the bicubic baseline, model rows as metrics.py scores, JSON, NIQE, artifacts (errors: test_bad_inputs)."""
 
 import json
 import warnings
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import checkpoint
@@ -80,60 +79,6 @@ def test_tiles_crop_border_and_self_ensemble(tiny_checkpoint, test_set):
     assert ensemble["count"] == 3 and ensemble["psnr"] != pytest.approx(whole["psnr"], abs=1e-6)
 
 
-def test_self_ensemble_of_an_equivariant_method_changes_nothing(test_set):
-    folder, _ = test_set
-
-    class Nearest(torch.nn.Module):
-        """Commutes with flips and rotations, so the x8 average must equal one pass."""
-
-        def forward(self, x):
-            x = torch.nn.functional.interpolate(x, scale_factor=4)
-            return images.convert_image(x, "imagenet-norm", "[-1, 1]")
-
-    sets = eval_script.resolve_test_sets([str(folder)])
-    plain = eval_script.evaluate([("nearest", Nearest())], sets, 4, 4, tile=None)
-    x8 = eval_script.evaluate([("nearest", Nearest())], sets, 4, 4, self_ensemble=True)
-    assert x8["nearest"]["Mini"]["psnr"] == pytest.approx(plain["nearest"]["Mini"]["psnr"], abs=1e-9)
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--test-folders", "{folder}"], "nothing to evaluate"),
-    (["--bicubic", "--test-folders", "{folder}"], "needs --scale"),
-    (["--checkpoint", "{checkpoint}", "--scale", "2", "--test-folders", "{folder}"], "x4"),
-    (["--bicubic", "--scale", "4", "--test-folders", "{missing}"], "no such folder"),
-    (["--bicubic", "--scale", "4", "--test-folders", "{folder}", "{folder}"], "distinct names"),
-    (["--checkpoint", "{missing}", "--test-folders", "{folder}"], "no such file"),
-    (["--checkpoint", "{checkpoint}", "--test-folders", "{folder}", "--tile", "31"], "--tile 31: use 0"),
-    (["--checkpoint", "{checkpoint}", "--test-folders", "{folder}", "--tile", "-1"], "--tile -1: use 0"),
-    (["--bicubic", "--scale", "4", "--test-folders", "{broken}"], "d.png"),  # an unreadable test image
-])
-def test_errors(argv, message, tiny_checkpoint, test_set, tmp_path, capsys):
-    folder, _ = test_set
-    (tmp_path / "Broken").mkdir()
-    (tmp_path / "Broken" / "d.png").write_bytes(b"broken")
-    values = dict(folder=folder, checkpoint=tiny_checkpoint, missing=tmp_path / "missing", broken=tmp_path / "Broken")
-    assert message in cli_error(eval_script.main, [a.format(**values) for a in argv], capsys)
-
-
-def test_niqe_column_and_hr_row(tiny_checkpoint, tmp_path, capsys):
-    """--niqe: a NIQE column for every row, an HR row with NIQE only, the same numbers as metrics.calc_niqe."""
-    folder = tmp_path / "Big"
-    folder.mkdir()
-    random_image((120, 110), seed=4).save(folder / "a.png")
-    random_image((105, 130), seed=5).save(folder / "b.png")
-    out = tmp_path / "r.json"
-    results = eval_script.main(["--checkpoint", str(tiny_checkpoint), "--bicubic", "--niqe", "--test-folders",
-                                str(folder), "--json", str(out), "--device", "cpu"])
-    assert list(results) == ["Bicubic", "tiny.pth", "HR (ground truth)"]
-    hr = images.crop_to_multiple(images.open_image(folder / "b.png"), 4)
-    assert results["HR (ground truth)"]["Big"]["images"]["b.png"] == {"niqe": metrics.calc_niqe(hr, 4)}
-    assert set(results["tiny.pth"]["Big"]["images"]["a.png"]) == {"psnr", "ssim", "niqe"}
-    table = capsys.readouterr().out
-    assert "| Method | Big PSNR | Big SSIM | Big NIQE |" in table
-    assert f"| HR (ground truth) | - | - | {results['HR (ground truth)']['Big']['niqe']:.2f} |" in table
-    assert json.loads(out.read_text())["results"]["Bicubic"]["Big"]["images"]["a.png"]["niqe"] > 0
-
-
 def test_niqe_on_an_image_too_small_names_it(test_set, capsys, monkeypatch, tmp_path):
     folder, _ = test_set  # 64x48 and smaller: not one 96x96 block after the border crop
     argv = ["--bicubic", "--scale", "4", "--niqe", "--test-folders", folder]
@@ -153,16 +98,19 @@ def test_json_never_replaces_an_input_and_leftovers_go(tiny_checkpoint, test_set
     assert not (tmp_path / ".r.json.abc.tmp").exists() and (tmp_path / "r.json").is_file()
 
 
-def test_artifacts_columns_hr_row_probe_and_strict_json(tiny_checkpoint, tmp_path, capsys):
+def test_artifacts_columns_hr_row_probe_and_strict_json(tiny_checkpoint, test_set, tmp_path, capsys):
     """--artifacts: grid flat / grid / border columns from metrics.artifact_scores, an HR row, the
-    flat-field probe table, per-image values in --json (null where an image has too few flat pixels)."""
+    flat-field probe table, per-image values in --json (null where an image, or a whole set, has too
+    few flat pixels). (An image too small for them: test_bad_inputs.py.)"""
     folder = tmp_path / "Art"
     folder.mkdir()
     Image.new("RGB", (120, 100), (40, 60, 80)).save(folder / "flat.png")  # all flat
     random_image((64, 64), seed=6).save(folder / "busy.png")  # no flat pixels
+    busy, _ = test_set  # no flat pixels either; one of them grayscale, add a 16-bit one
+    Image.fromarray(np.asarray(random_image((48, 44), seed=9).convert("L"), np.uint16) * 257).save(busy / "d.png")
     out = tmp_path / "a.json"
     results = eval_script.main(["--checkpoint", str(tiny_checkpoint), "--bicubic", "--artifacts", "--test-folders",
-                                str(folder), "--json", str(out), "--device", "cpu"])
+                                str(folder), str(busy), "--json", str(out), "--device", "cpu"])
     assert list(results) == ["Bicubic", "tiny.pth", "HR (ground truth)"]
     hr = images.crop_to_multiple(images.open_image(folder / "busy.png"), 4)
     assert results["HR (ground truth)"]["Art"]["images"]["busy.png"] == metrics.artifact_scores(hr, hr, 4, 4)
@@ -170,10 +118,14 @@ def test_artifacts_columns_hr_row_probe_and_strict_json(tiny_checkpoint, tmp_pat
     assert set(tiny["images"]["busy.png"]) == {"psnr", "ssim", "grid_flat", "grid_dark", "grid", "border"}
     assert tiny["images"]["busy.png"]["grid_flat"] is None and tiny["images"]["flat.png"]["grid_flat"] is not None
     assert tiny["grid_flat"] == tiny["images"]["flat.png"]["grid_flat"] and tiny["grid_flat_count"] == 1
+    assert results["Bicubic"]["Mini"]["grid_flat"] is None
+    scores = results["Bicubic"]["Mini"]["images"].values()
+    assert len(scores) == 4 and all(np.isfinite(v["grid"]) and np.isfinite(v["border"]) for v in scores)
     printed = capsys.readouterr().out
     assert "| Method | Art PSNR | Art SSIM | Art grid flat | Art grid dark | Art grid | Art border |" in printed
     assert "Art grid flat: over the 1 of 2 images" in printed
     assert "Art grid dark: over the 0 of 2 images with at least 2000 dark pixels (none: '-')" in printed
+    assert "Mini grid flat: over the 0 of 4 images with at least 2000 flat pixels (none: '-')" in printed
     assert "| Bicubic | 0 | 0 | 0 |" in printed  # the probe table
     saved = json.loads(out.read_text())  # strict JSON: the PSNR of the flat image is inf for bicubic
     assert saved["results"]["Bicubic"]["Art"]["images"]["flat.png"]["psnr"] is None
@@ -183,39 +135,32 @@ def test_artifacts_columns_hr_row_probe_and_strict_json(tiny_checkpoint, tmp_pat
     assert "Infinity" not in out.read_text() and "NaN" not in out.read_text()
 
 
-def test_artifacts_on_too_small_images_and_sets_without_flat_pixels(test_set, tmp_path, capsys):
-    folder = tmp_path / "Small"
-    folder.mkdir()
-    random_image((24, 40), seed=1).save(folder / "s.png")  # enough for SSIM, not for two 8-pixel bands
-    line = cli_error(eval_script.main, ["--bicubic", "--scale", "4", "--artifacts", "--test-folders", folder], capsys)
-    assert "s.png: 24x40 is too small for the artifact measures" in line, line
-    busy, _ = test_set  # one of them grayscale; add a 16-bit one
-    Image.fromarray(np.asarray(random_image((48, 44), seed=9).convert("L"), np.uint16) * 257).save(busy / "d.png")
-    results = eval_script.main(["--bicubic", "--scale", "4", "--artifacts", "--test-folders", str(busy)])
-    assert results["Bicubic"]["Mini"]["grid_flat"] is None
-    scores = results["Bicubic"]["Mini"]["images"].values()
-    assert len(scores) == 4 and all(np.isfinite(v["grid"]) and np.isfinite(v["border"]) for v in scores)
-    assert "(none: '-')" in capsys.readouterr().out
-
-
-def test_niqe_of_flat_images_is_a_note_and_the_mean_is_over_the_others(tmp_path, capsys):
-    """A constant and a smoothly graded image have no NIQE: one note each, no warning, a set mean
-    over the images that have a score (and how many), strict JSON (null)."""
+def test_niqe_column_hr_row_and_flat_images(tiny_checkpoint, tmp_path, capsys):
+    """--niqe: a NIQE column for every row, an HR row with NIQE only, the same numbers as metrics.calc_niqe.
+    A constant and a smoothly graded image have no NIQE: one note each, no warning, a set mean over
+    the images that have a score (and how many), strict JSON (null)."""
     folder = tmp_path / "Flat"
     folder.mkdir()
     Image.new("RGB", (120, 112), (90, 90, 90)).save(folder / "const.png")
     ramp = np.tile(np.linspace(0, 255, 120, dtype=np.uint8)[None, :, None], (112, 1, 3))
     Image.fromarray(ramp).save(folder / "ramp.png")
-    random_image((120, 112), seed=3).save(folder / "photo.png")
+    random_image((105, 130), seed=5).save(folder / "photo.png")  # cropped to 104x128
     out = tmp_path / "n.json"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not one RuntimeWarning
-        results = eval_script.main(["--bicubic", "--scale", "4", "--niqe", "--test-folders", str(folder),
-                                    "--json", str(out)])
+        results = eval_script.main(["--checkpoint", str(tiny_checkpoint), "--bicubic", "--niqe", "--test-folders",
+                                    str(folder), "--json", str(out), "--device", "cpu"])
+    assert list(results) == ["Bicubic", "tiny.pth", "HR (ground truth)"]
     hr_row = results["HR (ground truth)"]["Flat"]
+    hr = images.crop_to_multiple(images.open_image(folder / "photo.png"), 4)
+    assert hr_row["images"]["photo.png"] == {"niqe": metrics.calc_niqe(hr, 4)}
     assert hr_row["niqe_count"] == 1 and hr_row["niqe"] == pytest.approx(hr_row["images"]["photo.png"]["niqe"])
+    assert set(results["tiny.pth"]["Flat"]["images"]["photo.png"]) == {"psnr", "ssim", "niqe"}
     captured = capsys.readouterr()
+    assert "| Method | Flat PSNR | Flat SSIM | Flat NIQE |" in captured.out
+    assert f"| HR (ground truth) | - | - | {hr_row['niqe']:.2f} |" in captured.out
     assert captured.err.count("NIQE is undefined") >= 4  # both flat images, HR and bicubic rows
     assert "Flat NIQE of HR (ground truth): over the 1 of 3 images" in captured.out
-    saved = json.loads(out.read_text())  # strict: NaN became null
-    assert saved["results"]["HR (ground truth)"]["Flat"]["images"]["const.png"]["niqe"] is None
+    saved = json.loads(out.read_text())["results"]  # strict: NaN became null
+    assert saved["Bicubic"]["Flat"]["images"]["photo.png"]["niqe"] > 0
+    assert saved["HR (ground truth)"]["Flat"]["images"]["const.png"]["niqe"] is None

@@ -15,26 +15,21 @@ def hub_load(entry, **kwargs):
     return torch.hub.load(str(ROOT), entry, source="local", **kwargs)
 
 
-def test_pretrained_srresnet_is_the_shipped_model_in_eval_mode():
-    model = hub_load("srresnet", pretrained=True)
-    assert isinstance(model, models.SRResNet)  # the project's class, not a second copy of it
-    assert not model.training
+def test_pretrained_srresnet_is_the_shipped_model_and_fresh_models_have_the_papers_defaults():
+    pretrained = hub_load("srresnet", pretrained=True)
+    assert isinstance(pretrained, models.SRResNet)  # the project's class, not a second copy of it
+    assert not pretrained.training
     shipped = checkpoint.load_checkpoint(ROOT / "checkpoints" / "srresnet_x4.pth")["model"]["state_dict"]
-    state = model.state_dict()
+    state = pretrained.state_dict()
     assert state.keys() == shipped.keys()
     assert all(torch.equal(state[k], shipped[k]) for k in shipped)
     with torch.no_grad():
-        out = model(torch.randn(1, 3, 7, 9))
+        out = pretrained(torch.randn(1, 3, 7, 9))
     assert out.shape == (1, 3, 28, 36)
-
-
-def test_fresh_models_have_the_papers_defaults():
-    srresnet = hub_load("srresnet", pretrained=False)
-    assert sum(p.numel() for p in srresnet.parameters()) == 1_549_462
-    assert srresnet.args["scaling_factor"] == 4
-    # a fresh model is not the shipped one
-    shipped = checkpoint.load_model(ROOT / "checkpoints" / "srresnet_x4.pth")
-    assert not torch.equal(srresnet.conv_block1.conv_block[0].weight, shipped.conv_block1.conv_block[0].weight)
+    fresh = hub_load("srresnet", pretrained=False)
+    assert sum(p.numel() for p in fresh.parameters()) == 1_549_462
+    assert fresh.args["scaling_factor"] == 4
+    assert not torch.equal(fresh.conv_block1.conv_block[0].weight, pretrained.conv_block1.conv_block[0].weight)
     for entry, cls, count in (("generator", models.Generator, 1_549_462),
                               ("discriminator", models.Discriminator, 23_565_505)):
         model = hub_load(entry)

@@ -55,8 +55,7 @@ def test_convert_image_bad_arguments():
 
 
 def test_open_image_modes(tmp_path):
-    rgba = Image.new("RGBA", (5, 4), (10, 20, 30, 0))
-    rgba.save(tmp_path / "a.png")
+    Image.new("RGBA", (5, 4), (10, 20, 30, 0)).save(tmp_path / "a.png")
     Image.new("L", (5, 4), 77).save(tmp_path / "g.png")
     Image.new("CMYK", (5, 4), (0, 0, 0, 0)).save(tmp_path / "c.tif")
     for name in ["a.png", "g.png", "c.tif"]:

@@ -171,13 +171,20 @@ def test_precision_choices(monkeypatch):
     assert utils.resolve_precision("bf16", "cpu") == "bf16"
 
 
-def test_bf16_is_close_to_fp32():
+def test_bf16_is_close_to_fp32_and_upscale_image_quantises_tiles_as_the_whole_float_output():
     model = inference.prepare_model(tiny_model(), "cpu", "bf16")
-    x = images.convert_image(real_lr_image().crop((0, 0, 40, 32)), "pil", "imagenet-norm")
+    lr = real_lr_image()
+    x = images.convert_image(lr.crop((0, 0, 40, 32)), "pil", "imagenet-norm")
     fp32 = inference.upscale_tensor(model, x, 4, "fp32", "cpu")
     bf16 = inference.upscale_tensor(model, x, 4, "bf16", "cpu", tile=16)
     assert bf16.dtype == torch.float32
     assert (bf16 - fp32).abs().max() * 127.5 < 4  # within a few grey levels
+    rgb = lr.crop((0, 0, 40, 33))
+    for img in (rgb, rgb.convert("L")):
+        sr, _ = inference.upscale_image(model, img, 4, "bf16", "cpu", tile=16)
+        x = images.convert_image(img, "pil", "imagenet-norm")
+        expected = images.convert_image(inference.upscale_tensor(model, x, 4, "bf16", "cpu"), "[-1, 1]", "pil")
+        assert sr.mode == img.mode and np.array_equal(np.asarray(sr), np.asarray(expected.convert(img.mode)))
 
 
 def test_prepare_model_copies_and_formats():
@@ -311,16 +318,6 @@ def test_strips_of_the_upsampling_layers_give_the_whole_output(monkeypatch, prec
     assert [(factor, halo, width) for _, factor, halo, width in stages] == [(2, 1, 256), (2, 2, 256)]
     # any other module runs whole, as before
     assert inference._upsampling_stages(NearestUpscaler()) is None
-
-
-def test_upscale_image_quantises_tiles_as_the_whole_float_output():
-    model = inference.prepare_model(tiny_model(), "cpu", "bf16")
-    rgb = real_lr_image().crop((0, 0, 40, 33))
-    for img in (rgb, rgb.convert("L")):
-        sr, _ = inference.upscale_image(model, img, 4, "bf16", "cpu", tile=16)
-        x = images.convert_image(img, "pil", "imagenet-norm")
-        expected = images.convert_image(inference.upscale_tensor(model, x, 4, "bf16", "cpu"), "[-1, 1]", "pil")
-        assert sr.mode == img.mode and np.array_equal(np.asarray(sr), np.asarray(expected.convert(img.mode)))
 
 
 def test_mirror_pad_is_matlab_symmetric_and_holds_tiny_images(model):

@@ -174,7 +174,7 @@ def test_border_ratio_sees_a_frame():
     assert metrics.border_ratio(np.zeros((40, 40))) is None  # no detail anywhere
 
 
-def test_artifact_scores_on_rgb_images_and_the_flat_threshold():
+def test_artifact_scores_on_rgb_images_the_flat_threshold_and_dark_regions():
     hr = np.full((64, 64, 3), 90, np.uint8)  # all flat: 56x56 = 3136 flat pixels after a 4-pixel crop
     sr = hr.copy()
     sr[::4, ::4] = 110  # a dot every 4 pixels
@@ -184,9 +184,7 @@ def test_artifact_scores_on_rgb_images_and_the_flat_threshold():
     small = hr[:48, :48]  # 40x40 = 1600 flat pixels after the crop: fewer than 2000
     assert metrics.artifact_scores(small, small, 4, 4)["grid_flat"] is None
     assert scores["grid_dark"] is None  # grey 90 is not dark
-
-
-def test_grid_over_dark_regions_reads_only_where_hr_is_dark():
+    # the grid over dark regions reads only where HR is dark
     hr = np.full((96, 96, 3), 200, np.uint8)
     hr[:, :48] = 20  # a black left half, a bright right half
     sr = hr.copy()
@@ -194,8 +192,7 @@ def test_grid_over_dark_regions_reads_only_where_hr_is_dark():
     assert metrics.artifact_scores(sr, hr, 4, 4)["grid_dark"] < 1e-9
     sr = hr.copy()
     sr[::4, :44:4] = 26  # ...or on the dark half only: a faint one, 6 grey levels
-    scores = metrics.artifact_scores(sr, hr, 4, 4)
-    assert scores["grid_dark"] > 1
+    assert metrics.artifact_scores(sr, hr, 4, 4)["grid_dark"] > 1
 
 
 def test_artifact_measures_of_hr_and_bicubic_on_set14():

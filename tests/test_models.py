@@ -1,5 +1,5 @@
 """Architecture, state-dict layout, VGG truncation and load_model (the default models' parameter
-counts: test_hubconf.py's test_fresh_models_have_the_papers_defaults)."""
+counts: test_hubconf.py)."""
 
 import os
 import subprocess
@@ -58,7 +58,7 @@ def test_truncated_vgg19_end(i, j, end):
     assert not vgg.training
 
 
-def test_truncated_vgg19_local_weights_file(tmp_path):
+def test_truncated_vgg19_weights_from_a_local_file_or_a_clear_error_offline(tmp_path, monkeypatch):
     import torchvision
 
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
@@ -67,16 +67,10 @@ def test_truncated_vgg19_local_weights_file(tmp_path):
     vgg = models.TruncatedVGG19(2, 2, weights=torch.load(path, weights_only=True))
     assert torch.equal(vgg.truncated_vgg19[0].weight, features[0].weight)
     assert torch.equal(vgg.truncated_vgg19[7].bias, features[7].bias)
-    with pytest.raises(ValueError, match="not a torchvision VGG19 state dict"):
-        models.TruncatedVGG19(2, 2, weights={"features.0.weight": torch.zeros(1)})
-
-
-def test_imagenet_weights_offline_error_says_how(monkeypatch):
-    from torchvision.models import VGG19_Weights
 
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
-    monkeypatch.setattr(type(VGG19_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    monkeypatch.setattr(type(torchvision.models.VGG19_Weights.IMAGENET1K_V1), "get_state_dict", offline)
     with pytest.raises(RuntimeError, match="--vgg-weights PATH"):
         models.TruncatedVGG19(weights="imagenet")
 

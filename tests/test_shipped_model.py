@@ -13,17 +13,16 @@ import models
 from conftest import ROOT
 
 CHECKPOINT = ROOT / "checkpoints" / "srresnet_x4.pth"
-SAMPLE = ROOT / "data" / "astronaut.png"
+SRGAN = ROOT / "checkpoints" / "srgan_mse_x4.pth"
 
 
 @pytest.mark.parametrize("path, arch, args, keys", [
-    ("srresnet_x4.pth", "SRResNet", dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16,
-                                         scaling_factor=4),
+    (CHECKPOINT, "SRResNet", dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16,
+                                  scaling_factor=4),
      ("script", "data", "iterations", "precision", "train_seconds", "commit", "val_psnr")),
-    ("srgan_mse_x4.pth", "Generator", None, ("method", "init", "content_loss", "beta", "iterations", "train_seconds",
-                                             "data", "holdout", "selection", "commit"))])
+    (SRGAN, "Generator", None, ("method", "init", "content_loss", "beta", "iterations", "train_seconds",
+                                "data", "holdout", "selection", "commit"))], ids=["srresnet", "srgan"])
 def test_shipped_checkpoints_are_small_inference_files_that_record_how_they_were_made(path, arch, args, keys):
-    path = ROOT / "checkpoints" / path
     assert path.stat().st_size < 10 * 2**20
     ckpt = checkpoint.load_checkpoint(path)
     assert "training" not in ckpt and ckpt["model"]["arch"] == arch  # inference-only
@@ -36,7 +35,7 @@ def test_shipped_checkpoints_are_small_inference_files_that_record_how_they_were
 @pytest.mark.slow  # full-size models on real photos
 def test_shipped_model_beats_bicubic_on_the_sample():
     model = checkpoint.load_model(CHECKPOINT)
-    hr = images.open_image(SAMPLE).crop((160, 80, 352, 272))  # 192 x 192: the face and suit
+    hr = images.open_image(ROOT / "data" / "astronaut.png").crop((160, 80, 352, 272))  # 192 x 192: the face and suit
     lr = images.bicubic_resize(hr, (48, 48))
     bicubic = images.bicubic_resize(lr, hr.size)
     sr, _ = inference.upscale_image(inference.prepare_model(model, "cpu", "fp32"), lr, 4, "fp32", "cpu")
@@ -60,9 +59,6 @@ def test_shipped_model_keeps_flat_regions_flat():
         assert np.abs(inner - value).max() < 20 and inner.std(axis=(0, 1)).max() < 5, value
 
 
-SRGAN = ROOT / "checkpoints" / "srgan_mse_x4.pth"
-
-
 @pytest.mark.slow
 def test_shipped_srgan_keeps_the_artifact_bounds_on_the_sample():
     """On the shipped photo (x4 down, then up), the SRGAN-MSE generator stays clean: a grid over flat
@@ -71,14 +67,11 @@ def test_shipped_srgan_keeps_the_artifact_bounds_on_the_sample():
     SRResNet's 6.49: its lower NIQE was partly its grid. This one scores 6.60 on this photo.)"""
     hr = images.crop_to_multiple(images.open_image(ROOT / "data" / "coffee.png"), 4)
     lr = images.bicubic_resize(hr, (hr.width // 4, hr.height // 4))
-    scores = {}
-    for name, path in (("srresnet", CHECKPOINT), ("srgan", SRGAN)):
-        sr, _ = inference.upscale_image(inference.prepare_model(checkpoint.load_model(path), "cpu", "fp32"),
-                                        lr, 4, "fp32", "cpu")
-        scores[name] = dict(metrics.artifact_scores(sr, hr, 4, 4), psnr=metrics.calc_psnr(sr, hr, 4))
-    srgan = scores["srgan"]
-    assert srgan["grid_flat"] <= 0.20 and srgan["border"] <= 1.15, scores  # measured: 0.12, 0.70
-    assert srgan["psnr"] > metrics.calc_psnr(images.bicubic_resize(lr, hr.size), hr, 4), scores
+    sr, _ = inference.upscale_image(inference.prepare_model(checkpoint.load_model(SRGAN), "cpu", "fp32"),
+                                    lr, 4, "fp32", "cpu")
+    scores = metrics.artifact_scores(sr, hr, 4, 4)
+    assert scores["grid_flat"] <= 0.20 and scores["border"] <= 1.15, scores  # measured: 0.12, 0.70
+    assert metrics.calc_psnr(sr, hr, 4) > metrics.calc_psnr(images.bicubic_resize(lr, hr.size), hr, 4), scores
 
 
 @pytest.mark.parametrize("path", [CHECKPOINT, SRGAN], ids=["srresnet", "srgan"])

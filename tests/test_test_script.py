@@ -1,5 +1,5 @@
-"""test.py: outputs, the --hr demo, and one clear error line for bad flags (bad images and
-checkpoints: test_bad_inputs.py)."""
+"""test.py: outputs, the --hr demo, errors in a real process (bad flags, images and checkpoints:
+test_bad_inputs.py)."""
 
 import functools
 import os
@@ -31,11 +31,6 @@ def picture(path, seed=1, size=(20, 16)):
     path.parent.mkdir(parents=True, exist_ok=True)
     random_image(size, seed=seed).save(path)
     return path
-
-
-@pytest.fixture
-def image(tmp_path):
-    return picture(tmp_path / "in" / "photo.png", size=(24, 18))
 
 
 def files_in(folder):
@@ -71,33 +66,27 @@ def test_tiles_do_not_change_the_output_and_show_a_bar(tiny_checkpoint, tmp_path
     assert np.abs(a - b).max() <= 1 and np.count_nonzero(a - b) <= 2  # float rounding only
 
 
-def test_default_sample_folder(tiny_checkpoint, tmp_path, monkeypatch):
+def test_the_default_sample_image_and_checkpoint_and_model_flag(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(test_script, "HERE", str(tmp_path))
     with pytest.raises(utils.UserError, match="no --img given"):
         test_script.main(["--checkpoint", str(tiny_checkpoint)])
-    (tmp_path / "data").mkdir()
-    random_image((16, 12)).save(tmp_path / "data" / "astronaut.png")
+    image = picture(tmp_path / "data" / "astronaut.png", seed=0, size=(16, 12))
     out = tmp_path / "results"
     assert run(["--checkpoint", tiny_checkpoint, "--output-dir", out]) == 0
     assert files_in(out) == ["astronaut_bicubic.png", "astronaut_sr.png"]
     # the default checkpoint is looked for next to the script, and its absence said plainly
     with pytest.raises(utils.UserError, match=r"checkpoints/srresnet_x4\.pth: no such file"):
         test_script.main(["--output-dir", str(out)])
-
-
-# ----------------------------------------------------------------------------------------------
-# bad input: one 'error: ...' line, exit code 2, no traceback, no output file
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--device", "cpu", "--precision", "fp16"], "--precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32"),
-    *[(["--tile", tile], f"--tile {tile}: use 0 (whole images) or at least 32 LR pixels (smaller tiles are very slow)")
-      for tile in ("1", "31", "-2")]])
-def test_a_bad_flag_is_one_line(flags, message, tiny_checkpoint, image, tmp_path, capsys):
-    out = tmp_path / "results"
-    assert run(["--checkpoint", tiny_checkpoint, "--img", image, "--output-dir", out, *flags]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == ["error: " + message]
-    assert not out.exists()
+    # --model names a shipped file
+    monkeypatch.setattr(test_script, "SHIPPED", {"srresnet": str(tiny_checkpoint), "srgan": str(tmp_path / "gan.pth")})
+    capsys.readouterr()
+    assert run(["--model", "srresnet", "--img", image, "--output-dir", tmp_path / "a"]) == 0
+    assert str(tiny_checkpoint) in capsys.readouterr().out
+    assert run(["--model", "srgan", "--img", image, "--output-dir", tmp_path / "b"]) == 2
+    assert "--model srgan: " + str(tmp_path / "gan.pth") + " is missing" in capsys.readouterr().err
+    assert run(["--model", "srgan", "--checkpoint", tiny_checkpoint, "--img", image]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert run(["--model", "esrgan", "--img", image]) == 2
 
 
 @pytest.mark.slow
@@ -176,43 +165,20 @@ def test_collect_images_and_output_stems(tmp_path):
         ["photo", "photo_jpg", "photo_png", "photo_2", "other"]
 
 
-def test_a_rerun_over_its_own_results_skips_them(tiny_checkpoint, tmp_path, capsys):
-    folder = picture(tmp_path / "d" / "a.png").parent
-    for _ in range(2):
-        assert run(["--checkpoint", tiny_checkpoint, "--img", folder, "--output-dir", folder]) == 0
-    assert files_in(folder) == ["a.png", "a_bicubic.png", "a_sr.png"]
-    assert "skipped 2 image(s) this program wrote" in capsys.readouterr().err
-    (folder / "a.png").unlink()
-    assert run(["--checkpoint", tiny_checkpoint, "--img", folder]) == 2
-    assert "outputs of this program are skipped" in capsys.readouterr().err
-
-
 def test_check_outputs_refuses_shared_outputs(tmp_path):
     paths = [str(tmp_path / "x" / "a.png"), str(tmp_path / "y" / "a.png")]
     refused = test_script.check_outputs(paths, ["a", "a"], str(tmp_path / "out"), hr=False)
     assert list(refused) == [paths[1]] and "also the output of" in refused[paths[1]]
 
 
-def test_sigterm_ends_a_run_like_ctrl_c(tiny_checkpoint, image, tmp_path, monkeypatch, capsys):
-    """Exit 143, one line, nothing half-written; and a name with a newline is one escaped error line."""
+def test_sigterm_ends_a_run_like_ctrl_c(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """Exit 143, one line, nothing half-written."""
+    image = picture(tmp_path / "in" / "photo.png", size=(24, 18))
     monkeypatch.setattr(test_script.inference, "upscale_image",
                         lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(5))
     assert run(["--checkpoint", tiny_checkpoint, "--img", image, "--output-dir", tmp_path / "b"]) == 143
     assert capsys.readouterr().err.rstrip().splitlines()[-1] == "terminated"
     assert not (tmp_path / "b").exists()
-    assert run(["--checkpoint", tiny_checkpoint, "--img", tmp_path / "new\nline.png"]) == 2
-    assert "error: " + str(tmp_path) + "/new\\nline.png: no such file or folder" in capsys.readouterr().err
-
-
-def test_model_picks_a_shipped_file(tiny_checkpoint, image, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(test_script, "SHIPPED", {"srresnet": str(tiny_checkpoint), "srgan": str(tmp_path / "gan.pth")})
-    assert run(["--model", "srresnet", "--img", image, "--output-dir", tmp_path / "a"]) == 0
-    assert str(tiny_checkpoint) in capsys.readouterr().out
-    assert run(["--model", "srgan", "--img", image, "--output-dir", tmp_path / "b"]) == 2
-    assert "--model srgan: " + str(tmp_path / "gan.pth") + " is missing" in capsys.readouterr().err
-    assert run(["--model", "srgan", "--checkpoint", tiny_checkpoint, "--img", image]) == 2
-    assert "not both" in capsys.readouterr().err
-    assert run(["--model", "esrgan", "--img", image]) == 2
 
 
 def test_a_users_own_file_named_like_an_output_is_an_input_and_never_replaced(tiny_checkpoint, tmp_path, capsys):
@@ -263,15 +229,21 @@ def test_memory_errors_are_one_line_per_image(tiny_checkpoint, tmp_path, capsys,
     assert "big.png: out of memory" in errors[0] and files_in(tmp_path / "p") == ["small_bicubic.png", "small_sr.png"]
 
 
-def test_images_in_sub_folders_get_a_note_or_recursive(tiny_checkpoint, tmp_path, capsys):
-    picture(tmp_path / "d" / "a.png")
-    picture(tmp_path / "d" / "sub" / "b.png", seed=2)
-    assert run(["--checkpoint", tiny_checkpoint, "--img", tmp_path / "d", "--output-dir", tmp_path / "o"]) == 0
+def test_folder_inputs_note_sub_folders_and_a_rerun_skips_its_own_outputs(tiny_checkpoint, tmp_path, capsys):
+    folder = picture(tmp_path / "d" / "a.png").parent
+    picture(folder / "sub" / "b.png", seed=2)
+    assert run(["--checkpoint", tiny_checkpoint, "--img", folder, "--output-dir", tmp_path / "o"]) == 0
     assert "1 image(s) in sub-folders not searched; add --recursive" in capsys.readouterr().err
     assert files_in(tmp_path / "o") == ["a_bicubic.png", "a_sr.png"]
-    assert run(["--checkpoint", tiny_checkpoint, "--img", tmp_path / "d", "--recursive",
-                "--output-dir", tmp_path / "r"]) == 0
+    assert run(["--checkpoint", tiny_checkpoint, "--img", folder, "--recursive", "--output-dir", tmp_path / "r"]) == 0
     assert files_in(tmp_path / "r") == ["a_bicubic.png", "a_sr.png", "b_bicubic.png", "b_sr.png"]
+    for _ in range(2):
+        assert run(["--checkpoint", tiny_checkpoint, "--img", folder, "--output-dir", folder]) == 0
+    assert files_in(folder) == ["a.png", "a_bicubic.png", "a_sr.png", "sub"]
+    assert "skipped 2 image(s) this program wrote" in capsys.readouterr().err
+    (folder / "a.png").unlink()
+    assert run(["--checkpoint", tiny_checkpoint, "--img", folder]) == 2
+    assert "outputs of this program are skipped" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "I;16", "RGBA"])

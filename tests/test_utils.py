@@ -113,7 +113,7 @@ def test_error_lines_stay_one_line(capsys):
     assert capsys.readouterr().err == "error: bad\\nname.png: cannot read (first reason\\nsecond reason)\n"
 
 
-def test_atomic_write_goes_through_a_device_a_pipe_and_stdout(tmp_path, capfd):
+def test_atomic_write_goes_through_a_device_a_pipe_stdout_and_a_link(tmp_path, capfd):
     node = null_device(tmp_path)
     with utils.atomic_write(node) as f:
         f.write(b"discarded")
@@ -138,9 +138,7 @@ def test_atomic_write_goes_through_a_device_a_pipe_and_stdout(tmp_path, capfd):
             f.write(b"x")
             raise RuntimeError("failed half-way")
     assert stat.S_ISCHR(os.stat(node).st_mode) and sorted(os.listdir(tmp_path)) == ["null", "pipe"]
-
-
-def test_atomic_write_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    # through a link: its target is replaced, the link kept
     (tmp_path / "real.json").write_text("old")
     (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
     with utils.atomic_write(tmp_path / "link.json") as f:
